@@ -1,0 +1,291 @@
+//! The `.deb` writer: an ar archive of `debian-binary`, `control.tar.*` and
+//! `data.tar.*`, written by ferry itself so that compression is ours to
+//! choose (lintian in Debian 12 rejects zstd members: gzip or xz only).
+
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use md5::{Digest, Md5};
+
+use super::{Packager, Profile};
+use crate::plan::{Format, Plan, PlannedFile};
+
+pub struct Deb {
+    pub profile: Profile,
+}
+
+/// A member compression dpkg and lintian both accept.
+#[derive(Debug, Clone, Copy)]
+enum Compression {
+    Gzip(u32),
+    /// xz preset, and how many threads liblzma may use.
+    Xz(u32, u32),
+}
+
+impl Compression {
+    fn suffix(self) -> &'static str {
+        match self {
+            Compression::Gzip(_) => "gz",
+            Compression::Xz(..) => "xz",
+        }
+    }
+
+    fn compress(self, data: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Compression::Gzip(level) => {
+                let mut e = flate2::GzBuilder::new()
+                    .mtime(0)
+                    .write(Vec::new(), flate2::Compression::new(level));
+                e.write_all(data)?;
+                Ok(e.finish()?)
+            }
+            Compression::Xz(preset, threads) => {
+                // Multi-threaded xz splits the input into blocks; the block
+                // size is fixed by the preset, so the output depends only on
+                // the data, not on timing.
+                let stream = liblzma::stream::MtStreamBuilder::new()
+                    .preset(preset)
+                    .threads(threads)
+                    .check(liblzma::stream::Check::Crc64)
+                    .encoder()
+                    .context("starting the xz encoder")?;
+                let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+                e.write_all(data)?;
+                Ok(e.finish()?)
+            }
+        }
+    }
+}
+
+impl Deb {
+    fn compression(&self) -> Compression {
+        match self.profile {
+            Profile::Fast => Compression::Gzip(6),
+            Profile::Small => Compression::Xz(6, super::threads()),
+        }
+    }
+}
+
+impl Packager for Deb {
+    fn format(&self) -> Format {
+        Format::Deb
+    }
+
+    fn file_name(&self, plan: &Plan) -> String {
+        format!(
+            "{}_{}_{}.deb",
+            plan.name,
+            plan.version.deb_file_version(),
+            plan.architecture.deb
+        )
+    }
+
+    fn write(&self, plan: &Plan, out: &mut dyn Write) -> Result<()> {
+        let compression = self.compression();
+        let files: Vec<&PlannedFile> = plan.files_for(Format::Deb).collect();
+        let data_tar = data_tar(&files, plan.source_date)?;
+        let control_tar = control_tar(plan, &files)?;
+        // Both members are compressed before anything is written, so a
+        // failure leaves no partial archive behind.
+        let control = compression.compress(&control_tar)?;
+        let data = compression.compress(&data_tar)?;
+        let mut ar = ArWriter::new(out, plan.source_date)?;
+        ar.member("debian-binary", b"2.0\n")?;
+        ar.member(&format!("control.tar.{}", compression.suffix()), &control)?;
+        ar.member(&format!("data.tar.{}", compression.suffix()), &data)?;
+        Ok(())
+    }
+}
+
+/// The control member: control, md5sums, conffiles and the scripts.
+fn control_tar(plan: &Plan, files: &[&PlannedFile]) -> Result<Vec<u8>> {
+    let mut tar = TarWriter::new(plan.source_date);
+    tar.dir("./")?;
+    tar.file("./control", control_file(plan, files).as_bytes(), 0o644)?;
+    let conffiles: String = files
+        .iter()
+        .filter(|f| f.config)
+        .map(|f| format!("{}\n", f.dest))
+        .collect();
+    if !conffiles.is_empty() {
+        tar.file("./conffiles", conffiles.as_bytes(), 0o644)?;
+    }
+    tar.file("./md5sums", md5sums(files).as_bytes(), 0o644)?;
+    let mut scripts: Vec<_> = plan.scripts.deb.iter().collect();
+    scripts.sort_by_key(|(name, _)| *name);
+    for (name, text) in scripts {
+        tar.file(&format!("./{name}"), text.as_bytes(), 0o755)?;
+    }
+    tar.finish()
+}
+
+fn control_file(plan: &Plan, files: &[&PlannedFile]) -> String {
+    // dpkg-gencontrol counts each file in whole KiB, rounded up.
+    let installed_kib: u64 = files
+        .iter()
+        .map(|f| (f.data.len() as u64).div_ceil(1024))
+        .sum();
+    let mut c = String::new();
+    let mut field = |name: &str, value: &str| c.push_str(&format!("{name}: {value}\n"));
+    field("Package", &plan.name);
+    field("Version", &plan.version.deb());
+    field("Architecture", &plan.architecture.deb);
+    field("Maintainer", &plan.maintainer);
+    field("Installed-Size", &installed_kib.max(1).to_string());
+    if !plan.deb_depends.is_empty() {
+        field("Depends", &plan.deb_depends.join(", "));
+    }
+    field("Section", &plan.section);
+    field("Priority", &plan.priority);
+    if let Some(home) = &plan.homepage {
+        field("Homepage", home);
+    }
+    field("Description", &format!("{}\n{}", plan.summary, extended_description(&plan.description)));
+    c
+}
+
+/// Debian's extended description: each line indented by one space, and
+/// empty lines written as " .".
+fn extended_description(text: &str) -> String {
+    text.lines()
+        .map(|l| if l.trim().is_empty() { " .".to_string() } else { format!(" {l}") })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn md5sums(files: &[&PlannedFile]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            let digest = Md5::digest(&f.data);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{hex}  {}\n", f.dest.trim_start_matches('/'))
+        })
+        .collect()
+}
+
+/// The data member: every file, with each parent directory listed once.
+fn data_tar(files: &[&PlannedFile], source_date: u64) -> Result<Vec<u8>> {
+    let mut dirs = BTreeSet::new();
+    for f in files {
+        let mut path = f.dest.as_str();
+        while let Some((parent, _)) = path.rsplit_once('/') {
+            if parent.is_empty() {
+                break;
+            }
+            dirs.insert(parent.to_string());
+            path = parent;
+        }
+    }
+    let mut tar = TarWriter::new(source_date);
+    tar.dir("./")?;
+    // Directories first, in path order, then files in path order: the
+    // order is a function of the plan alone.
+    for dir in &dirs {
+        tar.dir(&format!(".{dir}/"))?;
+    }
+    for f in files {
+        tar.file(&format!(".{}", f.dest), &f.data, f.mode)?;
+    }
+    tar.finish()
+}
+
+/// A tar stream with fixed owners and times: root:root, the source date.
+struct TarWriter {
+    builder: tar::Builder<Vec<u8>>,
+    mtime: u64,
+}
+
+impl TarWriter {
+    fn new(mtime: u64) -> Self {
+        TarWriter {
+            builder: tar::Builder::new(Vec::new()),
+            mtime,
+        }
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, size: u64) -> Result<tar::Header> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_mtime(self.mtime);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_username("root")?;
+        h.set_groupname("root")?;
+        Ok(h)
+    }
+
+    fn dir(&mut self, path: &str) -> Result<()> {
+        let mut h = self.header(tar::EntryType::Directory, 0o755, 0)?;
+        self.builder
+            .append_data(&mut h, path, std::io::empty())
+            .with_context(|| format!("adding directory {path}"))
+    }
+
+    fn file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, mode, data.len() as u64)?;
+        self.builder
+            .append_data(&mut h, path, data)
+            .with_context(|| format!("adding {path}"))
+    }
+
+    fn finish(self) -> Result<Vec<u8>> {
+        Ok(self.builder.into_inner()?)
+    }
+}
+
+/// The common ar format dpkg reads: a global header, then per member a
+/// 60-byte header and the data padded to an even length.
+struct ArWriter<'a> {
+    out: &'a mut dyn Write,
+    mtime: u64,
+}
+
+impl<'a> ArWriter<'a> {
+    fn new(out: &'a mut dyn Write, mtime: u64) -> Result<Self> {
+        out.write_all(b"!<arch>\n")?;
+        Ok(ArWriter { out, mtime })
+    }
+
+    fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        anyhow::ensure!(name.len() <= 16, "ar member name {name} is longer than 16 bytes");
+        let header = format!(
+            "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+            name,
+            self.mtime,
+            0,
+            0,
+            "100644",
+            data.len()
+        );
+        debug_assert_eq!(header.len(), 60);
+        self.out.write_all(header.as_bytes())?;
+        self.out.write_all(data)?;
+        if data.len() % 2 == 1 {
+            self.out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_description_marks_blank_lines() {
+        assert_eq!(extended_description("a\n\nb"), " a\n .\n b");
+    }
+
+    #[test]
+    fn ar_member_is_padded() {
+        let mut buf = Vec::new();
+        let mut ar = ArWriter::new(&mut buf, 0).unwrap();
+        ar.member("x", b"abc").unwrap();
+        assert_eq!(buf.len(), 8 + 60 + 4);
+        assert_eq!(&buf[8 + 58..8 + 60], b"`\n");
+    }
+}

@@ -1,0 +1,178 @@
+//! `ferry build`: descriptor → plan → one package per format, written in
+//! parallel (compression dominates, and each format compresses its own
+//! copy of the payload) and renamed into place only when complete.
+
+pub mod deb;
+pub mod rpm;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::descriptor::{self, Validated};
+use crate::plan::{self, Format, Plan};
+
+/// One package format's writer.
+pub trait Packager: Sync {
+    fn format(&self) -> Format;
+    /// The file name the package gets in the output directory.
+    fn file_name(&self, plan: &Plan) -> String;
+    /// Writes the whole package to `out`.
+    fn write(&self, plan: &Plan, out: &mut dyn Write) -> Result<()>;
+}
+
+/// How hard to compress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// deb gzip -6, rpm zstd -3: seconds for tens of MiB.
+    Fast,
+    /// deb xz -6 (multi-threaded), rpm zstd -19: smallest downloads.
+    Small,
+}
+
+/// What `ferry build` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub descriptor: PathBuf,
+    pub out: PathBuf,
+    pub formats: Vec<Format>,
+    pub version: Option<String>,
+    pub profile: Profile,
+    /// Seconds since the epoch for every timestamp in the packages.
+    pub source_date: u64,
+    /// Run the descriptor's `[build] command` first.
+    pub run_build_command: bool,
+}
+
+/// A package written by a build.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Artifact {
+    pub format: &'static str,
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// The timestamp reproducible builds agree on: SOURCE_DATE_EPOCH when set,
+/// otherwise now.
+pub fn source_date_from_env() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds since 1970")
+        }),
+        Err(_) => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()),
+    }
+}
+
+/// Threads a compressor may use: the machine's cores.
+pub fn threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// Validates the descriptor, runs its build command, and writes every
+/// requested package into `opts.out`.
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<Artifact>> {
+    let validated = descriptor::load(&opts.descriptor, opts.version.as_deref())?;
+    if opts.run_build_command {
+        run_build_command(&validated, progress)?;
+    }
+    progress(&format!(
+        "packaging {} {} ({})",
+        validated.descriptor.package.name,
+        validated.version.deb(),
+        opts.formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+    ));
+    let plan = plan::resolve(&validated, opts.source_date)?;
+    let packagers = packagers(&opts.formats, opts.profile);
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating the output directory {}", opts.out.display()))?;
+    write_all(&plan, &packagers, &opts.out)
+}
+
+fn packagers(formats: &[Format], profile: Profile) -> Vec<Box<dyn Packager>> {
+    formats
+        .iter()
+        .map(|f| -> Box<dyn Packager> {
+            match f {
+                Format::Deb => Box::new(deb::Deb { profile }),
+                Format::Rpm => Box::new(rpm::Rpm { profile }),
+            }
+        })
+        .collect()
+}
+
+/// Writes the packages side by side, one thread each.
+pub fn write_all(plan: &Plan, packagers: &[Box<dyn Packager>], out: &Path) -> Result<Vec<Artifact>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = packagers
+            .iter()
+            .map(|p| s.spawn(move || write_one(plan, p.as_ref(), out)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a packager thread panicked")))
+            .collect()
+    })
+}
+
+/// Writes to a temporary file beside the target and renames it into place,
+/// so a failed or interrupted build never leaves a partial package.
+fn write_one(plan: &Plan, packager: &dyn Packager, out: &Path) -> Result<Artifact> {
+    let path = out.join(packager.file_name(plan));
+    let tmp = out.join(format!(".{}.partial", packager.file_name(plan)));
+    let result = (|| -> Result<u64> {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        packager.write(plan, &mut file)?;
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(file.metadata()?.len())
+    })();
+    match result {
+        Ok(bytes) => {
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("moving the package into {}", path.display()))?;
+            Ok(Artifact {
+                format: packager.format().name(),
+                path,
+                bytes,
+            })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.context(format!("writing the {} package", packager.format().name())))
+        }
+    }
+}
+
+/// Runs `[build] command` in the descriptor's directory. The payload learns
+/// the package version and state schema from the environment, so two
+/// builds of one source can differ in schema (the end-to-end tests do).
+fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let Some(build) = &v.descriptor.build else {
+        return Ok(());
+    };
+    let Some((program, args)) = build.command.split_first() else {
+        bail!("{}: field `build.command` is empty; fix: list the program and its arguments", v.file.display());
+    };
+    progress(&format!("running {}", build.command.join(" ")));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(&v.root)
+        .env("FERRY_VERSION", v.version.semver.to_string())
+        .env("FERRY_STATE_SCHEMA", v.descriptor.state.schema.to_string())
+        .status()
+        .with_context(|| format!("{}: cannot run build.command `{program}`", v.file.display()))?;
+    if !status.success() {
+        bail!(
+            "{}: build.command `{}` failed ({status}); nothing was packaged",
+            v.file.display(),
+            build.command.join(" ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,674 @@
+//! The package descriptor (`pkg/ferry.toml`): parsed and validated once,
+//! before any format is touched, so a bad descriptor never writes a package.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::version::{self, PackageVersion};
+
+/// The descriptor as written in TOML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Descriptor {
+    pub package: PackageSection,
+    #[serde(default)]
+    pub build: Option<BuildSection>,
+    #[serde(default, rename = "asset")]
+    pub assets: Vec<Asset>,
+    pub service: ServiceSection,
+    pub state: StateSection,
+    #[serde(default)]
+    pub dependencies: Dependencies,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSection {
+    pub name: String,
+    /// Semantic version; when absent, the version of `cargo_manifest`.
+    pub version: Option<String>,
+    /// A Cargo.toml whose `package.version` is the default version.
+    pub cargo_manifest: Option<PathBuf>,
+    #[serde(default = "default_revision")]
+    pub revision: String,
+    pub epoch: Option<u32>,
+    pub maintainer: String,
+    pub summary: String,
+    pub description: String,
+    pub license: String,
+    pub homepage: Option<String>,
+    /// `auto` (the build machine's), or a Debian or RPM architecture name.
+    #[serde(default = "default_architecture")]
+    pub architecture: String,
+    #[serde(default = "default_section")]
+    pub section: String,
+    #[serde(default = "default_priority")]
+    pub priority: String,
+    /// Words a pre-release may start with (see `version`).
+    pub prerelease_words: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// Run from the descriptor's directory before packaging, with
+    /// FERRY_VERSION and FERRY_STATE_SCHEMA in its environment.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    /// Relative to the descriptor's directory.
+    pub source: PathBuf,
+    /// Absolute path on the target system.
+    pub dest: String,
+    /// Octal permission bits as a string, e.g. "0755".
+    pub mode: String,
+    /// A configuration file: a deb conffile and an rpm `%config(noreplace)`.
+    #[serde(default)]
+    pub config: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The systemd unit file, relative to the descriptor's directory.
+    pub unit: PathBuf,
+    pub user: String,
+    pub group: String,
+    /// Files under /etc created empty (mode 0640, group `group`) for the
+    /// admin to fill, e.g. credentials; never shipped, never overwritten.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// The state schema version this build writes.
+    pub schema: u32,
+    /// Directories the agent writes, created 0750 and owned by its user.
+    pub directories: Vec<String>,
+    /// What purge (deb) removes; erase (rpm) never removes state.
+    /// Default: the state directories.
+    pub purge: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependencies {
+    #[serde(default)]
+    pub deb: Vec<String>,
+    #[serde(default)]
+    pub rpm: Vec<String>,
+}
+
+fn default_revision() -> String {
+    "1".into()
+}
+fn default_architecture() -> String {
+    "auto".into()
+}
+fn default_section() -> String {
+    "admin".into()
+}
+fn default_priority() -> String {
+    "optional".into()
+}
+
+/// What was wrong with a descriptor: which file, which field, what, and how
+/// to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescriptorError {
+    pub file: PathBuf,
+    pub field: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for DescriptorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: field `{}`: {}\n  fix: {}",
+            self.file.display(),
+            self.field,
+            self.problem,
+            self.fix
+        )
+    }
+}
+
+impl std::error::Error for DescriptorError {}
+
+/// Architecture names of both formats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Architecture {
+    pub deb: String,
+    pub rpm: String,
+}
+
+const ARCHITECTURES: &[(&str, &str)] = &[
+    ("amd64", "x86_64"),
+    ("arm64", "aarch64"),
+    ("armhf", "armv7hl"),
+    ("i386", "i686"),
+    ("ppc64el", "ppc64le"),
+    ("s390x", "s390x"),
+    ("riscv64", "riscv64"),
+    ("all", "noarch"),
+];
+
+/// Roots a packaged file may be installed under. State lives under /var and
+/// is made by the maintainer scripts, never shipped.
+const INSTALL_ROOTS: &[&str] = &["/usr/", "/etc/", "/opt/"];
+
+/// A descriptor that passed validation, with everything resolved.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub descriptor: Descriptor,
+    /// The directory relative paths are resolved against.
+    pub root: PathBuf,
+    pub file: PathBuf,
+    pub version: PackageVersion,
+    pub architecture: Architecture,
+}
+
+impl Validated {
+    /// A source path of the descriptor, resolved against its directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.root.join(path)
+    }
+
+    /// What purge removes.
+    pub fn purge_paths(&self) -> Vec<String> {
+        let state = &self.descriptor.state;
+        state
+            .purge
+            .clone()
+            .unwrap_or_else(|| state.directories.clone())
+    }
+}
+
+/// Reads and validates the descriptor at `file`; `version_override` is the
+/// command line's `--version`, which wins over the descriptor and Cargo.toml.
+pub fn load(file: &Path, version_override: Option<&str>) -> Result<Validated, DescriptorError> {
+    let text = std::fs::read_to_string(file).map_err(|e| DescriptorError {
+        file: file.to_path_buf(),
+        field: "(file)".into(),
+        problem: format!("cannot read it: {e}"),
+        fix: "pass --descriptor PATH to an existing descriptor (default pkg/ferry.toml)".into(),
+    })?;
+    let descriptor = parse(file, &text)?;
+    let root = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let root = if root.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        root
+    };
+    Checker {
+        file,
+        root: &root,
+        d: &descriptor,
+    }
+    .check(version_override)
+    .map(|(version, architecture)| Validated {
+        descriptor: descriptor.clone(),
+        root: root.clone(),
+        file: file.to_path_buf(),
+        version,
+        architecture,
+    })
+}
+
+/// Parses descriptor text, turning serde's messages into ones that name the
+/// field and suggest the closest known key.
+pub fn parse(file: &Path, text: &str) -> Result<Descriptor, DescriptorError> {
+    toml::from_str(text).map_err(|e| toml_error(file, text, &e))
+}
+
+fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> DescriptorError {
+    let message = e.message().to_string();
+    let line = e
+        .span()
+        .map(|span| format!(" (line {})", line_of(text, span.start)))
+        .unwrap_or_default();
+    if let Some((unknown, expected)) = parse_unknown_field(&message) {
+        let fix = match closest(&unknown, &expected) {
+            Some(best) => format!("did you mean `{best}`? Known keys here: {}", expected.join(", ")),
+            None => format!("remove it; known keys here: {}", expected.join(", ")),
+        };
+        return DescriptorError {
+            file: file.to_path_buf(),
+            field: unknown,
+            problem: format!("unknown key{line}"),
+            fix,
+        };
+    }
+    DescriptorError {
+        file: file.to_path_buf(),
+        field: "(syntax)".into(),
+        problem: format!("{message}{line}"),
+        fix: "see pkg/ferry.toml in the ferry repository for a complete example".into(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads serde's "unknown field `x`, expected one of `a`, `b`" message.
+fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((unknown.to_string(), expected))
+}
+
+/// The known key closest to `word`, if any is close enough to be a typo.
+pub fn closest(word: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    root: &'a Path,
+    d: &'a Descriptor,
+}
+
+impl Checker<'_> {
+    fn err(&self, field: &str, problem: String, fix: &str) -> DescriptorError {
+        DescriptorError {
+            file: self.file.to_path_buf(),
+            field: field.into(),
+            problem,
+            fix: fix.into(),
+        }
+    }
+
+    fn check(
+        &self,
+        version_override: Option<&str>,
+    ) -> Result<(PackageVersion, Architecture), DescriptorError> {
+        self.check_name()?;
+        self.check_texts()?;
+        let version = self.check_version(version_override)?;
+        let architecture = self.check_architecture()?;
+        self.check_assets()?;
+        self.check_service()?;
+        self.check_state()?;
+        Ok((version, architecture))
+    }
+
+    fn check_name(&self) -> Result<(), DescriptorError> {
+        let name = &self.d.package.name;
+        let valid = name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if valid {
+            Ok(())
+        } else {
+            Err(self.err(
+                "package.name",
+                format!("`{name}` is not a valid package name for dpkg and rpm"),
+                "use lowercase letters, digits, `+`, `-` and `.`, starting with a letter or digit",
+            ))
+        }
+    }
+
+    fn check_texts(&self) -> Result<(), DescriptorError> {
+        let p = &self.d.package;
+        for (field, value) in [
+            ("package.maintainer", &p.maintainer),
+            ("package.summary", &p.summary),
+            ("package.description", &p.description),
+            ("package.license", &p.license),
+        ] {
+            if value.trim().is_empty() {
+                return Err(self.err(field, "is empty".into(), "write a value"));
+            }
+        }
+        if !(p.maintainer.contains('<') && p.maintainer.ends_with('>')) {
+            return Err(self.err(
+                "package.maintainer",
+                format!("`{}` has no e-mail address", p.maintainer),
+                "write it as `Full Name <address@example.org>`",
+            ));
+        }
+        if p.summary.contains('\n') || p.summary.len() > 80 {
+            return Err(self.err(
+                "package.summary",
+                "must be one line of at most 80 characters".into(),
+                "shorten it; put details in package.description",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_version(&self, version_override: Option<&str>) -> Result<PackageVersion, DescriptorError> {
+        let p = &self.d.package;
+        let words: Vec<String> = p.prerelease_words.clone().unwrap_or_else(|| {
+            version::DEFAULT_PRERELEASE_WORDS
+                .iter()
+                .map(|w| w.to_string())
+                .collect()
+        });
+        version::check_prerelease_words(&words).map_err(|e| {
+            self.err("package.prerelease_words", e.problem, &e.fix)
+        })?;
+        let (field, text) = match (version_override, &p.version) {
+            (Some(v), _) => ("--version", v.to_string()),
+            (None, Some(v)) => ("package.version", v.clone()),
+            (None, None) => ("package.cargo_manifest", self.cargo_version()?),
+        };
+        PackageVersion::new(&text, &p.revision, p.epoch, &words).map_err(|e| {
+            let field = if e.problem.starts_with("revision") {
+                "package.revision"
+            } else {
+                field
+            };
+            self.err(field, e.problem, &e.fix)
+        })
+    }
+
+    fn cargo_version(&self) -> Result<String, DescriptorError> {
+        let field = "package.cargo_manifest";
+        let Some(manifest) = &self.d.package.cargo_manifest else {
+            return Err(self.err(
+                "package.version",
+                "is missing, and there is no cargo_manifest to take it from".into(),
+                "set package.version = \"1.0.0\", or package.cargo_manifest to the agent's Cargo.toml, or pass --version",
+            ));
+        };
+        let path = self.root.join(manifest);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                field,
+                format!("cannot read {}: {e}", path.display()),
+                "point it at the agent's Cargo.toml, relative to the descriptor",
+            )
+        })?;
+        let value: toml::Table = toml::from_str(&text).map_err(|e| {
+            self.err(field, format!("{} is not valid TOML: {e}", path.display()), "fix that file")
+        })?;
+        value
+            .get("package")
+            .and_then(|p| p.get("version"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                self.err(
+                    field,
+                    format!("{} has no package.version string", path.display()),
+                    "set package.version in the descriptor instead",
+                )
+            })
+    }
+
+    fn check_architecture(&self) -> Result<Architecture, DescriptorError> {
+        let requested = &self.d.package.architecture;
+        let name = if requested == "auto" {
+            std::env::consts::ARCH
+        } else {
+            requested.as_str()
+        };
+        ARCHITECTURES
+            .iter()
+            .find(|(deb, rpm)| *deb == name || *rpm == name)
+            .map(|(deb, rpm)| Architecture {
+                deb: deb.to_string(),
+                rpm: rpm.to_string(),
+            })
+            .ok_or_else(|| {
+                let known: Vec<String> = ARCHITECTURES.iter().map(|(d, _)| d.to_string()).collect();
+                let hint = closest(name, &known)
+                    .map(|k| format!("did you mean `{k}`? "))
+                    .unwrap_or_default();
+                self.err(
+                    "package.architecture",
+                    format!("`{name}` is not an architecture ferry knows"),
+                    &format!("{hint}use `auto` or one of {}", known.join(", ")),
+                )
+            })
+    }
+
+    fn check_assets(&self) -> Result<(), DescriptorError> {
+        let mut seen = BTreeSet::new();
+        for (i, asset) in self.d.assets.iter().enumerate() {
+            let field = |f: &str| format!("asset[{i}].{f}");
+            parse_mode(&asset.mode).map_err(|problem| {
+                self.err(&field("mode"), problem, "write the octal permissions as a string, e.g. \"0755\" or \"0644\"")
+            })?;
+            self.check_dest(&field("dest"), &asset.dest)?;
+            if asset.config && !asset.dest.starts_with("/etc/") {
+                return Err(self.err(
+                    &field("config"),
+                    format!("`{}` is marked config but is not under /etc", asset.dest),
+                    "install configuration under /etc/, or drop `config = true`",
+                ));
+            }
+            if !seen.insert(asset.dest.clone()) {
+                return Err(self.err(
+                    &field("dest"),
+                    format!("`{}` is installed twice", asset.dest),
+                    "give each asset its own destination",
+                ));
+            }
+            let source = self.root.join(&asset.source);
+            if !source.is_file() && self.d.build.is_none() {
+                return Err(self.err(
+                    &field("source"),
+                    format!("{} does not exist", source.display()),
+                    "fix the path (relative to the descriptor), or add a [build] command that makes it",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_dest(&self, field: &str, dest: &str) -> Result<(), DescriptorError> {
+        let normal = dest.starts_with('/')
+            && !dest.ends_with('/')
+            && !dest.split('/').any(|c| c == ".." || c == ".")
+            && !dest.contains("//");
+        if !normal {
+            return Err(self.err(
+                field,
+                format!("`{dest}` is not an absolute, normalized file path"),
+                "write an absolute path without `.`, `..`, `//` or a trailing `/`",
+            ));
+        }
+        if !INSTALL_ROOTS.iter().any(|r| dest.starts_with(r)) {
+            return Err(self.err(
+                field,
+                format!("`{dest}` is outside the usual roots {}", INSTALL_ROOTS.join(", ")),
+                "install programs under /usr/, configuration under /etc/; state under /var is created by the hooks from [state] directories",
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_service(&self) -> Result<(), DescriptorError> {
+        let s = &self.d.service;
+        for (field, value) in [("service.user", &s.user), ("service.group", &s.group)] {
+            let valid = !value.is_empty()
+                && value.len() <= 32
+                && value.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+            if !valid {
+                return Err(self.err(
+                    field,
+                    format!("`{value}` is not a valid system user or group name"),
+                    "use lowercase letters, digits, `_` and `-`, at most 32 characters",
+                ));
+            }
+            if value == "root" {
+                return Err(self.err(
+                    field,
+                    "the agent must not run as root".into(),
+                    "name a system user of its own, e.g. the package name",
+                ));
+            }
+        }
+        for (i, secret) in s.secrets.iter().enumerate() {
+            let field = format!("service.secrets[{i}]");
+            self.check_dest(&field, secret)?;
+            if !secret.starts_with("/etc/") {
+                return Err(self.err(
+                    &field,
+                    format!("`{secret}` is not under /etc"),
+                    "secrets are admin configuration: keep them under /etc/NAME/",
+                ));
+            }
+        }
+        let unit = self.root.join(&s.unit);
+        let text = std::fs::read_to_string(&unit).map_err(|e| {
+            self.err(
+                "service.unit",
+                format!("cannot read {}: {e}", unit.display()),
+                "point it at the systemd unit file, relative to the descriptor",
+            )
+        })?;
+        if !s.unit.to_string_lossy().ends_with(".service") {
+            return Err(self.err(
+                "service.unit",
+                format!("{} is not a .service file", unit.display()),
+                "name the unit file NAME.service",
+            ));
+        }
+        self.check_unit_text(&text)
+    }
+
+    /// The unit must run as the declared user and let the agent write its
+    /// state directories under `ProtectSystem=strict`.
+    fn check_unit_text(&self, text: &str) -> Result<(), DescriptorError> {
+        let values = |key: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::trim))
+                .flat_map(|v| v.split_whitespace().map(|w| w.trim_start_matches('-').to_string()))
+                .collect()
+        };
+        if values("User") != vec![self.d.service.user.clone()] {
+            return Err(self.err(
+                "service.unit",
+                format!("the unit does not say `User={}`", self.d.service.user),
+                "add User= with service.user to the [Service] section",
+            ));
+        }
+        let writable = values("ReadWritePaths");
+        for dir in &self.d.state.directories {
+            if !writable.contains(dir) {
+                return Err(self.err(
+                    "service.unit",
+                    format!("ReadWritePaths= does not list state directory `{dir}`"),
+                    "list every [state] directory in ReadWritePaths= (the unit uses ProtectSystem=strict)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_state(&self) -> Result<(), DescriptorError> {
+        let st = &self.d.state;
+        if st.schema == 0 {
+            return Err(self.err(
+                "state.schema",
+                "schema versions start at 1".into(),
+                "set state.schema to the schema this build of the agent writes",
+            ));
+        }
+        for (i, dir) in st.directories.iter().enumerate() {
+            let ok = dir.starts_with("/var/lib/") || dir.starts_with("/var/log/") || dir.starts_with("/var/cache/");
+            if !ok || dir.ends_with('/') || dir.contains("..") {
+                return Err(self.err(
+                    &format!("state.directories[{i}]"),
+                    format!("`{dir}` is not a directory under /var/lib, /var/log or /var/cache"),
+                    "keep state under /var/lib/NAME (logs under /var/log/NAME)",
+                ));
+            }
+        }
+        for (i, path) in self.d.state.purge.iter().flatten().enumerate() {
+            let allowed = st.directories.iter().any(|d| path == d || path.starts_with(&format!("{d}/")))
+                || path.starts_with("/etc/");
+            if !allowed {
+                return Err(self.err(
+                    &format!("state.purge[{i}]"),
+                    format!("`{path}` is neither a state directory nor under /etc"),
+                    "purge may remove only what the package's state directories or configuration hold",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses an octal mode string such as "0755".
+pub fn parse_mode(mode: &str) -> Result<u32, String> {
+    let digits = mode.strip_prefix("0o").unwrap_or(mode);
+    let value = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("`{mode}` is not an octal mode"))?;
+    if value > 0o7777 {
+        return Err(format!("`{mode}` is larger than 07777"));
+    }
+    if value & 0o002 != 0 {
+        return Err(format!("`{mode}` is world-writable"));
+    }
+    if value & 0o6000 != 0 {
+        return Err(format!("`{mode}` sets setuid or setgid"));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_closest_key() {
+        let text = "[package]\nname = \"a\"\nverison = \"1.0.0\"\n";
+        let err = parse(Path::new("x.toml"), text).unwrap_err();
+        assert_eq!(err.field, "verison");
+        assert!(err.fix.contains("did you mean `version`"), "{err}");
+        assert!(err.problem.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0755"), Ok(0o755));
+        assert!(parse_mode("0799").is_err());
+        assert!(parse_mode("0777").is_err());
+        assert!(parse_mode("4755").is_err());
+    }
+
+    #[test]
+    fn closest_needs_to_be_close() {
+        let known = vec!["source".to_string(), "dest".to_string()];
+        assert_eq!(closest("sorce", &known).as_deref(), Some("source"));
+        assert_eq!(closest("banana", &known), None);
+    }
+}

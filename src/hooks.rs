@@ -1,0 +1,190 @@
+//! Maintainer scripts rendered from the handlebars templates in `hooks/`.
+//!
+//! Every value is shell-quoted on the way in: the escape function of the
+//! registry *is* the quoting helper, so a template cannot forget it. A
+//! template writes `user={{user}}` and gets `user='roboconf-agent'`; values
+//! must therefore never be placed inside quotes in a template.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use handlebars::Handlebars;
+use serde::Serialize;
+
+use crate::descriptor::Validated;
+
+/// The templates, compiled into ferry so an installed binary needs no files.
+const PARTIALS: &[(&str, &str)] = &[
+    ("header", include_str!("../hooks/partials/header.hbs")),
+    ("create-user", include_str!("../hooks/partials/create-user.hbs")),
+    ("create-dirs", include_str!("../hooks/partials/create-dirs.hbs")),
+];
+
+/// The Debian maintainer scripts, by file name.
+const DEB_TEMPLATES: &[(&str, &str)] = &[
+    ("postinst", include_str!("../hooks/deb/postinst.hbs")),
+    ("prerm", include_str!("../hooks/deb/prerm.hbs")),
+    ("postrm", include_str!("../hooks/deb/postrm.hbs")),
+];
+
+/// The rpm scriptlets, by the name of their spec-file section.
+const RPM_TEMPLATES: &[(RpmScriptlet, &str)] = &[
+    (RpmScriptlet::Pre, include_str!("../hooks/rpm/pre.hbs")),
+    (RpmScriptlet::Post, include_str!("../hooks/rpm/post.hbs")),
+    (RpmScriptlet::Preun, include_str!("../hooks/rpm/preun.hbs")),
+    (RpmScriptlet::Postun, include_str!("../hooks/rpm/postun.hbs")),
+    (RpmScriptlet::Posttrans, include_str!("../hooks/rpm/posttrans.hbs")),
+];
+
+/// An rpm scriptlet section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RpmScriptlet {
+    Pretrans,
+    Pre,
+    Post,
+    Preun,
+    Postun,
+    Posttrans,
+}
+
+impl RpmScriptlet {
+    /// The template's name under `hooks/rpm/`.
+    pub fn template(self) -> &'static str {
+        match self {
+            Self::Pretrans => "pretrans",
+            Self::Pre => "pre",
+            Self::Post => "post",
+            Self::Preun => "preun",
+            Self::Postun => "postun",
+            Self::Posttrans => "posttrans",
+        }
+    }
+
+    /// cargo-generate-rpm's metadata key for this scriptlet.
+    pub fn cargo_generate_rpm_key(self) -> &'static str {
+        match self {
+            Self::Pretrans => "pre_trans_script",
+            Self::Pre => "pre_install_script",
+            Self::Post => "post_install_script",
+            Self::Preun => "pre_uninstall_script",
+            Self::Postun => "post_uninstall_script",
+            Self::Posttrans => "post_trans_script",
+        }
+    }
+}
+
+/// Rendered scripts for both formats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scripts {
+    /// (file name in the control archive, script)
+    pub deb: Vec<(&'static str, String)>,
+    pub rpm: Vec<(RpmScriptlet, String)>,
+}
+
+/// The values templates may use; all of them arrive shell-quoted.
+#[derive(Serialize)]
+struct TemplateValues<'a> {
+    ferry_version: &'static str,
+    name: &'a str,
+    version: String,
+    user: &'a str,
+    group: &'a str,
+    unit: String,
+    home: &'a str,
+    state_dirs: &'a [String],
+    secrets: &'a [String],
+    purge: Vec<String>,
+}
+
+/// Quotes `value` for POSIX sh: single quotes, with each embedded single
+/// quote closed, escaped and reopened.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn registry() -> Result<Handlebars<'static>> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    hb.register_escape_fn(shell_quote);
+    for (name, text) in PARTIALS {
+        hb.register_partial(name, *text)
+            .with_context(|| format!("hooks/partials/{name}.hbs does not parse"))?;
+    }
+    Ok(hb)
+}
+
+/// Renders every maintainer script for the validated descriptor.
+pub fn render(v: &Validated) -> Result<Scripts> {
+    let d = &v.descriptor;
+    let unit = v
+        .descriptor
+        .service
+        .unit
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ctx = TemplateValues {
+        ferry_version: env!("CARGO_PKG_VERSION"),
+        name: &d.package.name,
+        version: v.version.deb(),
+        user: &d.service.user,
+        group: &d.service.group,
+        unit,
+        home: d.state.directories.first().map_or("/nonexistent", String::as_str),
+        state_dirs: &d.state.directories,
+        secrets: &d.service.secrets,
+        purge: v.purge_paths(),
+    };
+    let hb = registry()?;
+    let render_one = |path: String, text: &str| {
+        hb.render_template(text, &ctx)
+            .with_context(|| format!("rendering hooks/{path}.hbs"))
+    };
+    let deb = DEB_TEMPLATES
+        .iter()
+        .map(|(name, text)| Ok((*name, render_one(format!("deb/{name}"), text)?)))
+        .collect::<Result<_>>()?;
+    let rpm = RPM_TEMPLATES
+        .iter()
+        .map(|(s, text)| Ok((*s, render_one(format!("rpm/{}", s.template()), text)?)))
+        .collect::<Result<_>>()?;
+    Ok(Scripts { deb, rpm })
+}
+
+/// Writes the scripts in the layouts cargo-deb (`maintainer-scripts = "DIR/deb"`)
+/// and cargo-generate-rpm (`pre_install_script = "DIR/rpm/pre_install_script"`
+/// and friends) read, and returns the paths written.
+pub fn write_for_cargo_tools(scripts: &Scripts, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut written = Vec::new();
+    let mut write = |path: std::path::PathBuf, text: &str| -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        written.push(path);
+        Ok(())
+    };
+    for (name, text) in &scripts.deb {
+        write(out.join("deb").join(name), text)?;
+    }
+    for (scriptlet, text) in &scripts.rpm {
+        write(out.join("rpm").join(scriptlet.cargo_generate_rpm_key()), text)?;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_hostile_values() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+    }
+}

@@ -1,0 +1,14 @@
+//! ferry: state-safe `.deb` and `.rpm` packages of VM agents, built from one
+//! descriptor, published to signed repositories and followed by the OS's own
+//! automatic update tools.
+//!
+//! The flow is one-way: [`descriptor`] is parsed and validated once,
+//! [`plan`] resolves it into files and rendered [`hooks`], and each
+//! [`build`] packager lays the plan out in its format.
+
+pub mod build;
+pub mod descriptor;
+pub mod hooks;
+pub mod plan;
+pub mod repo;
+pub mod version;
