@@ -228,6 +228,23 @@ pub fn load(file: &Path, version_override: Option<&str>) -> Result<Validated, De
     })
 }
 
+/// Checks that every asset's source exists: after the `[build]` command,
+/// since it may make them, and before any package is written.
+pub fn check_sources(v: &Validated) -> Result<(), DescriptorError> {
+    for (i, asset) in v.descriptor.assets.iter().enumerate() {
+        let source = v.resolve(&asset.source);
+        if !source.is_file() {
+            return Err(DescriptorError {
+                file: v.file.clone(),
+                field: format!("asset[{i}].source"),
+                problem: format!("{} does not exist", source.display()),
+                fix: "fix the path (relative to the descriptor), or add a [build] command that makes it".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses descriptor text, turning serde's messages into ones that name the
 /// field and suggest the closest known key.
 pub fn parse(file: &Path, text: &str) -> Result<Descriptor, DescriptorError> {
@@ -242,7 +259,10 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> DescriptorError {
         .unwrap_or_default();
     if let Some((unknown, expected)) = parse_unknown_field(&message) {
         let fix = match closest(&unknown, &expected) {
-            Some(best) => format!("did you mean `{best}`? Known keys here: {}", expected.join(", ")),
+            Some(best) => format!(
+                "did you mean `{best}`? Known keys here: {}",
+                expected.join(", ")
+            ),
             None => format!("remove it; known keys here: {}", expected.join(", ")),
         };
         return DescriptorError {
@@ -368,7 +388,10 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_version(&self, version_override: Option<&str>) -> Result<PackageVersion, DescriptorError> {
+    fn check_version(
+        &self,
+        version_override: Option<&str>,
+    ) -> Result<PackageVersion, DescriptorError> {
         let p = &self.d.package;
         let words: Vec<String> = p.prerelease_words.clone().unwrap_or_else(|| {
             version::DEFAULT_PRERELEASE_WORDS
@@ -376,9 +399,8 @@ impl Checker<'_> {
                 .map(|w| w.to_string())
                 .collect()
         });
-        version::check_prerelease_words(&words).map_err(|e| {
-            self.err("package.prerelease_words", e.problem, &e.fix)
-        })?;
+        version::check_prerelease_words(&words)
+            .map_err(|e| self.err("package.prerelease_words", e.problem, &e.fix))?;
         let (field, text) = match (version_override, &p.version) {
             (Some(v), _) => ("--version", v.to_string()),
             (None, Some(v)) => ("package.version", v.clone()),
@@ -412,7 +434,11 @@ impl Checker<'_> {
             )
         })?;
         let value: toml::Table = toml::from_str(&text).map_err(|e| {
-            self.err(field, format!("{} is not valid TOML: {e}", path.display()), "fix that file")
+            self.err(
+                field,
+                format!("{} is not valid TOML: {e}", path.display()),
+                "fix that file",
+            )
         })?;
         value
             .get("package")
@@ -460,7 +486,11 @@ impl Checker<'_> {
         for (i, asset) in self.d.assets.iter().enumerate() {
             let field = |f: &str| format!("asset[{i}].{f}");
             parse_mode(&asset.mode).map_err(|problem| {
-                self.err(&field("mode"), problem, "write the octal permissions as a string, e.g. \"0755\" or \"0644\"")
+                self.err(
+                    &field("mode"),
+                    problem,
+                    "write the octal permissions as a string, e.g. \"0755\" or \"0644\"",
+                )
             })?;
             self.check_dest(&field("dest"), &asset.dest)?;
             if asset.config && !asset.dest.starts_with("/etc/") {
@@ -475,14 +505,6 @@ impl Checker<'_> {
                     &field("dest"),
                     format!("`{}` is installed twice", asset.dest),
                     "give each asset its own destination",
-                ));
-            }
-            let source = self.root.join(&asset.source);
-            if !source.is_file() && self.d.build.is_none() {
-                return Err(self.err(
-                    &field("source"),
-                    format!("{} does not exist", source.display()),
-                    "fix the path (relative to the descriptor), or add a [build] command that makes it",
                 ));
             }
         }
@@ -570,7 +592,10 @@ impl Checker<'_> {
         let values = |key: &str| -> Vec<String> {
             text.lines()
                 .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::trim))
-                .flat_map(|v| v.split_whitespace().map(|w| w.trim_start_matches('-').to_string()))
+                .flat_map(|v| {
+                    v.split_whitespace()
+                        .map(|w| w.trim_start_matches('-').to_string())
+                })
                 .collect()
         };
         if values("User") != vec![self.d.service.user.clone()] {
@@ -603,7 +628,9 @@ impl Checker<'_> {
             ));
         }
         for (i, dir) in st.directories.iter().enumerate() {
-            let ok = dir.starts_with("/var/lib/") || dir.starts_with("/var/log/") || dir.starts_with("/var/cache/");
+            let ok = dir.starts_with("/var/lib/")
+                || dir.starts_with("/var/log/")
+                || dir.starts_with("/var/cache/");
             if !ok || dir.ends_with('/') || dir.contains("..") {
                 return Err(self.err(
                     &format!("state.directories[{i}]"),
@@ -613,7 +640,10 @@ impl Checker<'_> {
             }
         }
         for (i, path) in self.d.state.purge.iter().flatten().enumerate() {
-            let allowed = st.directories.iter().any(|d| path == d || path.starts_with(&format!("{d}/")))
+            let allowed = st
+                .directories
+                .iter()
+                .any(|d| path == d || path.starts_with(&format!("{d}/")))
                 || path.starts_with("/etc/");
             if !allowed {
                 return Err(self.err(
@@ -630,8 +660,8 @@ impl Checker<'_> {
 /// Parses an octal mode string such as "0755".
 pub fn parse_mode(mode: &str) -> Result<u32, String> {
     let digits = mode.strip_prefix("0o").unwrap_or(mode);
-    let value = u32::from_str_radix(digits, 8)
-        .map_err(|_| format!("`{mode}` is not an octal mode"))?;
+    let value =
+        u32::from_str_radix(digits, 8).map_err(|_| format!("`{mode}` is not an octal mode"))?;
     if value > 0o7777 {
         return Err(format!("`{mode}` is larger than 07777"));
     }

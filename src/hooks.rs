@@ -16,8 +16,14 @@ use crate::descriptor::Validated;
 /// The templates, compiled into ferry so an installed binary needs no files.
 const PARTIALS: &[(&str, &str)] = &[
     ("header", include_str!("../hooks/partials/header.hbs")),
-    ("create-user", include_str!("../hooks/partials/create-user.hbs")),
-    ("create-dirs", include_str!("../hooks/partials/create-dirs.hbs")),
+    (
+        "create-user",
+        include_str!("../hooks/partials/create-user.hbs"),
+    ),
+    (
+        "create-dirs",
+        include_str!("../hooks/partials/create-dirs.hbs"),
+    ),
 ];
 
 /// The Debian maintainer scripts, by file name.
@@ -32,8 +38,14 @@ const RPM_TEMPLATES: &[(RpmScriptlet, &str)] = &[
     (RpmScriptlet::Pre, include_str!("../hooks/rpm/pre.hbs")),
     (RpmScriptlet::Post, include_str!("../hooks/rpm/post.hbs")),
     (RpmScriptlet::Preun, include_str!("../hooks/rpm/preun.hbs")),
-    (RpmScriptlet::Postun, include_str!("../hooks/rpm/postun.hbs")),
-    (RpmScriptlet::Posttrans, include_str!("../hooks/rpm/posttrans.hbs")),
+    (
+        RpmScriptlet::Postun,
+        include_str!("../hooks/rpm/postun.hbs"),
+    ),
+    (
+        RpmScriptlet::Posttrans,
+        include_str!("../hooks/rpm/posttrans.hbs"),
+    ),
 ];
 
 /// An rpm scriptlet section.
@@ -130,7 +142,11 @@ pub fn render(v: &Validated) -> Result<Scripts> {
         user: &d.service.user,
         group: &d.service.group,
         unit,
-        home: d.state.directories.first().map_or("/nonexistent", String::as_str),
+        home: d
+            .state
+            .directories
+            .first()
+            .map_or("/nonexistent", String::as_str),
         state_dirs: &d.state.directories,
         secrets: &d.service.secrets,
         purge: v.purge_paths(),
@@ -159,8 +175,7 @@ pub fn write_for_cargo_tools(scripts: &Scripts, out: &Path) -> Result<Vec<std::p
     let mut written = Vec::new();
     let mut write = |path: std::path::PathBuf, text: &str| -> Result<()> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
@@ -172,7 +187,10 @@ pub fn write_for_cargo_tools(scripts: &Scripts, out: &Path) -> Result<Vec<std::p
         write(out.join("deb").join(name), text)?;
     }
     for (scriptlet, text) in &scripts.rpm {
-        write(out.join("rpm").join(scriptlet.cargo_generate_rpm_key()), text)?;
+        write(
+            out.join("rpm").join(scriptlet.cargo_generate_rpm_key()),
+            text,
+        )?;
     }
     Ok(written)
 }

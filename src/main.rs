@@ -155,7 +155,11 @@ fn run_build(args: BuildArgs) -> Result<()> {
         for a in &artifacts {
             println!("{}  ({} bytes)", a.path.display(), a.bytes);
         }
-        eprintln!("ferry: built {} package(s) in {:.1?}", artifacts.len(), started.elapsed());
+        eprintln!(
+            "ferry: built {} package(s) in {:.1?}",
+            artifacts.len(),
+            started.elapsed()
+        );
     }
     Ok(())
 }

@@ -137,7 +137,9 @@ fn compress_manual_page(dest: &str, data: Vec<u8>) -> Result<(String, Vec<u8>)> 
 /// needing dpkg-dev on the build machine.
 fn deb_depends(declared: &[String], files: &[PlannedFile]) -> Vec<String> {
     let mut depends = declared.to_vec();
-    let declares_libc = declared.iter().any(|d| d.split_whitespace().next() == Some("libc6"));
+    let declares_libc = declared
+        .iter()
+        .any(|d| d.split_whitespace().next() == Some("libc6"));
     let needed = files.iter().filter_map(|f| glibc_needed(&f.data)).max();
     if let (false, Some((major, minor))) = (declares_libc, needed) {
         depends.insert(0, format!("libc6 (>= {major}.{minor})"));
@@ -157,7 +159,9 @@ pub fn glibc_needed(data: &[u8]) -> Option<(u32, u32)> {
         .filter(|(_, w)| *w == TAG)
         .filter_map(|(i, _)| {
             let rest = &data[i + TAG.len()..];
-            let end = rest.iter().position(|b| !(b.is_ascii_digit() || *b == b'.'))?;
+            let end = rest
+                .iter()
+                .position(|b| !(b.is_ascii_digit() || *b == b'.'))?;
             let text = std::str::from_utf8(&rest[..end]).ok()?;
             let (major, minor) = text.split_once('.')?;
             let minor = minor.split('.').next()?;
@@ -235,8 +239,19 @@ fn debian_docs(v: &Validated, source_date: u64) -> Result<Vec<PlannedFile>> {
 
 /// Licenses whose full text Debian ships in /usr/share/common-licenses.
 const COMMON_LICENSES: &[&str] = &[
-    "Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.2", "GFDL-1.3", "GPL-2", "GPL-3",
-    "LGPL-2", "LGPL-2.1", "LGPL-3", "MPL-1.1", "MPL-2.0",
+    "Apache-2.0",
+    "Artistic",
+    "BSD",
+    "CC0-1.0",
+    "GFDL-1.2",
+    "GFDL-1.3",
+    "GPL-2",
+    "GPL-3",
+    "LGPL-2",
+    "LGPL-2.1",
+    "LGPL-3",
+    "MPL-1.1",
+    "MPL-2.0",
 ];
 
 fn copyright(v: &Validated, source_date: u64) -> String {

@@ -7,7 +7,10 @@ use std::process::Command;
 use ferry::version::{PackageVersion, DEFAULT_PRERELEASE_WORDS};
 
 fn words() -> Vec<String> {
-    DEFAULT_PRERELEASE_WORDS.iter().map(|w| w.to_string()).collect()
+    DEFAULT_PRERELEASE_WORDS
+        .iter()
+        .map(|w| w.to_string())
+        .collect()
 }
 
 fn dpkg_cmp(a: &str, b: &str) -> Ordering {
@@ -106,7 +109,11 @@ fn accepted_versions_sort_as_semver_in_dpkg_and_rpm() {
     for (a, b) in ACCEPTED {
         let want = semver_cmp(a, b);
         let (da, db) = (mapped(a), mapped(b));
-        assert_eq!(dpkg_cmp(&format!("{da}-1"), &format!("{db}-1")), want, "dpkg: {a} vs {b}");
+        assert_eq!(
+            dpkg_cmp(&format!("{da}-1"), &format!("{db}-1")),
+            want,
+            "dpkg: {a} vs {b}"
+        );
         assert_eq!(rpm_cmp(&da, &db), want, "rpm: {a} vs {b}");
     }
 }
@@ -118,8 +125,16 @@ fn revision_orders_after_version() {
     assert_eq!(dpkg_cmp(&a.deb(), &b.deb()), Ordering::Less);
     assert_eq!(rpm_cmp(&a.rpm_evr(), &b.rpm_evr()), Ordering::Less);
     let e = PackageVersion::new("0.1.0", "1", Some(1), &words()).unwrap();
-    assert_eq!(dpkg_cmp(&b.deb(), &e.deb()), Ordering::Less, "epoch wins in dpkg");
-    assert_eq!(rpm_cmp(&b.rpm_evr(), &e.rpm_evr()), Ordering::Less, "epoch wins in rpm");
+    assert_eq!(
+        dpkg_cmp(&b.deb(), &e.deb()),
+        Ordering::Less,
+        "epoch wins in dpkg"
+    );
+    assert_eq!(
+        rpm_cmp(&b.rpm_evr(), &e.rpm_evr()),
+        Ordering::Less,
+        "epoch wins in rpm"
+    );
 }
 
 /// Each refused version is refused, and the naive mapping would really
@@ -134,6 +149,9 @@ fn refused_versions_would_sort_wrongly() {
         let (nb, no) = (naive(bad), naive(other));
         let dpkg_wrong = dpkg_cmp(&format!("{nb}-1"), &format!("{no}-1")) != want;
         let rpm_wrong = rpm_cmp(&nb, &no) != want || nb.contains('-');
-        assert!(dpkg_wrong || rpm_wrong, "{bad} vs {other}: both tools agree with semver, so refusing it is not needed");
+        assert!(
+            dpkg_wrong || rpm_wrong,
+            "{bad} vs {other}: both tools agree with semver, so refusing it is not needed"
+        );
     }
 }

@@ -141,7 +141,14 @@ fn control_file(plan: &Plan, files: &[&PlannedFile]) -> String {
     if let Some(home) = &plan.homepage {
         field("Homepage", home);
     }
-    field("Description", &format!("{}\n{}", plan.summary, extended_description(&plan.description)));
+    field(
+        "Description",
+        &format!(
+            "{}\n{}",
+            plan.summary,
+            extended_description(&plan.description)
+        ),
+    );
     c
 }
 
@@ -149,7 +156,13 @@ fn control_file(plan: &Plan, files: &[&PlannedFile]) -> String {
 /// empty lines written as " .".
 fn extended_description(text: &str) -> String {
     text.lines()
-        .map(|l| if l.trim().is_empty() { " .".to_string() } else { format!(" {l}") })
+        .map(|l| {
+            if l.trim().is_empty() {
+                " .".to_string()
+            } else {
+                format!(" {l}")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -219,17 +232,30 @@ impl TarWriter {
     }
 
     fn dir(&mut self, path: &str) -> Result<()> {
-        let mut h = self.header(tar::EntryType::Directory, 0o755, 0)?;
-        self.builder
-            .append_data(&mut h, path, std::io::empty())
+        let h = self.header(tar::EntryType::Directory, 0o755, 0)?;
+        self.append(h, path, &[])
             .with_context(|| format!("adding directory {path}"))
     }
 
     fn file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        let mut h = self.header(tar::EntryType::Regular, mode, data.len() as u64)?;
-        self.builder
-            .append_data(&mut h, path, data)
+        let h = self.header(tar::EntryType::Regular, mode, data.len() as u64)?;
+        self.append(h, path, data)
             .with_context(|| format!("adding {path}"))
+    }
+
+    /// Keeps the `./` prefix dpkg-deb writes (the tar crate's path setter
+    /// strips it) when the name fits the header; longer names go through
+    /// the crate's GNU long-name support.
+    fn append(&mut self, mut h: tar::Header, path: &str, data: &[u8]) -> Result<()> {
+        const NAME_FIELD: usize = 100;
+        if path.len() < NAME_FIELD {
+            h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            self.builder.append(&h, data)?;
+        } else {
+            self.builder.append_data(&mut h, path, data)?;
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<Vec<u8>> {
@@ -251,7 +277,10 @@ impl<'a> ArWriter<'a> {
     }
 
     fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
-        anyhow::ensure!(name.len() <= 16, "ar member name {name} is longer than 16 bytes");
+        anyhow::ensure!(
+            name.len() <= 16,
+            "ar member name {name} is longer than 16 bytes"
+        );
         let header = format!(
             "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
             name,

@@ -79,11 +79,16 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<
     if opts.run_build_command {
         run_build_command(&validated, progress)?;
     }
+    descriptor::check_sources(&validated)?;
     progress(&format!(
         "packaging {} {} ({})",
         validated.descriptor.package.name,
         validated.version.deb(),
-        opts.formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(", ")
+        opts.formats
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let plan = plan::resolve(&validated, opts.source_date)?;
     let packagers = packagers(&opts.formats, opts.profile);
@@ -105,7 +110,11 @@ fn packagers(formats: &[Format], profile: Profile) -> Vec<Box<dyn Packager>> {
 }
 
 /// Writes the packages side by side, one thread each.
-pub fn write_all(plan: &Plan, packagers: &[Box<dyn Packager>], out: &Path) -> Result<Vec<Artifact>> {
+pub fn write_all(
+    plan: &Plan,
+    packagers: &[Box<dyn Packager>],
+    out: &Path,
+) -> Result<Vec<Artifact>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = packagers
             .iter()
@@ -113,7 +122,10 @@ pub fn write_all(plan: &Plan, packagers: &[Box<dyn Packager>], out: &Path) -> Re
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| bail!("a packager thread panicked")))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a packager thread panicked"))
+            })
             .collect()
     })
 }
@@ -157,7 +169,10 @@ fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()
         return Ok(());
     };
     let Some((program, args)) = build.command.split_first() else {
-        bail!("{}: field `build.command` is empty; fix: list the program and its arguments", v.file.display());
+        bail!(
+            "{}: field `build.command` is empty; fix: list the program and its arguments",
+            v.file.display()
+        );
     };
     progress(&format!("running {}", build.command.join(" ")));
     let status = Command::new(program)

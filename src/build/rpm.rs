@@ -71,7 +71,8 @@ impl Packager for Rpm {
             b.url(home.as_str());
         }
         for f in plan.files_for(Format::Rpm) {
-            let mut options = FileOptions::new(f.dest.as_str()).mode(FileMode::regular(f.mode as u16));
+            let mut options =
+                FileOptions::new(f.dest.as_str()).mode(FileMode::regular(f.mode as u16));
             if f.config {
                 options = options.config().noreplace();
             }

@@ -1,0 +1,352 @@
+//! `ferry build` of the reference agent, checked with the tools a Debian or
+//! RPM maintainer would use: lintian, rpmlint, dpkg-deb, rpm, shellcheck.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const SOURCE_DATE_EPOCH: &str = "1700000000";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .current_dir(repo())
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+        .output()
+        .expect("ferry runs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The reference agent's packages, built once for every test here.
+struct Built {
+    deb: PathBuf,
+    rpm: PathBuf,
+}
+
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = tempdir("build");
+        let o = ferry(&[
+            "build",
+            "--out",
+            out.to_str().unwrap(),
+            "--version",
+            "1.2.0-rc.1",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        Built {
+            deb: out.join(format!("roboconf-agent_1.2.0~rc.1-1_{}.deb", deb_arch())),
+            rpm: out.join(format!(
+                "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
+                std::env::consts::ARCH
+            )),
+        }
+    })
+}
+
+fn deb_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+#[test]
+fn lintian_reports_no_error_and_no_warning() {
+    let o = run(Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--allow-root"])
+        .arg(&built().deb));
+    let flagged: Vec<&str> = std::str::from_utf8(&o.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(o.status.success() && flagged.is_empty(), "{}", text(&o));
+}
+
+#[test]
+fn rpmlint_reports_no_error() {
+    // ci/rpmlintrc filters exactly one check, with its reason.
+    let o = run(Command::new("rpmlint")
+        .arg("-r")
+        .arg(repo().join("ci/rpmlintrc"))
+        .arg(&built().rpm));
+    let errors: Vec<&str> = std::str::from_utf8(&o.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(": E: "))
+        .collect();
+    assert!(errors.is_empty(), "{}", text(&o));
+    assert!(text(&o).contains("0 errors"), "{}", text(&o));
+}
+
+#[test]
+fn deb_carries_every_file_with_its_mode_and_owner() {
+    let o = run(Command::new("dpkg-deb").arg("--contents").arg(&built().deb));
+    let listing = String::from_utf8(o.stdout).unwrap();
+    for (mode, path) in [
+        ("-rwxr-xr-x", "./usr/bin/roboconf-agent"),
+        ("-rw-r--r--", "./etc/roboconf-agent/agent.toml"),
+        ("-rw-r--r--", "./lib/systemd/system/roboconf-agent.service"),
+        ("-rw-r--r--", "./usr/share/man/man1/roboconf-agent.1.gz"),
+        ("-rw-r--r--", "./usr/share/doc/roboconf-agent/copyright"),
+    ] {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(path))
+            .unwrap_or_else(|| panic!("{path} missing from\n{listing}"));
+        assert!(line.starts_with(mode), "{line}");
+        assert!(line.contains("root/root"), "{line}");
+    }
+    assert!(
+        !listing.contains("./var/"),
+        "state is made by the scripts, never shipped"
+    );
+    let field = |name: &str| {
+        let o = run(Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(&built().deb)
+            .arg(name));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(field("Version"), "1.2.0~rc.1-1");
+    assert!(
+        field("Depends").contains("libc6 (>= 2."),
+        "{}",
+        field("Depends")
+    );
+    let conffiles = run(Command::new("dpkg-deb")
+        .arg("--info")
+        .arg(&built().deb)
+        .arg("conffiles"));
+    assert_eq!(
+        String::from_utf8_lossy(&conffiles.stdout),
+        "/etc/roboconf-agent/agent.toml\n"
+    );
+}
+
+#[test]
+fn rpm_carries_every_file_with_its_mode_and_flags() {
+    let o = run(Command::new("rpm")
+        .args([
+            "-qp",
+            "--queryformat",
+            "[%{FILENAMES} %{FILEMODES:octal} %{FILEUSERNAME} %{FILEFLAGS:fflags}\n]",
+        ])
+        .arg(&built().rpm));
+    let listing = String::from_utf8(o.stdout).unwrap();
+    for expected in [
+        "/usr/bin/roboconf-agent 100755 root ",
+        "/etc/roboconf-agent/agent.toml 100644 root cn",
+        "/usr/lib/systemd/system/roboconf-agent.service 100644 root ",
+        "/usr/share/man/man1/roboconf-agent.1.gz 100644 root d",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.starts_with(expected)),
+            "{expected:?} missing from\n{listing}"
+        );
+    }
+    let evr = run(Command::new("rpm")
+        .args(["-qp", "--queryformat", "%{VERSION}-%{RELEASE}"])
+        .arg(&built().rpm));
+    assert_eq!(String::from_utf8_lossy(&evr.stdout), "1.2.0~rc.1-1");
+}
+
+#[test]
+fn two_builds_with_the_same_source_date_are_byte_identical() {
+    let again = tempdir("again");
+    let o = ferry(&[
+        "build",
+        "--no-build-command",
+        "--out",
+        again.to_str().unwrap(),
+        "--version",
+        "1.2.0-rc.1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for first in [&built().deb, &built().rpm] {
+        let second = again.join(first.file_name().unwrap());
+        assert!(
+            std::fs::read(first).unwrap() == std::fs::read(&second).unwrap(),
+            "{} and {} differ",
+            first.display(),
+            second.display()
+        );
+    }
+}
+
+#[test]
+fn rendered_scripts_pass_shellcheck() {
+    let out = tempdir("hooks");
+    let o = ferry(&["hooks", "render", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let scripts: Vec<PathBuf> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert!(scripts.len() >= 8, "{scripts:?}");
+    let check = run(Command::new("shellcheck").args(["-s", "sh"]).args(&scripts));
+    assert!(check.status.success(), "{}", text(&check));
+    for script in &scripts {
+        let body = std::fs::read_to_string(script).unwrap();
+        assert!(
+            body.contains("\nset -e\n"),
+            "{} lacks set -e",
+            script.display()
+        );
+        assert!(!body.contains("eval "), "{} uses eval", script.display());
+    }
+}
+
+/// A copy of pkg/ with the descriptor edited, for the refusal tests.
+fn broken_descriptor(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let dir = tempdir(name);
+    for entry in std::fs::read_dir(repo().join("pkg")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let file = dir.join("ferry.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let edited = edit(&original);
+    assert_ne!(edited, original, "the edit for {name} changed nothing");
+    // The payload already exists; point at it without rebuilding.
+    let edited = edited.replace("\"../", &format!("\"{}/", repo().display()));
+    std::fs::write(&file, edited).unwrap();
+    dir
+}
+
+fn assert_refused(dir: &Path, field: &str, words: &[&str]) {
+    let out = dir.join("dist");
+    let o = ferry(&[
+        "build",
+        "--no-build-command",
+        "--descriptor",
+        dir.join("ferry.toml").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let all = text(&o);
+    assert!(!o.status.success(), "accepted: {all}");
+    assert!(all.contains("ferry.toml"), "no file named: {all}");
+    assert!(
+        all.contains(&format!("field `{field}`")),
+        "field {field} not named: {all}"
+    );
+    assert!(all.contains("fix:"), "no fix offered: {all}");
+    for w in words {
+        assert!(all.contains(w), "{w:?} missing: {all}");
+    }
+    assert!(
+        !out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(),
+        "a package was written"
+    );
+}
+
+#[test]
+fn bad_descriptors_are_refused_with_file_field_and_fix() {
+    // The copies point at the payload the shared build made.
+    let _ = built();
+    // (name, text replaced once, replacement, field named, words shown)
+    let cases: &[(&str, &str, &str, &str, &[&str])] = &[
+        (
+            "typo",
+            "revision =",
+            "revison =",
+            "revison",
+            &["did you mean `revision`", "line"],
+        ),
+        (
+            "version",
+            "revision = \"1\"",
+            "revision = \"1\"\nversion = \"1.0\"",
+            "package.version",
+            &["not a semantic version"],
+        ),
+        (
+            "prerelease",
+            "revision = \"1\"",
+            "revision = \"1\"\nversion = \"1.0.0-alpha.beta\"",
+            "package.version",
+            &["rpm"],
+        ),
+        (
+            "asset",
+            "source = \"agent.toml\"",
+            "source = \"agnet.toml\"",
+            "asset[1].source",
+            &["does not exist"],
+        ),
+        (
+            "root",
+            "dest = \"/usr/bin/roboconf-agent\"",
+            "dest = \"/srv/roboconf-agent\"",
+            "asset[0].dest",
+            &["outside the usual roots"],
+        ),
+        (
+            "mode",
+            "mode = \"0755\"",
+            "mode = \"0799\"",
+            "asset[0].mode",
+            &["not an octal mode"],
+        ),
+        (
+            "world",
+            "mode = \"0755\"",
+            "mode = \"0777\"",
+            "asset[0].mode",
+            &["world-writable"],
+        ),
+        (
+            "arch",
+            "architecture = \"auto\"",
+            "architecture = \"amd46\"",
+            "package.architecture",
+            &["did you mean `amd64`"],
+        ),
+        (
+            "user",
+            "user = \"roboconf-agent\"",
+            "user = \"root\"",
+            "service.user",
+            &["must not run as root"],
+        ),
+        (
+            "unit",
+            "directories = [",
+            "directories = [\"/var/lib/other\", ",
+            "service.unit",
+            &["ReadWritePaths", "/var/lib/other"],
+        ),
+    ];
+    for (name, from, to, field, words) in cases {
+        let dir = broken_descriptor(name, |s| s.replacen(from, to, 1));
+        assert_refused(&dir, field, words);
+    }
+}
