@@ -1,0 +1,163 @@
+//! Reads what a repository needs from a package file: name, version,
+//! architecture, the .deb control paragraph, and a digest of the content.
+//!
+//! Done in-process (a .deb is an `ar` archive holding a compressed tar, an rpm
+//! has a lead and two headers) so that publishing needs neither dpkg nor rpm
+//! tools for reading, and stays fast on a pool of a thousand files.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::fsutil;
+use super::state::Format;
+
+/// A package file given to `publish`, as read from disk.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    pub path: PathBuf,
+    pub format: Format,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub content: String,
+    /// Control paragraph of a .deb; empty for an rpm.
+    pub control: String,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspected> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read package {}", path.display()))?;
+    let result = if bytes.starts_with(b"!<arch>\n") {
+        inspect_deb(path, &bytes)
+    } else if bytes.starts_with(&[0xed, 0xab, 0xee, 0xdb]) {
+        inspect_rpm(path, &bytes)
+    } else {
+        Err(anyhow!(
+            "it is neither a .deb (ar archive) nor an .rpm (no rpm lead)"
+        ))
+    };
+    result.with_context(|| format!("{} is not a package ferry can publish", path.display()))
+}
+
+fn inspect_deb(path: &Path, bytes: &[u8]) -> Result<Inspected> {
+    let control = deb_control(bytes)?;
+    let field = |name: &str| {
+        control_field(&control, name).ok_or_else(|| anyhow!("its control file has no {name} field"))
+    };
+    Ok(Inspected {
+        path: path.to_path_buf(),
+        format: Format::Deb,
+        name: field("Package")?,
+        version: field("Version")?,
+        arch: field("Architecture")?,
+        content: fsutil::sha256_hex(bytes),
+        control,
+    })
+}
+
+fn inspect_rpm(path: &Path, bytes: &[u8]) -> Result<Inspected> {
+    let metadata =
+        rpm::PackageMetadata::parse(&mut &bytes[..]).context("cannot parse its rpm headers")?;
+    if metadata.is_source_package() {
+        bail!("it is a source rpm; repositories of ferry hold binary packages only");
+    }
+    let epoch = metadata.get_epoch().unwrap_or(0);
+    let version = metadata.get_version()?;
+    let release = metadata.get_release()?;
+    let full = match epoch {
+        0 => format!("{version}-{release}"),
+        e => format!("{e}:{version}-{release}"),
+    };
+    Ok(Inspected {
+        path: path.to_path_buf(),
+        format: Format::Rpm,
+        name: metadata.get_name()?.to_string(),
+        version: full,
+        arch: metadata.get_arch()?.to_string(),
+        content: rpm_content_digest(bytes)?,
+        control: String::new(),
+    })
+}
+
+/// SHA-256 of an rpm without its lead and signature header: the header and
+/// payload, which `rpmsign --addsign` leaves untouched. So republishing an rpm
+/// that ferry signed, or the unsigned file it came from, is the same content.
+pub fn rpm_content_digest(bytes: &[u8]) -> Result<String> {
+    const LEAD: usize = 96;
+    let intro = bytes
+        .get(LEAD..LEAD + 16)
+        .ok_or_else(|| anyhow!("truncated rpm"))?;
+    if intro[..3] != [0x8e, 0xad, 0xe8] {
+        bail!("rpm signature header is missing");
+    }
+    let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    let (entries, store) = (be32(&intro[8..12]), be32(&intro[12..16]));
+    let signature_len = 16 + entries * 16 + store;
+    let header_start = LEAD + signature_len.div_ceil(8) * 8;
+    let rest = bytes
+        .get(header_start..)
+        .ok_or_else(|| anyhow!("truncated rpm"))?;
+    Ok(fsutil::sha256_hex(rest))
+}
+
+/// The control paragraph of a .deb: member `control.tar.*` of the ar archive,
+/// file `./control` inside it.
+pub fn deb_control(bytes: &[u8]) -> Result<String> {
+    let (name, member) = ar_members(bytes)?
+        .into_iter()
+        .find(|(name, _)| name.starts_with("control.tar"))
+        .ok_or_else(|| anyhow!("it has no control.tar member"))?;
+    let reader: Box<dyn Read + '_> = match name.as_str() {
+        "control.tar" => Box::new(member),
+        "control.tar.gz" => Box::new(flate2::read::GzDecoder::new(member)),
+        "control.tar.xz" => Box::new(liblzma::read::XzDecoder::new(member)),
+        "control.tar.zst" => Box::new(zstd::stream::read::Decoder::new(member)?),
+        other => bail!("its member {other} uses a compression ferry cannot read"),
+    };
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().context("cannot read control.tar")? {
+        let mut entry = entry.context("cannot read control.tar")?;
+        if entry.path()?.as_os_str() == "./control" || entry.path()?.as_os_str() == "control" {
+            let mut text = String::new();
+            entry
+                .read_to_string(&mut text)
+                .context("control file is not UTF-8")?;
+            return Ok(text);
+        }
+    }
+    bail!("its control.tar has no control file")
+}
+
+/// The members of an `ar` archive as (name, bytes); a .deb has three.
+fn ar_members(bytes: &[u8]) -> Result<Vec<(String, &[u8])>> {
+    let mut members = Vec::new();
+    let mut offset = 8;
+    while offset + 60 <= bytes.len() {
+        let header = &bytes[offset..offset + 60];
+        let name = String::from_utf8_lossy(&header[..16])
+            .trim_end()
+            .trim_end_matches('/')
+            .to_string();
+        let size: usize = String::from_utf8_lossy(&header[48..58])
+            .trim()
+            .parse()
+            .context("corrupt ar member header")?;
+        let start = offset + 60;
+        let data = bytes
+            .get(start..start + size)
+            .ok_or_else(|| anyhow!("truncated ar member {name}"))?;
+        members.push((name, data));
+        offset = start + size + size % 2;
+    }
+    Ok(members)
+}
+
+/// Value of a single-line field of a control paragraph.
+pub fn control_field(control: &str, name: &str) -> Option<String> {
+    control.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.eq_ignore_ascii_case(name)).then(|| value.trim().to_string())
+    })
+}

@@ -1,0 +1,877 @@
+//! `ferry publish` and `ferry promote` against the real clients: apt-get and
+//! dnf read the repositories with signature checking on, from alternate roots
+//! and configuration on this machine (nothing is booted).
+//!
+//! Needs (ci/apt-packages.publish): dpkg-dev, apt, gnupg, rpm, dnf,
+//! createrepo-c. Runs as root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ferry::repo::{promote, publish, PromoteArgs, PublishArgs, PUBLIC_KEY_FILE};
+
+const PACKAGE: &str = "ferry-probe";
+
+// ---------------------------------------------------------------- fixtures
+
+/// A directory removed when the test ends.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("publish-{name}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}",
+        text(&output)
+    );
+    output
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A throwaway signing key, made once per test run.
+struct Key {
+    home: PathBuf,
+    fingerprint: String,
+}
+
+fn key() -> &'static Key {
+    static KEY: OnceLock<Key> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("publish-gnupg");
+        // The previous run's gpg-agent: stop it rather than leave one per run.
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--kill", "gpg-agent"])
+            .status();
+        let _ = fs::remove_dir_all(&home);
+        fs::create_dir_all(&home).unwrap();
+        run(Command::new("chmod").arg("700").arg(&home));
+        run(Command::new("gpg").arg("--homedir").arg(&home).args([
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "ferry publish test <publish@ferry.invalid>",
+            "rsa2048",
+            "sign",
+            "never",
+        ]));
+        let listing = run(Command::new("gpg").arg("--homedir").arg(&home).args([
+            "--batch",
+            "--with-colons",
+            "--list-secret-keys",
+        ]));
+        let fingerprint = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|rest| rest.trim_matches(':').to_string())
+            })
+            .expect("gpg lists the new key's fingerprint");
+        Key { home, fingerprint }
+    })
+}
+
+/// A small real .deb: version `V-1`, one file whose content is `salt`.
+fn build_deb(dir: &Path, version: &str, arch: &str, salt: &str) -> PathBuf {
+    build_deb_named(dir, PACKAGE, version, arch, salt)
+}
+
+fn build_deb_named(dir: &Path, name: &str, version: &str, arch: &str, salt: &str) -> PathBuf {
+    let tree = dir.join(format!("deb-{name}-{version}-{arch}-{salt}"));
+    fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    fs::create_dir_all(tree.join("usr/share").join(name)).unwrap();
+    fs::write(
+        tree.join("usr/share").join(name).join("version"),
+        format!("{version} {salt}\n"),
+    )
+    .unwrap();
+    fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}-1\nArchitecture: {arch}\nMaintainer: ferry <ferry@invalid>\n\
+             Section: admin\nPriority: optional\nDescription: probe package of ferry's tests\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{name}_{version}-1_{arch}-{salt}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&tree)
+        .arg(&out));
+    out
+}
+
+/// A small real, unsigned rpm: version `V`, release 1, one file.
+fn build_rpm(dir: &Path, version: &str, arch: &str, salt: &str) -> PathBuf {
+    let package = rpm::PackageBuilder::new(
+        PACKAGE,
+        version,
+        "MIT",
+        arch,
+        "probe package of ferry's tests",
+    )
+    .release("1")
+    .with_file_contents(
+        format!("{version} {salt}\n"),
+        rpm::FileOptions::new(format!("/usr/share/{PACKAGE}/version")),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let out = dir.join(format!("{PACKAGE}-{version}-1.{arch}-{salt}.rpm"));
+    package.write_file(&out).unwrap();
+    out
+}
+
+/// One .deb and one .rpm of `version`.
+fn build_pair(dir: &Path, version: &str, salt: &str) -> Vec<PathBuf> {
+    vec![
+        build_deb(dir, version, "amd64", salt),
+        build_rpm(dir, version, "x86_64", salt),
+    ]
+}
+
+fn publish_args(repo: &Path, channel: &str, packages: Vec<PathBuf>) -> PublishArgs {
+    PublishArgs {
+        repo: repo.to_path_buf(),
+        channel: channel.to_string(),
+        keep: 5,
+        key: Some(key().fingerprint.clone()),
+        gnupghome: Some(key().home.clone()),
+        keep_versions: Vec::new(),
+        packages,
+    }
+}
+
+/// Every path under `dir` with its content hash (or symlink target): a
+/// refused command must leave this unchanged.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(dir).unwrap().display().to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let value = if meta.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path);
+                "dir".to_string()
+            } else {
+                sha256(&fs::read(&path).unwrap())
+            };
+            found.insert(relative, value);
+        }
+    }
+    found
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn pool_deb(repo: &Path, version: &str) -> PathBuf {
+    repo.join(format!(
+        "apt/pool/main/{PACKAGE}/{PACKAGE}_{version}-1_amd64.deb"
+    ))
+}
+
+fn pool_rpm(repo: &Path, version: &str) -> PathBuf {
+    repo.join(format!("rpm/pool/{PACKAGE}-{version}-1.x86_64.rpm"))
+}
+
+// ---------------------------------------------------------------- clients
+
+/// apt-get with its own sources, keyring-free trust (Signed-By) and state:
+/// the host's apt configuration and lists are never touched.
+struct Apt {
+    root: PathBuf,
+}
+
+impl Apt {
+    fn new(root: PathBuf, repo: &Path, channel: &str) -> Apt {
+        for dir in [
+            "etc/trusted.gpg.d",
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+            "download",
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(root.join("status"), "").unwrap();
+        fs::write(
+            root.join("etc/sources.list"),
+            format!(
+                "deb [signed-by={}] file://{}/apt {channel} main\n",
+                repo.join(PUBLIC_KEY_FILE).display(),
+                repo.display()
+            ),
+        )
+        .unwrap();
+        Apt { root }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("apt-get");
+        let r = self.root.display();
+        for option in [
+            format!("Dir::Etc::SourceList={r}/etc/sources.list"),
+            format!("Dir::Etc::SourceParts={r}/etc/sources.list.d"),
+            format!("Dir::Etc::TrustedParts={r}/etc/trusted.gpg.d"),
+            format!("Dir::Etc::Trusted={r}/etc/trusted.gpg"),
+            format!("Dir::Etc::PreferencesParts={r}/etc/preferences.d"),
+            format!("Dir::State={r}/state"),
+            format!("Dir::State::status={r}/status"),
+            format!("Dir::Cache={r}/cache"),
+            "Debug::NoLocking=1".to_string(),
+            "APT::Sandbox::User=root".to_string(),
+            "Acquire::Languages=none".to_string(),
+            "APT::Architecture=amd64".to_string(),
+            "APT::Architectures=amd64".to_string(),
+        ] {
+            command.arg("-o").arg(option);
+        }
+        command
+            .current_dir(self.root.join("download"))
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// `apt-get update` with fresh lists, failing on any warning (SPEC §5).
+    fn update(&self) -> Output {
+        let _ = fs::remove_dir_all(self.root.join("state/lists"));
+        fs::create_dir_all(self.root.join("state/lists/partial")).unwrap();
+        self.command()
+            .args(["update", "--error-on=any"])
+            .output()
+            .unwrap()
+    }
+
+    /// `apt-get download NAME=VERSION-1`: the bytes apt verified and fetched.
+    fn download(&self, version: &str) -> Result<Vec<u8>, String> {
+        let output = self
+            .command()
+            .args(["download", &format!("{PACKAGE}={version}-1")])
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            return Err(text(&output));
+        }
+        let file = self
+            .root
+            .join(format!("download/{PACKAGE}_{version}-1_amd64.deb"));
+        let bytes = fs::read(&file).unwrap();
+        fs::remove_file(file).unwrap();
+        Ok(bytes)
+    }
+}
+
+/// dnf with an installroot of its own, gpgcheck and repo_gpgcheck on, and
+/// skip_if_unavailable off (SPEC §6: Debian's default would hide failures).
+struct Dnf {
+    root: PathBuf,
+}
+
+impl Dnf {
+    fn new(root: PathBuf, repo: &Path, channel: &str) -> Dnf {
+        fs::create_dir_all(root.join("etc/yum.repos.d")).unwrap();
+        fs::create_dir_all(root.join("download")).unwrap();
+        fs::write(
+            root.join("etc/yum.repos.d/ferry.repo"),
+            format!(
+                "[ferry]\nname=ferry\nbaseurl=file://{}/rpm/{channel}\nenabled=1\ngpgcheck=1\nrepo_gpgcheck=1\n\
+                 gpgkey=file://{}\nskip_if_unavailable=0\nmetadata_expire=0\n",
+                repo.display(),
+                repo.join(PUBLIC_KEY_FILE).display()
+            ),
+        )
+        .unwrap();
+        Dnf { root }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new("dnf");
+        command
+            .args(["-y", "--installroot"])
+            .arg(&self.root)
+            .arg(format!(
+                "--setopt=reposdir={}/etc/yum.repos.d",
+                self.root.display()
+            ))
+            .args([
+                "--releasever",
+                "12",
+                "--disablerepo=*",
+                "--enablerepo=ferry",
+                "--refresh",
+            ])
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn makecache(&self) -> Output {
+        let _ = fs::remove_dir_all(self.root.join("var/cache/dnf"));
+        self.command().arg("makecache").output().unwrap()
+    }
+
+    /// Downloads `NAME-VERSION-1` through dnf (signature checked): its bytes.
+    fn download(&self, version: &str) -> Result<Vec<u8>, String> {
+        let output = self
+            .command()
+            .args(["install", "--downloadonly", "--downloaddir"])
+            .arg(self.root.join("download"))
+            .arg(format!("{PACKAGE}-{version}-1"))
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            return Err(text(&output));
+        }
+        let file = self
+            .root
+            .join(format!("download/{PACKAGE}-{version}-1.x86_64.rpm"));
+        let bytes = fs::read(&file).unwrap();
+        fs::remove_file(file).unwrap();
+        Ok(bytes)
+    }
+
+    /// Installs the newest version and returns what the installroot's rpmdb holds.
+    fn install_newest(&self) -> String {
+        let output = self.command().args(["install", PACKAGE]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "dnf install failed:\n{}",
+            text(&output)
+        );
+        let query = run(Command::new("rpm")
+            .arg("--root")
+            .arg(&self.root)
+            .args(["-q", PACKAGE]));
+        String::from_utf8_lossy(&query.stdout).trim().to_string()
+    }
+}
+
+fn assert_clients_read(scratch: &Scratch, repo: &Path, channel: &str, version: &str) {
+    let apt = Apt::new(scratch.path(&format!("apt-check-{version}")), repo, channel);
+    let update = apt.update();
+    assert!(
+        update.status.success(),
+        "apt-get update failed:\n{}",
+        text(&update)
+    );
+    assert_eq!(
+        apt.download(version).unwrap(),
+        fs::read(pool_deb(repo, version)).unwrap()
+    );
+    let dnf = Dnf::new(scratch.path(&format!("dnf-check-{version}")), repo, channel);
+    let cache = dnf.makecache();
+    assert!(
+        cache.status.success(),
+        "dnf makecache failed:\n{}",
+        text(&cache)
+    );
+    assert_eq!(
+        dnf.download(version).unwrap(),
+        fs::read(pool_rpm(repo, version)).unwrap()
+    );
+}
+
+// ---------------------------------------------------------------- tests
+
+/// Retention keeps the newest N plus kept versions; apt and dnf, checking
+/// signatures, install the newest and fetch the older kept one; the pruned
+/// version is gone from both indices and pools.
+#[test]
+fn clients_get_newest_and_kept_versions_and_retention_prunes_the_rest() {
+    let scratch = Scratch::new("retention");
+    let repo = scratch.path("repo");
+    let mut first = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "a"));
+    first.keep_versions = vec!["1.0.0".to_string()];
+    publish(&first).unwrap();
+    for version in ["1.1.0", "1.2.0", "1.3.0"] {
+        let mut args = publish_args(&repo, "candidate", build_pair(&scratch.0, version, "a"));
+        args.keep = 2;
+        let report = publish(&args).unwrap();
+        assert!(report.to_string().contains("published"), "{report}");
+    }
+    for version in ["1.3.0", "1.2.0", "1.0.0"] {
+        assert!(
+            pool_deb(&repo, version).is_file() && pool_rpm(&repo, version).is_file(),
+            "{version} kept"
+        );
+    }
+    assert!(
+        !pool_deb(&repo, "1.1.0").exists() && !pool_rpm(&repo, "1.1.0").exists(),
+        "1.1.0 pruned"
+    );
+
+    let signature = run(Command::new("rpm")
+        .args(["-qp", "--qf", "%{RSAHEADER:pgpsig}"])
+        .arg(pool_rpm(&repo, "1.3.0")));
+    let short_id = &key().fingerprint[24..].to_lowercase();
+    assert!(
+        String::from_utf8_lossy(&signature.stdout).contains(short_id.as_str()),
+        "pool rpm not signed by the repository key"
+    );
+
+    let release = fs::read_to_string(repo.join("apt/dists/candidate/Release")).unwrap();
+    for field in [
+        "Suite: candidate",
+        "Codename: candidate",
+        "Components: main",
+        "Architectures: amd64",
+        "Origin: ferry-ferry-probe-",
+    ] {
+        assert!(release.contains(field), "Release lacks {field}:\n{release}");
+    }
+
+    let apt = Apt::new(scratch.path("apt"), &repo, "candidate");
+    let update = apt.update();
+    assert!(
+        update.status.success(),
+        "apt-get update failed:\n{}",
+        text(&update)
+    );
+    assert_eq!(
+        apt.download("1.3.0").unwrap(),
+        fs::read(pool_deb(&repo, "1.3.0")).unwrap()
+    );
+    assert_eq!(
+        apt.download("1.0.0").unwrap(),
+        fs::read(pool_deb(&repo, "1.0.0")).unwrap()
+    );
+    assert!(
+        apt.download("1.1.0").is_err(),
+        "a pruned version is not offered by apt"
+    );
+
+    let dnf = Dnf::new(scratch.path("dnf"), &repo, "candidate");
+    let cache = dnf.makecache();
+    assert!(
+        cache.status.success(),
+        "dnf makecache failed:\n{}",
+        text(&cache)
+    );
+    assert_eq!(dnf.install_newest(), format!("{PACKAGE}-1.3.0-1.x86_64"));
+    assert_eq!(
+        dnf.download("1.0.0").unwrap(),
+        fs::read(pool_rpm(&repo, "1.0.0")).unwrap()
+    );
+    assert!(
+        dnf.download("1.1.0").is_err(),
+        "a pruned version is not offered by dnf"
+    );
+}
+
+/// A Release/InRelease or repomd.xml changed after signing is refused by
+/// apt-get update (fresh lists, --error-on=any) and by dnf makecache.
+#[test]
+fn tampered_indices_are_rejected() {
+    let scratch = Scratch::new("tamper");
+    let repo = scratch.path("repo");
+    publish(&publish_args(
+        &repo,
+        "stable",
+        build_pair(&scratch.0, "2.0.0", "t"),
+    ))
+    .unwrap();
+    assert_clients_read(&scratch, &repo, "stable", "2.0.0");
+
+    let dist = fs::canonicalize(repo.join("apt/dists/stable")).unwrap();
+    let in_release = fs::read_to_string(dist.join("InRelease")).unwrap();
+    fs::write(
+        dist.join("InRelease"),
+        in_release.replace("Label: ", "Label: evil "),
+    )
+    .unwrap();
+    let apt = Apt::new(scratch.path("apt-inrelease"), &repo, "stable");
+    let update = apt.update();
+    assert!(
+        !update.status.success() && text(&update).contains("BADSIG"),
+        "tampered InRelease accepted, or refused for another reason:\n{}",
+        text(&update)
+    );
+
+    fs::remove_file(dist.join("InRelease")).unwrap();
+    let release = fs::read_to_string(dist.join("Release")).unwrap();
+    fs::write(
+        dist.join("Release"),
+        release.replace("Label: ", "Label: evil "),
+    )
+    .unwrap();
+    let apt = Apt::new(scratch.path("apt-release"), &repo, "stable");
+    let update = apt.update();
+    assert!(
+        !update.status.success() && text(&update).contains("BADSIG"),
+        "tampered Release accepted, or refused for another reason:\n{}",
+        text(&update)
+    );
+
+    let repomd = fs::canonicalize(repo.join("rpm/stable/repodata/repomd.xml")).unwrap();
+    let xml = fs::read_to_string(&repomd).unwrap();
+    fs::write(&repomd, xml.replacen("<revision>", "<revision>1", 1)).unwrap();
+    let dnf = Dnf::new(scratch.path("dnf"), &repo, "stable");
+    let cache = dnf.makecache();
+    assert!(
+        !cache.status.success() && text(&cache).contains("signature"),
+        "tampered repomd.xml accepted, or refused for another reason:\n{}",
+        text(&cache)
+    );
+}
+
+/// Same content again is a no-op; different content under a published
+/// version is refused, for deb and rpm, and changes nothing.
+#[test]
+fn a_published_version_is_immutable() {
+    let scratch = Scratch::new("immutable");
+    let repo = scratch.path("repo");
+    let packages = build_pair(&scratch.0, "3.0.0", "one");
+    publish(&publish_args(&repo, "candidate", packages.clone())).unwrap();
+    let before = snapshot(&repo);
+
+    let again = publish(&publish_args(&repo, "candidate", packages)).unwrap();
+    assert_eq!(again.generation, None, "{again}");
+    assert_eq!(again.unchanged.len(), 2);
+    assert_eq!(
+        snapshot(&repo),
+        before,
+        "an idempotent publish changed the repository"
+    );
+
+    for other in build_pair(&scratch.0, "3.0.0", "two") {
+        let error = publish(&publish_args(&repo, "candidate", vec![other])).unwrap_err();
+        assert!(format!("{error:#}").contains("immutable"), "{error:#}");
+        assert_eq!(
+            snapshot(&repo),
+            before,
+            "a refused publish changed the repository"
+        );
+    }
+}
+
+/// Each refusal says what is wrong and leaves the directory as it was.
+#[test]
+fn refusals_are_clear_and_change_nothing() {
+    let scratch = Scratch::new("refusals");
+    let repo = scratch.path("repo");
+
+    let mut unsigned = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
+    unsigned.key = None;
+    let error = publish(&unsigned).unwrap_err();
+    assert!(format!("{error:#}").contains("unsigned"), "{error:#}");
+    let mut unknown = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
+    unknown.key = Some("0123456789ABCDEF0123456789ABCDEF01234567".to_string());
+    let error = publish(&unknown).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("not a secret key"),
+        "{error:#}"
+    );
+    assert!(
+        !repo.exists(),
+        "a refused first publish created the repository"
+    );
+
+    publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "1.0.0", "r"),
+    ))
+    .unwrap();
+    let before = snapshot(&repo);
+    let refused: Vec<(PublishArgs, &str)> = vec![
+        (
+            publish_args(
+                &repo,
+                "candidate",
+                vec![build_deb_named(
+                    &scratch.0,
+                    "other-agent",
+                    "1.0.0",
+                    "amd64",
+                    "r",
+                )],
+            ),
+            "does not belong",
+        ),
+        (
+            publish_args(
+                &repo,
+                "candidate",
+                vec![build_deb(&scratch.0, "1.1.0", "arm64", "r")],
+            ),
+            "architecture arm64",
+        ),
+        (
+            publish_args(
+                &repo,
+                "candidate",
+                vec![build_rpm(&scratch.0, "1.1.0", "aarch64", "r")],
+            ),
+            "architecture aarch64",
+        ),
+        (
+            publish_args(&repo, "bad/channel", build_pair(&scratch.0, "1.1.0", "r")),
+            "channel name",
+        ),
+        (
+            PublishArgs {
+                keep_versions: vec!["9.9.9".to_string()],
+                ..publish_args(&repo, "candidate", build_pair(&scratch.0, "1.1.0", "r"))
+            },
+            "--keep-version 9.9.9",
+        ),
+    ];
+    for (args, expected) in refused {
+        let error = publish(&args).unwrap_err();
+        assert!(
+            format!("{error:#}").contains(expected),
+            "expected {expected:?} in: {error:#}"
+        );
+        assert_eq!(
+            snapshot(&repo),
+            before,
+            "refused ({expected}) but changed the repository"
+        );
+    }
+
+    let in_release = fs::canonicalize(repo.join("apt/dists/candidate/InRelease")).unwrap();
+    fs::rename(&in_release, scratch.path("InRelease")).unwrap();
+    let error = publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "1.1.0", "r"),
+    ))
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("broken state"), "{error:#}");
+    fs::rename(scratch.path("InRelease"), &in_release).unwrap();
+    assert_eq!(snapshot(&repo), before);
+
+    fs::remove_file(pool_rpm(&repo, "1.0.0")).unwrap();
+    let broken = snapshot(&repo);
+    let error = publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "1.1.0", "r"),
+    ))
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("broken state"), "{error:#}");
+    assert_eq!(snapshot(&repo), broken);
+
+    fs::remove_file(repo.join("ferry-repo.json")).unwrap();
+    fs::remove_file(repo.join(".ferry-lock")).unwrap();
+    let error = publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "1.1.0", "r"),
+    ))
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("not a ferry repository"),
+        "{error:#}"
+    );
+}
+
+/// Promote puts the very bytes of the candidate into stable, and clients of
+/// stable get exactly those bytes.
+#[test]
+fn promote_copies_the_exact_bytes() {
+    let scratch = Scratch::new("promote");
+    let repo = scratch.path("repo");
+    publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "4.0.0", "p"),
+    ))
+    .unwrap();
+    publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "4.1.0", "p"),
+    ))
+    .unwrap();
+    let deb = fs::read(pool_deb(&repo, "4.0.0")).unwrap();
+    let rpm = fs::read(pool_rpm(&repo, "4.0.0")).unwrap();
+
+    let args = PromoteArgs {
+        repo: repo.clone(),
+        from: "candidate".to_string(),
+        to: "stable".to_string(),
+        keep: 5,
+        key: None,
+        gnupghome: Some(key().home.clone()),
+        version: "4.0.0".to_string(),
+    };
+    let report = promote(&args).unwrap();
+    assert_eq!(report.copied.len(), 2, "{report}");
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["copied"].as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(
+        promote(&args).unwrap().generation,
+        None,
+        "promoting again changes nothing"
+    );
+
+    let apt = Apt::new(scratch.path("apt"), &repo, "stable");
+    let update = apt.update();
+    assert!(
+        update.status.success(),
+        "apt-get update failed:\n{}",
+        text(&update)
+    );
+    assert_eq!(apt.download("4.0.0").unwrap(), deb);
+    assert!(
+        apt.download("4.1.0").is_err(),
+        "stable holds only what was promoted"
+    );
+    let dnf = Dnf::new(scratch.path("dnf"), &repo, "stable");
+    assert!(dnf.makecache().status.success());
+    assert_eq!(dnf.download("4.0.0").unwrap(), rpm);
+
+    let missing = PromoteArgs {
+        version: "9.0.0".to_string(),
+        ..args
+    };
+    let error = promote(&missing).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("holds no version 9.0.0"),
+        "{error:#}"
+    );
+}
+
+/// A real publish process killed with SIGKILL at random instants leaves a
+/// repository that apt and dnf still read, and the next publish completes.
+#[test]
+fn publish_killed_at_random_points_leaves_a_readable_repository() {
+    let scratch = Scratch::new("crash");
+    let repo = scratch.path("repo");
+    // 5.0.0 is kept: completed rounds must not prune what the checks read.
+    let mut first = publish_args(&repo, "candidate", build_pair(&scratch.0, "5.0.0", "c"));
+    first.keep_versions = vec!["5.0.0".to_string()];
+    publish(&first).unwrap();
+
+    let started = Instant::now();
+    let mut child = publish_process(&repo, build_pair(&scratch.0, "5.0.1", "c"));
+    assert!(
+        child.wait().unwrap().success(),
+        "ferry publish works when not killed"
+    );
+    // The first run is the slowest (cold caches): kill within its first 60%
+    // so that most rounds are cut short.
+    let full = started.elapsed();
+
+    let mut random = seed();
+    for round in 0..8 {
+        random = random
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = full.mul_f64(0.6 * (random >> 11) as f64 / (1u64 << 53) as f64);
+        let version = format!("5.1.{round}");
+        let mut child = publish_process(&repo, build_pair(&scratch.0, &version, "c"));
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        eprintln!("round {round}: killed after {delay:?} of {full:?}: {status}");
+        assert_clients_read(&scratch, &repo, "candidate", "5.0.0");
+        fs::remove_dir_all(scratch.path("apt-check-5.0.0")).unwrap();
+        fs::remove_dir_all(scratch.path("dnf-check-5.0.0")).unwrap();
+    }
+    publish(&publish_args(
+        &repo,
+        "candidate",
+        build_pair(&scratch.0, "5.2.0", "c"),
+    ))
+    .unwrap();
+    assert_clients_read(&scratch, &repo, "candidate", "5.2.0");
+}
+
+/// A first publish killed at a random instant leaves either nothing usable
+/// or a complete repository; publishing again then succeeds either way.
+#[test]
+fn first_publish_killed_can_be_done_again() {
+    let scratch = Scratch::new("first-crash");
+    let mut random = seed();
+    for round in 0..3 {
+        random = random
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis(random % 250);
+        let repo = scratch.path(&format!("repo-{round}"));
+        let packages = build_pair(&scratch.0, "6.0.0", &format!("f{round}"));
+        let mut child = publish_process(&repo, packages.clone());
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        eprintln!("round {round}: killed after {delay:?}: {status}");
+        publish(&publish_args(&repo, "candidate", packages)).unwrap();
+        assert_clients_read(&scratch, &repo, "candidate", "6.0.0");
+        fs::remove_dir_all(scratch.path("apt-check-6.0.0")).unwrap();
+        fs::remove_dir_all(scratch.path("dnf-check-6.0.0")).unwrap();
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1
+}
+
+/// The real `ferry publish`, as a process a test can SIGKILL mid-publish.
+fn publish_process(repo: &Path, packages: Vec<PathBuf>) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("publish")
+        .arg("--repo")
+        .arg(repo)
+        .args([
+            "--channel",
+            "candidate",
+            "--key",
+            &key().fingerprint,
+            "--gnupghome",
+        ])
+        .arg(&key().home)
+        .args(packages)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
