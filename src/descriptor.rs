@@ -22,6 +22,51 @@ pub struct Descriptor {
     pub state: StateSection,
     #[serde(default)]
     pub dependencies: Dependencies,
+    #[serde(default)]
+    pub hooks: HooksSection,
+}
+
+/// How the upgrade hook (`ferry-hook`, shipped in every package) behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    /// Snapshots of the state directory kept after an upgrade.
+    #[serde(default = "default_keep_snapshots")]
+    pub keep_snapshots: u32,
+    /// How long an upgrade waits for a busy agent to become idle.
+    #[serde(default = "default_quiesce_timeout")]
+    pub quiesce_timeout_secs: u64,
+    /// How long the new agent may take to answer after its start.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_secs: u64,
+    /// The agent program the hook drives (an asset's dest); default: the
+    /// first asset under /usr/bin or /usr/sbin.
+    pub agent: Option<String>,
+    /// The `ferry-hook` binary to ship, relative to the descriptor; default:
+    /// the one beside the running `ferry`.
+    pub program: Option<PathBuf>,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            keep_snapshots: default_keep_snapshots(),
+            quiesce_timeout_secs: default_quiesce_timeout(),
+            health_timeout_secs: default_health_timeout(),
+            agent: None,
+            program: None,
+        }
+    }
+}
+
+fn default_keep_snapshots() -> u32 {
+    3
+}
+fn default_quiesce_timeout() -> u64 {
+    120
+}
+fn default_health_timeout() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +229,37 @@ impl Validated {
         self.root.join(path)
     }
 
+    /// The agent program the upgrade hook drives.
+    pub fn agent_program(&self) -> Option<String> {
+        let d = &self.descriptor;
+        d.hooks.agent.clone().or_else(|| {
+            d.assets
+                .iter()
+                .map(|a| a.dest.clone())
+                .find(|dest| dest.starts_with("/usr/bin/") || dest.starts_with("/usr/sbin/"))
+        })
+    }
+
+    /// The `ferry-hook` binary to ship.
+    pub fn hook_program(&self) -> PathBuf {
+        match &self.descriptor.hooks.program {
+            Some(p) => self.resolve(p),
+            None => std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.join("ferry-hook")))
+                .unwrap_or_else(|| PathBuf::from("ferry-hook")),
+        }
+    }
+
+    /// The state directory the hook snapshots: the first one declared.
+    pub fn state_dir(&self) -> &str {
+        self.descriptor
+            .state
+            .directories
+            .first()
+            .map_or("/nonexistent", String::as_str)
+    }
+
     /// What purge removes.
     pub fn purge_paths(&self) -> Vec<String> {
         let state = &self.descriptor.state;
@@ -241,6 +317,15 @@ pub fn check_sources(v: &Validated) -> Result<(), DescriptorError> {
                 fix: "fix the path (relative to the descriptor), or add a [build] command that makes it".into(),
             });
         }
+    }
+    let hook = v.hook_program();
+    if !hook.is_file() {
+        return Err(DescriptorError {
+            file: v.file.clone(),
+            field: "hooks.program".into(),
+            problem: format!("the upgrade hook program {} does not exist", hook.display()),
+            fix: "build it (cargo build --release -p ferry-hook, e.g. in [build] command) or set hooks.program to its path".into(),
+        });
     }
     Ok(())
 }
@@ -338,6 +423,7 @@ impl Checker<'_> {
         self.check_assets()?;
         self.check_service()?;
         self.check_state()?;
+        self.check_hooks()?;
         Ok((version, architecture))
     }
 
@@ -654,6 +740,41 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Checker<'_> {
+    fn check_hooks(&self) -> Result<(), DescriptorError> {
+        let h = &self.d.hooks;
+        for (field, value) in [
+            ("hooks.keep_snapshots", u64::from(h.keep_snapshots)),
+            ("hooks.quiesce_timeout_secs", h.quiesce_timeout_secs),
+            ("hooks.health_timeout_secs", h.health_timeout_secs),
+        ] {
+            if value == 0 {
+                return Err(self.err(field, "must be at least 1".into(), "set a positive number"));
+            }
+        }
+        let programs: Vec<&str> = self.d.assets.iter().map(|a| a.dest.as_str()).collect();
+        match &h.agent {
+            Some(agent) if !programs.contains(&agent.as_str()) => Err(self.err(
+                "hooks.agent",
+                format!("`{agent}` is not the dest of any asset"),
+                "name the installed path of the agent program, e.g. /usr/bin/NAME",
+            )),
+            Some(_) => Ok(()),
+            None if programs
+                .iter()
+                .any(|d| d.starts_with("/usr/bin/") || d.starts_with("/usr/sbin/")) =>
+            {
+                Ok(())
+            }
+            None => Err(self.err(
+                "hooks.agent",
+                "no asset is installed under /usr/bin or /usr/sbin to drive upgrades with".into(),
+                "set hooks.agent to the installed path of the agent program",
+            )),
+        }
     }
 }
 

@@ -24,10 +24,12 @@ const PARTIALS: &[(&str, &str)] = &[
         "create-dirs",
         include_str!("../hooks/partials/create-dirs.hbs"),
     ),
+    ("prepare", include_str!("../hooks/partials/prepare.hbs")),
 ];
 
 /// The Debian maintainer scripts, by file name.
 const DEB_TEMPLATES: &[(&str, &str)] = &[
+    ("preinst", include_str!("../hooks/deb/preinst.hbs")),
     ("postinst", include_str!("../hooks/deb/postinst.hbs")),
     ("prerm", include_str!("../hooks/deb/prerm.hbs")),
     ("postrm", include_str!("../hooks/deb/postrm.hbs")),
@@ -106,6 +108,14 @@ struct TemplateValues<'a> {
     state_dirs: &'a [String],
     secrets: &'a [String],
     purge: Vec<String>,
+    /// The semantic version the agent reports, as the hook compares it.
+    semver: String,
+    schema: u32,
+    hook: String,
+    hook_protocol: u32,
+    state_dir: &'a str,
+    work_dir: String,
+    log_file: String,
 }
 
 /// Quotes `value` for POSIX sh: single quotes, with each embedded single
@@ -150,6 +160,13 @@ pub fn render(v: &Validated) -> Result<Scripts> {
         state_dirs: &d.state.directories,
         secrets: &d.service.secrets,
         purge: v.purge_paths(),
+        semver: v.version.semver.to_string(),
+        schema: d.state.schema,
+        hook: crate::plan::hook_path(&d.package.name),
+        hook_protocol: ferry_hook::package::HOOK_PROTOCOL,
+        state_dir: v.state_dir(),
+        work_dir: format!("/var/lib/ferry/{}", d.package.name),
+        log_file: format!("/var/log/{}/upgrades.log", d.package.name),
     };
     let hb = registry()?;
     let render_one = |path: String, text: &str| {
@@ -169,29 +186,33 @@ pub fn render(v: &Validated) -> Result<Scripts> {
 
 /// Writes the scripts in the layouts cargo-deb (`maintainer-scripts = "DIR/deb"`)
 /// and cargo-generate-rpm (`pre_install_script = "DIR/rpm/pre_install_script"`
-/// and friends) read, and returns the paths written.
-pub fn write_for_cargo_tools(scripts: &Scripts, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+/// and friends) read, and the hook's package manifest beside them as
+/// `DIR/ferry-package.json`; returns the paths written.
+pub fn write_for_cargo_tools(
+    scripts: &Scripts,
+    manifest: &[u8],
+    out: &Path,
+) -> Result<Vec<std::path::PathBuf>> {
     use std::os::unix::fs::PermissionsExt;
     let mut written = Vec::new();
-    let mut write = |path: std::path::PathBuf, text: &str| -> Result<()> {
+    let mut write = |path: std::path::PathBuf, text: &[u8], mode: u32| -> Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", path.display()))?;
         written.push(path);
         Ok(())
     };
     for (name, text) in &scripts.deb {
-        write(out.join("deb").join(name), text)?;
+        write(out.join("deb").join(name), text.as_bytes(), 0o755)?;
     }
     for (scriptlet, text) in &scripts.rpm {
-        write(
-            out.join("rpm").join(scriptlet.cargo_generate_rpm_key()),
-            text,
-        )?;
+        let path = out.join("rpm").join(scriptlet.cargo_generate_rpm_key());
+        write(path, text.as_bytes(), 0o755)?;
     }
+    write(out.join("ferry-package.json"), manifest, 0o644)?;
     Ok(written)
 }
 

@@ -6,9 +6,11 @@
 //! [`plan`] resolves it into files and rendered [`hooks`], and each
 //! [`build`] packager lays the plan out in its format.
 
+pub mod bench;
 pub mod build;
 pub mod descriptor;
 pub mod hooks;
 pub mod plan;
 pub mod repo;
+pub mod state;
 pub mod version;

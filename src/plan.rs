@@ -5,6 +5,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
+use ferry_hook::package::{PackageManifest, HOOK_PROTOCOL};
+
 use crate::descriptor::{self, Architecture, Validated};
 use crate::hooks::{self, Scripts};
 use crate::version::PackageVersion;
@@ -101,6 +103,7 @@ pub fn resolve(v: &Validated, source_date: u64) -> Result<Plan> {
         });
     }
     files.extend(unit_files(v)?);
+    files.extend(hook_files(v)?);
     files.extend(debian_docs(v, source_date)?);
     files.sort_by(|a, b| a.dest.cmp(&b.dest).then(a.only.cmp(&b.only)));
     let p = &d.package;
@@ -168,6 +171,84 @@ pub fn glibc_needed(data: &[u8]) -> Option<(u32, u32)> {
             Some((major.parse().ok()?, minor.parse().ok()?))
         })
         .max()
+}
+
+/// The upgrade hook program and the manifest it reads: in every package, so
+/// the next version's scripts always find the installed version's hook.
+fn hook_files(v: &Validated) -> Result<Vec<PlannedFile>> {
+    let manifest = package_manifest(v)?;
+    let json = package_manifest_json(v)?;
+    let program = v.hook_program();
+    let data = std::fs::read(&program).with_context(|| {
+        format!(
+            "reading the upgrade hook program {}: build it with `cargo build --release -p ferry-hook` or set hooks.program",
+            program.display()
+        )
+    })?;
+    Ok(vec![
+        PlannedFile {
+            dest: hook_path(&manifest.name),
+            data,
+            mode: 0o755,
+            config: false,
+            only: None,
+        },
+        PlannedFile {
+            dest: PackageManifest::path_for(&manifest.name),
+            data: json,
+            mode: 0o644,
+            config: false,
+            only: None,
+        },
+    ])
+}
+
+/// Where the hook program is installed.
+pub fn hook_path(name: &str) -> String {
+    format!("/usr/libexec/{name}/ferry-hook")
+}
+
+/// The manifest as the file the packages ship.
+pub fn package_manifest_json(v: &Validated) -> Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(&package_manifest(v)?)?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+/// What the hook needs to know, from the descriptor.
+pub fn package_manifest(v: &Validated) -> Result<PackageManifest> {
+    let d = &v.descriptor;
+    let name = d.package.name.clone();
+    let agent = v.agent_program().with_context(|| {
+        format!(
+            "{}: no agent program for the upgrade hook; set hooks.agent",
+            v.file.display()
+        )
+    })?;
+    let unit = d
+        .service
+        .unit
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(PackageManifest {
+        format: "ferry-package".into(),
+        hook_protocol: HOOK_PROTOCOL,
+        version: v.version.semver.to_string(),
+        schema: d.state.schema,
+        agent,
+        unit,
+        state_dir: v.state_dir().to_string(),
+        config_dir: format!("/etc/{name}"),
+        runtime_dir: format!("/run/{name}"),
+        log_file: format!("/var/log/{name}/upgrades.log"),
+        skip_migration_file: format!("/etc/{name}/ferry-skip-migration"),
+        work_dir: format!("/var/lib/ferry/{name}"),
+        keep_snapshots: d.hooks.keep_snapshots,
+        quiesce_timeout_secs: d.hooks.quiesce_timeout_secs,
+        health_timeout_secs: d.hooks.health_timeout_secs,
+        name,
+    })
 }
 
 /// The unit goes where each distribution family keeps packaged units:

@@ -1,0 +1,113 @@
+//! `ferry-hook`: called by a ferry package's maintainer scripts, once per
+//! step of an install, upgrade, downgrade or removal. It reads its own
+//! package's manifest (`/usr/lib/<name>/ferry-package.json`, found from the
+//! program's path `/usr/libexec/<name>/ferry-hook`), so it works for any
+//! agent speaking docs/PROTOCOL.md. See docs/UPGRADES.md.
+
+mod steps;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use ferry_hook::package::{PackageManifest, HOOK_PROTOCOL};
+use ferry_hook::snapshot;
+
+const USAGE: &str = "usage: ferry-hook [--manifest FILE] COMMAND
+  protocol                          print the hook protocol version
+  prepare --incoming-version V --incoming-schema N
+                                    (outgoing version) quiesce, stop, snapshot, migrate down
+  finish [--previous-version V]     (incoming version) migrate up, verify, start, check health
+  abort                             undo a prepare the package manager abandoned
+  snapshot list                     the package's snapshots, verified
+  snapshot restore NAME             put a snapshot back (the agent must be stopped)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-hook: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (manifest, rest) = match args {
+        [flag, path, rest @ ..] if flag == "--manifest" => (PathBuf::from(path), rest),
+        _ => (default_manifest()?, args),
+    };
+    let words: Vec<&str> = rest.iter().map(String::as_str).collect();
+    if words == ["protocol"] {
+        println!("{HOOK_PROTOCOL}");
+        return Ok(());
+    }
+    let m = PackageManifest::read(&manifest)?;
+    match words.as_slice() {
+        ["prepare", "--incoming-version", version, "--incoming-schema", schema] => {
+            let incoming = steps::Incoming {
+                version: version.to_string(),
+                schema: schema
+                    .parse()
+                    .with_context(|| format!("--incoming-schema `{schema}` is not a number"))?,
+            };
+            steps::prepare(&m, &incoming)
+        }
+        ["finish"] => steps::finish(&m, None),
+        ["finish", "--previous-version", previous] => steps::finish(&m, Some(previous)),
+        ["abort"] => steps::abort(&m),
+        ["snapshot", "list"] => {
+            print!("{}", list_text(&m.snapshots_dir())?);
+            Ok(())
+        }
+        ["snapshot", "restore", name] => restore(&m, name),
+        _ => bail!("unknown arguments {words:?}\n{USAGE}"),
+    }
+}
+
+/// `/usr/libexec/<name>/ferry-hook` reads `/usr/lib/<name>/ferry-package.json`.
+fn default_manifest() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let name = exe
+        .parent()
+        .and_then(Path::file_name)
+        .with_context(|| format!("{} is not in /usr/libexec/<name>/", exe.display()))?;
+    Ok(PathBuf::from(PackageManifest::path_for(
+        &name.to_string_lossy(),
+    )))
+}
+
+/// One line per snapshot, oldest first: name, version, schema, and whether
+/// it verifies.
+pub fn list_text(dir: &Path) -> Result<String> {
+    let mut text = String::new();
+    for listed in snapshot::list(dir)? {
+        let line = match &listed.verified {
+            Ok(m) => format!(
+                "{}\tversion {}\tschema {}\t{} files\tok\n",
+                listed.snapshot.name,
+                m.version,
+                m.schema.map_or("?".into(), |s| s.to_string()),
+                m.entries.len()
+            ),
+            Err(e) => format!("{}\tDAMAGED: {e}\n", listed.snapshot.name),
+        };
+        text.push_str(&line);
+    }
+    Ok(text)
+}
+
+fn restore(m: &PackageManifest, name: &str) -> Result<()> {
+    if system::Systemd::new(&m.unit).is_active() {
+        bail!(
+            "{} is running: stop it first (systemctl stop {}), then restore",
+            m.unit,
+            m.unit
+        );
+    }
+    snapshot::restore(&m.snapshots_dir().join(name), Path::new(&m.state_dir))?;
+    system::Log::new(m, "restore").line(&format!("state restored from snapshot {name} by hand"));
+    Ok(())
+}

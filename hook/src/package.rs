@@ -1,0 +1,176 @@
+//! The package manifest (`/usr/lib/<name>/ferry-package.json`), written by
+//! `ferry build` and read by the hook program of the same package, and the
+//! upgrade record the hook keeps between the steps of one upgrade.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The hook protocol this program speaks. Version 1: `protocol`,
+/// `prepare --incoming-version V --incoming-schema N`, `abort`. A newer
+/// package asks an installed hook only what its protocol offers.
+pub const HOOK_PROTOCOL: u32 = 1;
+const FORMAT: &str = "ferry-package";
+
+/// Everything the hook needs to know about its package and agent; nothing
+/// in the hook is specific to one agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PackageManifest {
+    pub format: String,
+    pub hook_protocol: u32,
+    pub name: String,
+    /// The semantic version, as the agent reports it (`ctl status`).
+    pub version: String,
+    /// The state schema this version's agent writes.
+    pub schema: u32,
+    /// The agent program (speaks docs/PROTOCOL.md).
+    pub agent: String,
+    pub unit: String,
+    pub state_dir: String,
+    pub config_dir: String,
+    pub runtime_dir: String,
+    pub log_file: String,
+    /// When this file exists, the hooks do not migrate the state (and say so
+    /// in the log).
+    pub skip_migration_file: String,
+    /// ferry's own directory: snapshots and the upgrade record.
+    pub work_dir: String,
+    pub keep_snapshots: u32,
+    pub quiesce_timeout_secs: u64,
+    pub health_timeout_secs: u64,
+}
+
+impl PackageManifest {
+    /// The manifest's path on the target for package `name`.
+    pub fn path_for(name: &str) -> String {
+        format!("/usr/lib/{name}/ferry-package.json")
+    }
+
+    pub fn read(path: &Path) -> Result<PackageManifest> {
+        let text = fs::read(path)
+            .with_context(|| format!("cannot read the package manifest {}", path.display()))?;
+        let m: PackageManifest = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a valid package manifest", path.display()))?;
+        if m.format != FORMAT {
+            bail!("{} is not a ferry package manifest", path.display());
+        }
+        Ok(m)
+    }
+
+    pub fn snapshots_dir(&self) -> PathBuf {
+        Path::new(&self.work_dir).join("snapshots")
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        Path::new(&self.work_dir).join("upgrade.json")
+    }
+
+    pub fn marker_path(&self) -> PathBuf {
+        Path::new(&self.state_dir).join(MARKER)
+    }
+}
+
+/// The file in the state directory that keeps the agent from starting
+/// (exit 75) while an upgrade changes the state (docs/PROTOCOL.md).
+pub const MARKER: &str = "upgrade-in-progress";
+
+/// Where one upgrade stands, kept in `<work_dir>/upgrade.json` from
+/// `prepare` (run by the outgoing version) to `finish` (run by the incoming
+/// one). Also written by the shell fallback, hence its simple shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// `prepared`, or `failed` once `finish` rolled back.
+    pub status: String,
+    /// Written by the incoming package's scripts alone: the installed
+    /// version predates ferry.
+    #[serde(default)]
+    pub fallback: bool,
+    pub from_version: Option<String>,
+    pub from_schema: Option<u32>,
+    pub to_version: String,
+    pub to_schema: u32,
+    /// Whether the agent ran before the upgrade; unknown (null) in the deb
+    /// fallback, then the unit's enablement decides.
+    pub was_running: Option<bool>,
+    /// The snapshot taken before anything changed.
+    pub snapshot: Option<String>,
+    /// Whether `prepare` migrated the state down.
+    #[serde(default)]
+    pub migrated_down: bool,
+    /// The cause, when `finish` failed.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+impl Record {
+    pub fn load(path: &Path) -> Result<Option<Record>> {
+        match fs::read(path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .with_context(|| format!("{} is not a valid upgrade record", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Written atomically: a crash leaves the old record or the new one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().context("the record has no directory")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(".upgrade.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn remove(path: &Path) -> Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+}
+
+/// Compares two versions of the forms ferry produces (`1.2.0`,
+/// `1.2.0~rc.1`, `1.2.0-rc.1`): numbers numerically, a pre-release before
+/// its release. Only for the log's upgrade/downgrade/reinstall word: the
+/// schemas, not the versions, decide what migrates.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let split = |v: &str| -> (Vec<u64>, Option<String>) {
+        let v = v.replace('~', "-");
+        let (main, pre) = match v.split_once('-') {
+            Some((m, p)) => (m.to_string(), Some(p.to_string())),
+            None => (v.clone(), None),
+        };
+        (
+            main.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
+            pre,
+        )
+    };
+    let (ma, pa) = split(a);
+    let (mb, pb) = split(b);
+    ma.cmp(&mb).then_with(|| match (pa, pb) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (Some(x), Some(y)) => x.cmp(&y),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(compare_versions("1.0.0", "1.1.0"), Less);
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Greater);
+        assert_eq!(compare_versions("1.0.0~rc.1", "1.0.0"), Less);
+        assert_eq!(compare_versions("1.0.0", "1.0.0"), Equal);
+    }
+}

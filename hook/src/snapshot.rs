@@ -1,0 +1,779 @@
+//! Snapshots of an agent's state directory.
+//!
+//! A snapshot is a directory `<snapshots>/<unix time>-<version>/` holding
+//! `data/` (a copy of the state directory: files, directories, symlinks,
+//! with modes, owners and modification times) and `ferry-snapshot.json`
+//! (what was copied, with the size and sha256 of every file). It is built
+//! under `.partial-<name>` and renamed into place once complete and flushed,
+//! so a snapshot that exists under its final name is whole. Each file is
+//! hashed while it is copied: one read per byte, no second pass.
+//!
+//! Restoring verifies the whole snapshot first and refuses a damaged one
+//! (a file missing, added, resized or changed), so a rollback never puts
+//! back part of the data.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The manifest's file name inside a snapshot.
+pub const MANIFEST: &str = "ferry-snapshot.json";
+/// The copy of the state directory inside a snapshot.
+pub const DATA: &str = "data";
+const FORMAT: &str = "ferry-snapshot";
+const FORMAT_VERSION: u32 = 1;
+/// Prefix of snapshots being written (or left behind by a crash).
+pub const PARTIAL: &str = ".partial-";
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// What a snapshot records about itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub package: String,
+    /// The package version whose state this is.
+    pub version: String,
+    /// The state schema at the time, when known.
+    pub schema: Option<u32>,
+    pub created_unix: u64,
+    /// The directory that was copied.
+    pub source: String,
+    /// Why it was taken, e.g. `upgrade 1.0.0 -> 1.1.0`.
+    pub reason: String,
+    pub root: Attrs,
+    pub entries: Vec<Entry>,
+}
+
+/// Mode and owner of a directory.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One thing under the state directory, by its path relative to it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Entry {
+    Dir {
+        path: String,
+        #[serde(flatten)]
+        attrs: Attrs,
+    },
+    File {
+        path: String,
+        #[serde(flatten)]
+        attrs: Attrs,
+        size: u64,
+        sha256: String,
+        mtime: i64,
+    },
+    Symlink {
+        path: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl Entry {
+    fn path(&self) -> &str {
+        match self {
+            Entry::Dir { path, .. } | Entry::File { path, .. } | Entry::Symlink { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+/// Who the snapshot belongs to and why it is taken.
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub package: String,
+    pub version: String,
+    pub schema: Option<u32>,
+    pub reason: String,
+}
+
+/// A snapshot on disk.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// Copies `source` into a new snapshot under `dir`, leaving out the
+/// top-level names in `exclude` (e.g. the upgrade marker).
+pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Result<Snapshot> {
+    make_private_dir(dir)?;
+    let created_unix = now_unix();
+    let name = free_name(dir, &format!("{created_unix}-{}", label.version));
+    let partial = dir.join(format!("{PARTIAL}{name}"));
+    remove_if_present(&partial)?;
+    make_private_dir(&partial)?;
+    let root = attrs_of(
+        &fs::metadata(source)
+            .with_context(|| format!("cannot snapshot {}: cannot read it", source.display()))?,
+    );
+    let mut entries = Vec::new();
+    copy_tree(source, &partial.join(DATA), "", exclude, &mut entries)
+        .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        package: label.package.clone(),
+        version: label.version.clone(),
+        schema: label.schema,
+        created_unix,
+        source: source.display().to_string(),
+        reason: label.reason.clone(),
+        root,
+        entries,
+    };
+    write_manifest(&partial, &manifest)?;
+    seal(&partial, &dir.join(&name))?;
+    Ok(Snapshot {
+        path: dir.join(&name),
+        name,
+    })
+}
+
+/// Writes the manifest of a snapshot whose `data/` was copied by other
+/// means (the shell fallback of a package upgrading a version that predates
+/// ferry): from now on it is checked like any other.
+pub fn adopt(path: &Path, label: &Label) -> Result<()> {
+    let data = path.join(DATA);
+    let root = attrs_of(
+        &fs::metadata(&data)
+            .with_context(|| format!("{} has no {DATA}/ directory", path.display()))?,
+    );
+    let mut entries = Vec::new();
+    scan_tree(&data, "", &mut entries)?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        package: label.package.clone(),
+        version: label.version.clone(),
+        schema: label.schema,
+        created_unix: now_unix(),
+        source: String::new(),
+        reason: label.reason.clone(),
+        root,
+        entries,
+    };
+    write_manifest(path, &manifest)
+}
+
+/// Reads a snapshot's manifest and checks every file against it. The error
+/// lists what is damaged.
+pub fn verify(path: &Path) -> Result<Manifest> {
+    let manifest = read_manifest(path)?;
+    let mut found = Vec::new();
+    scan_tree(&path.join(DATA), "", &mut found)
+        .with_context(|| format!("snapshot {} is damaged", path.display()))?;
+    let problems = differences(&manifest.entries, &found);
+    if !problems.is_empty() {
+        bail!(
+            "snapshot {} is damaged: {}",
+            path.display(),
+            problems.join("; ")
+        );
+    }
+    Ok(manifest)
+}
+
+/// What differs between the manifest and the data found, at most 5 items.
+fn differences(expected: &[Entry], found: &[Entry]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for e in expected {
+        match found.iter().find(|f| f.path() == e.path()) {
+            None => problems.push(format!("{} is missing", e.path())),
+            Some(f) if !same_content(e, f) => problems.push(format!("{} was changed", e.path())),
+            Some(_) => {}
+        }
+    }
+    for f in found {
+        if !expected.iter().any(|e| e.path() == f.path()) {
+            problems.push(format!("{} is not in the manifest", f.path()));
+        }
+    }
+    problems.truncate(5);
+    problems
+}
+
+/// Content, not metadata: a snapshot whose file modes were touched is still
+/// restorable, since the manifest puts the recorded modes back.
+fn same_content(a: &Entry, b: &Entry) -> bool {
+    match (a, b) {
+        (
+            Entry::File {
+                size: s1,
+                sha256: h1,
+                ..
+            },
+            Entry::File {
+                size: s2,
+                sha256: h2,
+                ..
+            },
+        ) => s1 == s2 && h1 == h2,
+        (Entry::Dir { .. }, Entry::Dir { .. }) => true,
+        (Entry::Symlink { target: t1, .. }, Entry::Symlink { target: t2, .. }) => t1 == t2,
+        _ => false,
+    }
+}
+
+/// Puts a verified snapshot back as `target`: the copy is made beside it and
+/// swapped in with renames, so `target` is either the old or the restored
+/// tree, never a mix. Refuses a damaged snapshot and changes nothing then.
+pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
+    let manifest = verify(path).context("refusing to restore it; the state was not touched")?;
+    let parent = target
+        .parent()
+        .with_context(|| format!("{} has no parent directory", target.display()))?;
+    let base = target
+        .file_name()
+        .with_context(|| format!("{} has no name", target.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let incoming = parent.join(format!(".{base}.ferry-restore"));
+    let outgoing = parent.join(format!(".{base}.ferry-replaced"));
+    remove_if_present(&incoming)?;
+    remove_if_present(&outgoing)?;
+    let mut copied = Vec::new();
+    copy_tree(&path.join(DATA), &incoming, "", &[], &mut copied)
+        .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
+    let problems = differences(&manifest.entries, &copied);
+    if !problems.is_empty() {
+        remove_if_present(&incoming)?;
+        bail!(
+            "snapshot {} changed while it was restored: {}; the state was not touched",
+            path.display(),
+            problems.join("; ")
+        );
+    }
+    apply_attrs(&incoming, manifest.root)?;
+    sync_filesystem(&incoming)?;
+    if target.exists() {
+        fs::rename(target, &outgoing)
+            .with_context(|| format!("moving {} aside", target.display()))?;
+    }
+    fs::rename(&incoming, target)
+        .with_context(|| format!("moving the restored state into {}", target.display()))?;
+    sync_dir(parent)?;
+    remove_if_present(&outgoing)?;
+    Ok(manifest)
+}
+
+/// A snapshot as listed: its manifest, or why it cannot be used.
+#[derive(Debug)]
+pub struct Listed {
+    pub snapshot: Snapshot,
+    pub verified: Result<Manifest, String>,
+}
+
+/// Every complete snapshot under `dir`, oldest first, each verified.
+pub fn list(dir: &Path) -> Result<Vec<Listed>> {
+    Ok(names(dir)?
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let verified = verify(&path).map_err(|e| format!("{e:#}"));
+            Listed {
+                snapshot: Snapshot { name, path },
+                verified,
+            }
+        })
+        .collect())
+}
+
+/// Removes all but the newest `keep` snapshots, and any partial ones, except
+/// `protect` (the snapshot an unfinished upgrade may still need).
+pub fn prune(dir: &Path, keep: usize, protect: Option<&str>) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    if !dir.is_dir() {
+        return Ok(removed);
+    }
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(PARTIAL) {
+            remove_if_present(&dir.join(&name))?;
+        }
+    }
+    let all = names(dir)?;
+    let excess = all.len().saturating_sub(keep);
+    for name in all.into_iter().take(excess) {
+        if Some(name.as_str()) != protect {
+            remove_if_present(&dir.join(&name))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Complete snapshot names, oldest first (names start with the time).
+pub fn names(dir: &Path) -> Result<Vec<String>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && entry.file_type()?.is_dir() {
+            names.push(name);
+        }
+    }
+    names.sort_by_key(|n| {
+        (
+            n.split('-').next().and_then(|t| t.parse::<u64>().ok()),
+            n.clone(),
+        )
+    });
+    Ok(names)
+}
+
+/// Refuses when the filesystem holding `dir` has less room than `source`
+/// takes, plus a margin, so a snapshot never fills the disk mid-upgrade.
+pub fn check_free_space(source: &Path, dir: &Path) -> Result<()> {
+    let needed = tree_size(source)? + 16 * 1024 * 1024;
+    // The snapshot directory may not exist yet: its filesystem is that of
+    // its nearest existing ancestor.
+    let existing = dir
+        .ancestors()
+        .find(|d| d.is_dir())
+        .unwrap_or(Path::new("/"));
+    let available = available_bytes(existing)?;
+    if available < needed {
+        bail!(
+            "not enough free space for a snapshot of {} in {}: {} MiB needed, {} MiB available; free some space and retry",
+            source.display(),
+            dir.display(),
+            needed / (1024 * 1024) + 1,
+            available / (1024 * 1024)
+        );
+    }
+    Ok(())
+}
+
+fn tree_size(path: &Path) -> Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
+        total += tree_size(&entry?.path())?;
+    }
+    Ok(total)
+}
+
+fn available_bytes(dir: &Path) -> Result<u64> {
+    let c = cstring(dir)?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {}", dir.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Copies `src` to `dst` recursively, hashing files as they are copied, and
+/// records what it copied under `rel`.
+fn copy_tree(
+    src: &Path,
+    dst: &Path,
+    rel: &str,
+    exclude: &[&str],
+    entries: &mut Vec<Entry>,
+) -> Result<()> {
+    fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut children: Vec<_> = fs::read_dir(src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .collect::<std::io::Result<_>>()?;
+    children.sort_by_key(|e| e.file_name());
+    for child in children {
+        let name = child.file_name();
+        let name_str = name
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", child.path().display()))?;
+        if rel.is_empty() && exclude.contains(&name_str) {
+            continue;
+        }
+        let child_rel = join_rel(rel, name_str);
+        let from = child.path();
+        let to = dst.join(&name);
+        let meta = fs::symlink_metadata(&from)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            copy_tree(&from, &to, &child_rel, &[], entries)?;
+            entries.push(Entry::Dir {
+                path: child_rel,
+                attrs: attrs_of(&meta),
+            });
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&from)?;
+            symlink(&target, &to).with_context(|| format!("creating {}", to.display()))?;
+            lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+            entries.push(Entry::Symlink {
+                path: child_rel,
+                target: target.to_string_lossy().into_owned(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        } else if ft.is_file() {
+            let (size, sha256) = copy_file(&from, &to)?;
+            set_mtime(&to, meta.mtime(), meta.mtime_nsec())?;
+            entries.push(Entry::File {
+                path: child_rel,
+                attrs: attrs_of(&meta),
+                size,
+                sha256,
+                mtime: meta.mtime(),
+            });
+        }
+        // Sockets and fifos are runtime objects, not state: not copied.
+        if !ft.is_symlink() && (ft.is_dir() || ft.is_file()) {
+            apply_attrs(&to, attrs_of(&meta))?;
+        }
+    }
+    Ok(())
+}
+
+/// Lists what is under `dir` as entries, hashing every file.
+fn scan_tree(dir: &Path, rel: &str, entries: &mut Vec<Entry>) -> Result<()> {
+    for child in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let child = child?;
+        let name = child.file_name();
+        let name = name
+            .to_str()
+            .with_context(|| format!("{} is not UTF-8", child.path().display()))?;
+        let child_rel = join_rel(rel, name);
+        let meta = fs::symlink_metadata(child.path())?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            scan_tree(&child.path(), &child_rel, entries)?;
+            entries.push(Entry::Dir {
+                path: child_rel,
+                attrs: attrs_of(&meta),
+            });
+        } else if ft.is_symlink() {
+            entries.push(Entry::Symlink {
+                path: child_rel,
+                target: fs::read_link(child.path())?.to_string_lossy().into_owned(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+            });
+        } else if ft.is_file() {
+            let (size, sha256) = hash_file(&child.path())?;
+            entries.push(Entry::File {
+                path: child_rel,
+                attrs: attrs_of(&meta),
+                size,
+                sha256,
+                mtime: meta.mtime(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn join_rel(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Copies one file and returns its size and sha256, reading it once.
+fn copy_file(from: &Path, to: &Path) -> Result<(u64, String)> {
+    let mut input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", from.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output
+            .write_all(&buf[..n])
+            .with_context(|| format!("writing {}", to.display()))?;
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex(&hasher.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attrs_of(meta: &fs::Metadata) -> Attrs {
+    Attrs {
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    }
+}
+
+fn apply_attrs(path: &Path, attrs: Attrs) -> Result<()> {
+    lchown(path, Some(attrs.uid), Some(attrs.gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(attrs.mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn set_mtime(path: &Path, secs: i64, nsecs: i64) -> Result<()> {
+    let c = cstring(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nsecs,
+        },
+    ];
+    // SAFETY: `c` is a valid path and `times` two initialized timespecs.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the time of {}", path.display()));
+    }
+    Ok(())
+}
+
+fn write_manifest(snapshot: &Path, manifest: &Manifest) -> Result<()> {
+    let path = snapshot.join(MANIFEST);
+    let mut text = serde_json::to_vec_pretty(manifest)?;
+    text.push(b'\n');
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_manifest(snapshot: &Path) -> Result<Manifest> {
+    let path = snapshot.join(MANIFEST);
+    let text = fs::read(&path).with_context(|| {
+        format!(
+            "snapshot {} is damaged: cannot read its manifest {MANIFEST}",
+            snapshot.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "snapshot {} is damaged: its manifest is not valid",
+            snapshot.display()
+        )
+    })?;
+    if manifest.format != FORMAT || manifest.format_version > FORMAT_VERSION {
+        bail!(
+            "snapshot {} has format {} version {}, this program reads {FORMAT} version {FORMAT_VERSION} or older",
+            snapshot.display(),
+            manifest.format,
+            manifest.format_version
+        );
+    }
+    Ok(manifest)
+}
+
+/// Flushes the snapshot (one syncfs for the whole tree, as cheap as it gets)
+/// and renames it to its final name.
+fn seal(partial: &Path, done: &Path) -> Result<()> {
+    sync_filesystem(partial)?;
+    fs::rename(partial, done)
+        .with_context(|| format!("renaming {} to {}", partial.display(), done.display()))?;
+    sync_dir(done.parent().unwrap_or(Path::new("/")))
+}
+
+fn sync_filesystem(path: &Path) -> Result<()> {
+    let dir = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("syncfs {}", path.display()));
+    }
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", path.display()))
+}
+
+fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dir.display()))
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// A name not yet taken under `dir` (two snapshots in one second).
+fn free_name(dir: &Path, wanted: &str) -> String {
+    let mut name = wanted.to_string();
+    let mut n = 2;
+    while dir.join(&name).exists() {
+        name = format!("{wanted}.{n}");
+        n += 1;
+    }
+    name
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .with_context(|| format!("{} contains a NUL byte", path.display()))
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ferry-hook-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn label() -> Label {
+        Label {
+            package: "agent".into(),
+            version: "1.0.0".into(),
+            schema: Some(2),
+            reason: "test".into(),
+        }
+    }
+
+    fn sample_state(dir: &Path) {
+        fs::create_dir_all(dir.join("work/vm1/app")).unwrap();
+        fs::write(dir.join("state.json"), "{\"schema\":2}\n").unwrap();
+        fs::write(dir.join("work/vm1/app/out.log"), vec![7u8; 300_000]).unwrap();
+        fs::write(dir.join("upgrade-in-progress"), "x").unwrap();
+        symlink("state.json", dir.join("link")).unwrap();
+    }
+
+    #[test]
+    fn snapshot_restores_exactly_and_excludes_the_marker() {
+        let base = scratch("roundtrip");
+        let state = base.join("state");
+        sample_state(&state);
+        let snap = create(
+            &state,
+            &base.join("snaps"),
+            &label(),
+            &["upgrade-in-progress"],
+        )
+        .unwrap();
+        assert!(!snap.path.join(DATA).join("upgrade-in-progress").exists());
+        fs::write(state.join("state.json"), "changed").unwrap();
+        fs::remove_dir_all(state.join("work")).unwrap();
+        let m = restore(&snap.path, &state).unwrap();
+        assert_eq!(m.schema, Some(2));
+        assert_eq!(
+            fs::read_to_string(state.join("state.json")).unwrap(),
+            "{\"schema\":2}\n"
+        );
+        assert_eq!(
+            fs::read(state.join("work/vm1/app/out.log")).unwrap().len(),
+            300_000
+        );
+        assert_eq!(
+            fs::read_link(state.join("link")).unwrap(),
+            Path::new("state.json")
+        );
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn damaged_snapshot_is_refused_and_state_untouched() {
+        let base = scratch("damaged");
+        let state = base.join("state");
+        sample_state(&state);
+        let snap = create(&state, &base.join("snaps"), &label(), &[]).unwrap();
+        fs::write(snap.path.join(DATA).join("state.json"), "{\"schema\":3}\n").unwrap();
+        fs::write(state.join("state.json"), "current").unwrap();
+        let err = format!("{:#}", restore(&snap.path, &state).unwrap_err());
+        assert!(
+            err.contains("damaged") && err.contains("state.json was changed"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(state.join("state.json")).unwrap(),
+            "current"
+        );
+        let listed = list(&base.join("snaps")).unwrap();
+        assert!(listed[0].verified.is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_the_protected() {
+        let base = scratch("prune");
+        for n in [
+            "100-1.0.0",
+            "200-1.1.0",
+            "300-1.2.0",
+            "1000-2.0.0",
+            ".partial-5-x",
+        ] {
+            fs::create_dir_all(base.join(n)).unwrap();
+        }
+        let removed = prune(&base, 2, Some("100-1.0.0")).unwrap();
+        assert_eq!(removed, vec!["200-1.1.0"]);
+        assert_eq!(
+            names(&base).unwrap(),
+            vec!["100-1.0.0", "300-1.2.0", "1000-2.0.0"]
+        );
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

@@ -1,0 +1,467 @@
+//! The three steps of an upgrade (docs/UPGRADES.md): `prepare`, run by the
+//! outgoing version while its files are still installed; `finish`, run by
+//! the incoming version once its files are in place; `abort`, run by the
+//! outgoing version when the package manager unwinds.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_hook::package::{compare_versions, PackageManifest, Record, MARKER};
+use ferry_hook::snapshot::{self, Label};
+
+use crate::system::{Agent, Log, Systemd};
+
+/// How long the agent may take to exit after `stop-for-upgrade`.
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+struct Ctx<'a> {
+    m: &'a PackageManifest,
+    log: Log,
+    agent: Agent<'a>,
+    unit: Systemd<'a>,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(m: &'a PackageManifest, step: &'static str) -> Ctx<'a> {
+        Ctx {
+            m,
+            log: Log::new(m, step),
+            agent: Agent::new(m),
+            unit: Systemd::new(&m.unit),
+        }
+    }
+
+    /// Whether the admin asked to skip automatic migration; said in the log.
+    fn skip_migration(&self) -> bool {
+        let skip = Path::new(&self.m.skip_migration_file).exists();
+        if skip {
+            self.log.line(&format!(
+                "{} exists: the state is NOT migrated (escape hatch); remove it to migrate again",
+                self.m.skip_migration_file
+            ));
+        }
+        skip
+    }
+
+    fn write_marker(&self, text: &str) -> Result<()> {
+        let path = self.m.marker_path();
+        if !Path::new(&self.m.state_dir).is_dir() {
+            return Ok(());
+        }
+        fs::write(&path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn remove_marker(&self) -> Result<()> {
+        match fs::remove_file(self.m.marker_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("removing the upgrade marker"),
+        }
+    }
+
+    fn snapshot(&self, schema: Option<u32>, reason: &str) -> Result<Option<String>> {
+        let state = Path::new(&self.m.state_dir);
+        if !state.is_dir() {
+            self.log.line("no state directory yet: nothing to snapshot");
+            return Ok(None);
+        }
+        snapshot::check_free_space(state, &self.m.snapshots_dir())?;
+        let started = Instant::now();
+        let label = Label {
+            package: self.m.name.clone(),
+            version: self.m.version.clone(),
+            schema,
+            reason: reason.into(),
+        };
+        let snap = snapshot::create(state, &self.m.snapshots_dir(), &label, &[MARKER])?;
+        self.log.line(&format!(
+            "snapshot {} taken in {:.0?}",
+            snap.path.display(),
+            started.elapsed()
+        ));
+        Ok(Some(snap.name))
+    }
+
+    fn prune(&self, protect: Option<&str>) {
+        match snapshot::prune(
+            &self.m.snapshots_dir(),
+            self.m.keep_snapshots as usize,
+            protect,
+        ) {
+            Ok(removed) if !removed.is_empty() => self.log.line(&format!(
+                "kept the last {} snapshots; removed {}",
+                self.m.keep_snapshots,
+                removed.join(", ")
+            )),
+            Ok(_) => {}
+            Err(e) => self.log.line(&format!("warning: pruning snapshots: {e:#}")),
+        }
+    }
+
+    fn restore(&self, name: &str) -> Result<()> {
+        let path = self.m.snapshots_dir().join(name);
+        snapshot::restore(&path, Path::new(&self.m.state_dir))?;
+        self.log
+            .line(&format!("state restored from snapshot {name}"));
+        Ok(())
+    }
+
+    /// Starts the unit and waits until the agent answers `status` with this
+    /// package's version; the error says why not.
+    fn start_and_check(&self) -> Result<()> {
+        self.unit.start()?;
+        let deadline = Instant::now() + Duration::from_secs(self.m.health_timeout_secs);
+        loop {
+            let last = match self.agent.status() {
+                Ok(s) if s["version"].as_str() == Some(self.m.version.as_str()) => {
+                    self.log.line(&format!(
+                        "{} {} is running (pid {}) and answers",
+                        self.m.name, self.m.version, s["pid"]
+                    ));
+                    return Ok(());
+                }
+                Ok(s) => format!("it reports version {}", s["version"]),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline || !self.unit.is_active() {
+                bail!(
+                    "{} is not healthy after start ({}; last answer: {last}; journal: {})",
+                    self.m.unit,
+                    self.unit.describe(),
+                    self.unit.journal_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// What the incoming package tells the outgoing hook.
+pub struct Incoming {
+    pub version: String,
+    pub schema: u32,
+}
+
+/// Quiesce, stop for upgrade, snapshot, migrate down if the incoming schema
+/// is older; undone on any failure, so a refused upgrade leaves the agent
+/// as it was.
+pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
+    let c = Ctx::new(m, "prepare");
+    let direction = match compare_versions(&incoming.version, &m.version) {
+        std::cmp::Ordering::Greater => "upgrade",
+        std::cmp::Ordering::Less => "downgrade",
+        std::cmp::Ordering::Equal => "reinstall",
+    };
+    c.log.line(&format!(
+        "{direction} of {} from {} (schema {}) to {} (schema {}): preparing",
+        m.name, m.version, m.schema, incoming.version, incoming.schema
+    ));
+    let earlier = Record::load(&m.record_path())?;
+    if let Some(r) = &earlier {
+        c.log.line(&format!(
+            "an earlier upgrade to {} did not finish ({}): keeping its snapshot and its view of whether the agent ran",
+            r.to_version, r.status
+        ));
+    }
+    let was_running = match &earlier {
+        Some(r) => r.was_running.unwrap_or(false),
+        None => c.unit.is_active(),
+    };
+    if was_running && c.unit.is_active() {
+        quiesce(&c)?;
+    }
+    let stopped = c.unit.is_active();
+    let result = prepare_stopped(&c, incoming, earlier, was_running);
+    if let Err(e) = &result {
+        c.log.line(&format!("prepare failed, undoing it: {e:#}"));
+        undo_prepare(&c, stopped);
+    }
+    result
+}
+
+fn quiesce(c: &Ctx) -> Result<()> {
+    c.log.line(&format!(
+        "asking the agent to quiesce (at most {} s)",
+        c.m.quiesce_timeout_secs
+    ));
+    c.agent.quiesce(c.m.quiesce_timeout_secs).map_err(|e| {
+        let message = format!(
+            "refusing to upgrade {}: the agent is busy and stays so: {e:#}. It keeps running {} with its state untouched; retry once it is idle",
+            c.m.name, c.m.version
+        );
+        c.log.line(&message);
+        anyhow!(message)
+    })
+}
+
+fn prepare_stopped(
+    c: &Ctx,
+    incoming: &Incoming,
+    earlier: Option<Record>,
+    was_running: bool,
+) -> Result<()> {
+    let check = c.agent.check()?;
+    if !check.ok {
+        bail!(
+            "the state in {} does not verify: {}. Restore a snapshot (ferry-hook snapshot list / restore), or create {} to upgrade without migrating",
+            c.m.state_dir,
+            check.error,
+            c.m.skip_migration_file
+        );
+    }
+    snapshot::check_free_space(Path::new(&c.m.state_dir), &c.m.snapshots_dir())?;
+    c.write_marker(&format!(
+        "upgrade of {} from {} to {} in progress",
+        c.m.name, c.m.version, incoming.version
+    ))?;
+    if c.unit.is_active() {
+        c.log
+            .line("stopping the agent for upgrade (the machine is not announced as gone)");
+        if let Err(e) = c.agent.stop_for_upgrade() {
+            c.log.line(&format!(
+                "stop-for-upgrade failed ({e:#}); stopping the unit"
+            ));
+        }
+        c.unit.wait_inactive(STOP_TIMEOUT)?;
+        c.unit.stop()?;
+    }
+    let snapshot = match earlier.as_ref().and_then(|r| r.snapshot.clone()) {
+        Some(name) => Some(name),
+        None => c.snapshot(
+            check.schema,
+            &format!("before {} -> {}", c.m.version, incoming.version),
+        )?,
+    };
+    let mut migrated_down = earlier.as_ref().is_some_and(|r| r.migrated_down);
+    if check.schema.is_some_and(|s| s > incoming.schema) && !c.skip_migration() {
+        let from = check.schema.unwrap_or_default();
+        c.log.line(&format!(
+            "migrating the state down from schema {from} to {} with {} {}",
+            incoming.schema, c.m.agent, c.m.version
+        ));
+        c.agent.migrate(incoming.schema)?;
+        migrated_down = true;
+    }
+    let record = Record {
+        status: "prepared".into(),
+        fallback: false,
+        from_version: Some(c.m.version.clone()),
+        from_schema: earlier
+            .as_ref()
+            .and_then(|r| r.from_schema)
+            .or(check.schema),
+        to_version: incoming.version.clone(),
+        to_schema: incoming.schema,
+        was_running: Some(was_running),
+        snapshot: snapshot.clone(),
+        migrated_down,
+        failure: None,
+    };
+    record.save(&c.m.record_path())?;
+    c.prune(snapshot.as_deref());
+    c.log
+        .line("prepared: the agent is stopped and the upgrade marker is set");
+    Ok(())
+}
+
+/// Leaves the agent as it was before `prepare`: no marker, started again if
+/// `prepare` stopped it, or taking work again if it was only quiesced.
+fn undo_prepare(c: &Ctx, was_active: bool) {
+    if let Err(e) = c.remove_marker() {
+        c.log.line(&format!("warning: {e:#}"));
+    }
+    if !was_active {
+        return;
+    }
+    let outcome = if c.unit.is_active() {
+        c.agent.resume()
+    } else {
+        c.unit.start()
+    };
+    match outcome {
+        Ok(()) => c.log.line(&format!("the agent runs {} again", c.m.version)),
+        Err(e) => c
+            .log
+            .line(&format!("warning: could not restart the agent: {e:#}")),
+    }
+}
+
+/// Migrate up if needed, verify, start once if it ran before, check health;
+/// on failure restore the snapshot and leave the agent stopped behind the
+/// marker, with the cause in the log and the error.
+pub fn finish(m: &PackageManifest, previous: Option<&str>) -> Result<()> {
+    let c = Ctx::new(m, "finish");
+    let record = Record::load(&m.record_path())?;
+    let start = match &record {
+        Some(r) => {
+            c.log.line(&format!(
+                "finishing {} {} -> {} (schema {:?} -> {})",
+                m.name,
+                r.from_version.as_deref().unwrap_or("(predates ferry)"),
+                m.version,
+                r.from_schema,
+                m.schema
+            ));
+            adopt_fallback_snapshot(&c, r);
+            r.was_running.unwrap_or_else(|| c.unit.is_enabled())
+        }
+        None => {
+            c.log.line(&format!(
+                "installing {} {}{}",
+                m.name,
+                m.version,
+                previous.map_or(String::new(), |p| format!(" (after {p}, nothing prepared)"))
+            ));
+            c.unit.is_enabled()
+        }
+    };
+    match finish_steps(&c, start) {
+        Ok(()) => {
+            Record::remove(&m.record_path())?;
+            c.prune(None);
+            c.log.line("done");
+            Ok(())
+        }
+        Err(cause) => Err(roll_back(&c, record, start, cause)),
+    }
+}
+
+fn adopt_fallback_snapshot(c: &Ctx, r: &Record) {
+    let Some(name) = r.snapshot.as_deref().filter(|_| r.fallback) else {
+        return;
+    };
+    let path = c.m.snapshots_dir().join(name);
+    if path.join(snapshot::MANIFEST).exists() {
+        return;
+    }
+    let label = Label {
+        package: c.m.name.clone(),
+        version: "(predates ferry)".into(),
+        schema: None,
+        reason: "copied by the package scripts: the installed version had no hook".into(),
+    };
+    match snapshot::adopt(&path, &label) {
+        Ok(()) => c
+            .log
+            .line(&format!("checksummed the fallback snapshot {name}")),
+        Err(e) => c
+            .log
+            .line(&format!("warning: fallback snapshot {name}: {e:#}")),
+    }
+}
+
+fn finish_steps(c: &Ctx, start: bool) -> Result<()> {
+    let check = c.agent.check()?;
+    if !c.skip_migration() {
+        match check.schema {
+            Some(s) if s < c.m.schema && check.ok => {
+                c.log.line(&format!(
+                    "migrating the state up from schema {s} to {} with {} {}",
+                    c.m.schema, c.m.agent, c.m.version
+                ));
+                c.agent.migrate(c.m.schema)?;
+            }
+            _ => {}
+        }
+    }
+    let check = c.agent.check()?;
+    if !check.ok {
+        bail!("the state does not verify: {}", check.error);
+    }
+    c.log
+        .line(&format!("state verified (schema {:?})", check.schema));
+    c.remove_marker()?;
+    if !Systemd::running() {
+        c.log
+            .line("systemd is not running here: the agent is not started");
+    } else if start {
+        c.start_and_check()?;
+    } else {
+        c.log.line(&format!(
+            "{} is not started: it was not running before (stopped or disabled by the admin)",
+            c.m.unit
+        ));
+    }
+    Ok(())
+}
+
+/// Stops the failed agent, restores the snapshot taken before the upgrade,
+/// and leaves the marker so nothing starts this version on it until the
+/// admin installs the previous version or a fixed one.
+fn roll_back(
+    c: &Ctx,
+    record: Option<Record>,
+    was_running: bool,
+    cause: anyhow::Error,
+) -> anyhow::Error {
+    c.log.line(&format!("FAILED: {cause:#}"));
+    if let Err(e) = c.unit.stop() {
+        c.log.line(&format!("warning: {e:#}"));
+    }
+    let Some(mut record) = record else {
+        return cause.context(format!(
+            "{} {} did not start; see {}",
+            c.m.name, c.m.version, c.m.log_file
+        ));
+    };
+    let restored = match record.snapshot.as_deref() {
+        Some(name) => match c.restore(name) {
+            Ok(()) => format!("the state was restored from snapshot {name}"),
+            Err(e) => {
+                c.log.line(&format!("NOT restored: {e:#}"));
+                format!("the snapshot was NOT restored ({e:#}); the state is as the failed step left it")
+            }
+        },
+        None => "there was no snapshot to restore".into(),
+    };
+    let previous = record
+        .from_version
+        .clone()
+        .unwrap_or_else(|| "the previous version".into());
+    let advice = format!(
+        "{restored}; {} is stopped. Install {previous} again (apt-get install --allow-downgrades {}={previous}... / dnf downgrade {}) or a fixed version; see {}",
+        c.m.unit, c.m.name, c.m.name, c.m.log_file
+    );
+    let _ = c.write_marker(&format!(
+        "upgrade of {} to {} FAILED: {cause:#}; {advice}",
+        c.m.name, c.m.version
+    ));
+    record.status = "failed".into();
+    record.failure = Some(format!("{cause:#}"));
+    record.was_running = Some(was_running);
+    if let Err(e) = record.save(&c.m.record_path()) {
+        c.log.line(&format!("warning: {e:#}"));
+    }
+    c.log.line(&advice);
+    cause.context(format!(
+        "upgrade of {} to {} failed; {advice}",
+        c.m.name, c.m.version
+    ))
+}
+
+/// Undoes a `prepare` whose upgrade the package manager abandoned: the
+/// snapshot is put back if the state was migrated down, the marker goes,
+/// and the agent starts again if it ran.
+pub fn abort(m: &PackageManifest) -> Result<()> {
+    let c = Ctx::new(m, "abort");
+    let Some(record) = Record::load(&m.record_path())? else {
+        c.log.line("no upgrade was prepared: nothing to undo");
+        return Ok(());
+    };
+    c.log.line(&format!(
+        "the upgrade to {} was abandoned: undoing its preparation",
+        record.to_version
+    ));
+    if let (true, Some(name)) = (record.migrated_down, record.snapshot.as_deref()) {
+        c.restore(name)?;
+    }
+    c.remove_marker()?;
+    Record::remove(&m.record_path())?;
+    if record.was_running == Some(true) || (record.was_running.is_none() && c.unit.is_enabled()) {
+        c.start_and_check()?;
+    }
+    c.log.line("undone");
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! What the hook asks of the world: the agent (through its command line,
+//! docs/PROTOCOL.md), systemd (only when it runs), and the upgrade log.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferry_hook::package::PackageManifest;
+use serde_json::Value;
+
+/// Appends a line to the package's upgrade log and echoes it to stderr,
+/// where dpkg, apt and dnf show it to whoever runs them.
+pub struct Log {
+    file: String,
+    step: &'static str,
+}
+
+impl Log {
+    pub fn new(m: &PackageManifest, step: &'static str) -> Log {
+        if let Some(dir) = Path::new(&m.log_file).parent() {
+            // The log directory is a state directory the package creates; the
+            // first install runs the hook before it may exist.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        Log {
+            file: m.log_file.clone(),
+            step,
+        }
+    }
+
+    pub fn line(&self, message: &str) {
+        let line = format!(
+            "{} ferry-hook[{}] {}: {message}\n",
+            ferry_hook::snapshot::now_unix(),
+            std::process::id(),
+            self.step
+        );
+        eprintln!("ferry-hook: {}: {message}", self.step);
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("ferry-hook: warning: cannot write {}: {e}", self.file);
+        }
+    }
+}
+
+/// The agent's command line, pointed at the package's directories.
+pub struct Agent<'a> {
+    m: &'a PackageManifest,
+}
+
+/// What `state check --json` says.
+pub struct StateCheck {
+    pub ok: bool,
+    /// The file's schema; None when there is no state file yet.
+    pub schema: Option<u32>,
+    pub error: String,
+}
+
+impl<'a> Agent<'a> {
+    pub fn new(m: &'a PackageManifest) -> Agent<'a> {
+        Agent { m }
+    }
+
+    fn run(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.m.agent)
+            .args(["--config-dir", &self.m.config_dir])
+            .args(["--state-dir", &self.m.state_dir])
+            .args(["--runtime-dir", &self.m.runtime_dir])
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.m.agent))
+    }
+
+    /// Runs a command that must succeed; the error carries the agent's words.
+    fn run_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "`{} {}` failed ({}): {}",
+                self.m.agent,
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn check(&self) -> Result<StateCheck> {
+        let out = self.run(&["state", "check", "--json"])?;
+        let v: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "`{} state check --json` did not answer JSON: {}",
+                self.m.agent,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        Ok(StateCheck {
+            ok: v["ok"].as_bool() == Some(true),
+            schema: v["schema"].as_u64().map(|s| s as u32),
+            error: v["error"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+
+    pub fn migrate(&self, to: u32) -> Result<()> {
+        self.run_ok(&["state", "migrate", "--to", &to.to_string()])
+            .map(drop)
+    }
+
+    pub fn quiesce(&self, timeout: u64) -> Result<()> {
+        self.run_ok(&["ctl", "quiesce", "--timeout", &timeout.to_string()])
+            .map(drop)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.run_ok(&["ctl", "resume"]).map(drop)
+    }
+
+    pub fn stop_for_upgrade(&self) -> Result<()> {
+        self.run_ok(&["ctl", "stop-for-upgrade"]).map(drop)
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        let text = self.run_ok(&["ctl", "status", "--json"])?;
+        serde_json::from_str(&text).context("`ctl status --json` did not answer JSON")
+    }
+}
+
+/// systemd, when it is the running init system (not in a chroot or a
+/// container without it: then every call here is skipped).
+pub struct Systemd<'a> {
+    unit: &'a str,
+}
+
+impl<'a> Systemd<'a> {
+    pub fn new(unit: &'a str) -> Systemd<'a> {
+        Systemd { unit }
+    }
+
+    pub fn running() -> bool {
+        Path::new("/run/systemd/system").is_dir()
+    }
+
+    fn systemctl(&self, args: &[&str]) -> Result<Output> {
+        Command::new("systemctl")
+            .args(args)
+            .arg(self.unit)
+            .output()
+            .context("cannot run systemctl")
+    }
+
+    pub fn is_active(&self) -> bool {
+        Self::running()
+            && self
+                .systemctl(&["--quiet", "is-active"])
+                .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        Self::running()
+            && self
+                .systemctl(&["--quiet", "is-enabled"])
+                .is_ok_and(|o| o.status.success())
+    }
+
+    pub fn start(&self) -> Result<()> {
+        self.checked(&["reset-failed"]).ok();
+        self.checked(&["start"])
+    }
+
+    pub fn stop(&self) -> Result<()> {
+        self.checked(&["stop"])
+    }
+
+    fn checked(&self, args: &[&str]) -> Result<()> {
+        let out = self.systemctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "`systemctl {} {}` failed: {}",
+                args.join(" "),
+                self.unit,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// ActiveState, SubState and the main process's exit status.
+    pub fn describe(&self) -> String {
+        self.systemctl(&[
+            "show",
+            "--property=ActiveState,SubState,ExecMainStatus,MainPID",
+        ])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+    }
+
+    /// The unit's last journal lines, for a failure message.
+    pub fn journal_tail(&self) -> String {
+        Command::new("journalctl")
+            .args([
+                "--no-pager",
+                "--quiet",
+                "-n",
+                "8",
+                "-o",
+                "cat",
+                "-u",
+                self.unit,
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .replace('\n', " | ")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the unit is no longer active.
+    pub fn wait_inactive(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.is_active() {
+            if Instant::now() > deadline {
+                bail!("{} still active after {timeout:?}", self.unit);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
