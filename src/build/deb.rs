@@ -18,51 +18,76 @@ pub struct Deb {
 /// A member compression dpkg and lintian both accept.
 #[derive(Debug, Clone, Copy)]
 enum Compression {
-    Gzip(u32),
-    /// xz preset, and how many threads liblzma may use.
-    Xz(u32, u32),
+    /// Control members are a few KiB: gzip is plenty.
+    Gzip,
+    /// xz (LZMA2) at `preset`, with a dictionary of `dict_mib` MiB, cut
+    /// into independent blocks of `block_mib` MiB compressed in parallel.
+    Xz {
+        preset: u32,
+        dict_mib: u32,
+        block_mib: u32,
+    },
 }
 
 impl Compression {
     fn suffix(self) -> &'static str {
         match self {
-            Compression::Gzip(_) => "gz",
-            Compression::Xz(..) => "xz",
+            Compression::Gzip => "gz",
+            Compression::Xz { .. } => "xz",
         }
     }
 
     fn compress(self, data: &[u8]) -> Result<Vec<u8>> {
         match self {
-            Compression::Gzip(level) => {
-                let mut e = flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(Vec::new(), flate2::Compression::new(level));
-                e.write_all(data)?;
-                Ok(e.finish()?)
-            }
-            Compression::Xz(preset, threads) => {
-                // Multi-threaded xz splits the input into blocks; the block
-                // size is fixed by the preset, so the output depends only on
-                // the data, not on timing.
-                let stream = liblzma::stream::MtStreamBuilder::new()
-                    .preset(preset)
-                    .threads(threads)
-                    .check(liblzma::stream::Check::Crc64)
-                    .encoder()
-                    .context("starting the xz encoder")?;
-                let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
-                e.write_all(data)?;
-                Ok(e.finish()?)
-            }
+            Compression::Gzip => crate::plan::gzip_reproducibly(data),
+            Compression::Xz {
+                preset,
+                dict_mib,
+                block_mib,
+            } => xz(data, preset, dict_mib, block_mib),
         }
     }
+}
+
+/// Multi-threaded xz. The input is cut into blocks of a fixed size,
+/// compressed in parallel: the output depends on the data and these
+/// settings alone, not on the number of threads, so builds stay
+/// byte-identical across machines. Smaller blocks spread over more cores;
+/// larger ones share one dictionary over more data.
+fn xz(data: &[u8], preset: u32, dict_mib: u32, block_mib: u32) -> Result<Vec<u8>> {
+    let dict = dict_mib << 20;
+    let mut options = liblzma::stream::LzmaOptions::new_preset(preset)?;
+    // A dictionary larger than the preset's catches repeats between files
+    // (similar binaries, similar logs), which even fast presets can use.
+    options.dict_size(dict);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&options);
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .filters(filters)
+        .block_size(u64::from(block_mib) << 20)
+        .threads(super::threads())
+        .check(liblzma::stream::Check::Crc64)
+        .encoder()
+        .context("starting the xz encoder")?;
+    let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    e.write_all(data)?;
+    Ok(e.finish()?)
 }
 
 impl Deb {
     fn compression(&self) -> Compression {
         match self.profile {
-            Profile::Fast => Compression::Gzip(6),
-            Profile::Small => Compression::Xz(6, super::threads()),
+            Profile::Fast => Compression::Xz {
+                preset: 0,
+                dict_mib: 8,
+                block_mib: 8,
+            },
+            // xz's own default block: three dictionaries.
+            Profile::Small => Compression::Xz {
+                preset: 6,
+                dict_mib: 8,
+                block_mib: 24,
+            },
         }
     }
 }
@@ -88,11 +113,11 @@ impl Packager for Deb {
         let control_tar = control_tar(plan, &files)?;
         // Both members are compressed before anything is written, so a
         // failure leaves no partial archive behind.
-        let control = compression.compress(&control_tar)?;
+        let control = Compression::Gzip.compress(&control_tar)?;
         let data = compression.compress(&data_tar)?;
         let mut ar = ArWriter::new(out, plan.source_date)?;
         ar.member("debian-binary", b"2.0\n")?;
-        ar.member(&format!("control.tar.{}", compression.suffix()), &control)?;
+        ar.member("control.tar.gz", &control)?;
         ar.member(&format!("data.tar.{}", compression.suffix()), &data)?;
         Ok(())
     }
