@@ -246,6 +246,11 @@ fn unbooted_hosts_run_package_managers_and_refuse_bad_signatures() {
     host.sh_ok(&format!("rpm --import {}", repo.key_path()));
     let out = host.sh("dnf -y install ferry-lab-probe");
     assert!(!out.success(), "dnf accepted a wrong key: {out}");
+    assert!(
+        out.stderr
+            .contains("repomd.xml GPG signature verification error"),
+        "{out}"
+    );
     assert!(host.sh("rpm -q ferry-lab-probe").code != 0);
 }
 

@@ -236,7 +236,9 @@ impl Host {
             match state.as_str() {
                 "running" => return state,
                 "degraded" => {
-                    let failed = self.exec(&["systemctl", "--failed", "--no-legend", "--plain"]);
+                    let failed = self.sh("systemctl --failed --no-legend --plain; \
+                         for u in $(systemctl --failed --no-legend --plain | cut -d' ' -f1); do \
+                         journalctl -b -u \"$u\" --no-pager | tail -n 20; done");
                     eprintln!(
                         "lab: {} host is degraded; failed units:\n{}",
                         self.kind.name(),

@@ -5,6 +5,7 @@
 
 use super::{run, Scratch};
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -85,19 +86,32 @@ pub struct AgentPackages {
 pub const AGENT: &str = "roboconf-agent";
 
 /// Runs `ferry build --version VERSION` (the ferry binary of this test
-/// build) once per test process and version, into the target's tmp dir.
+/// build) once per test process and version, into a directory of this
+/// process under the target's tmp dir (test binaries run concurrently must
+/// not rebuild each other's packages); directories of processes that are
+/// gone are removed.
 pub fn agent(version: &str) -> AgentPackages {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lab-agent-{version}"));
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let pid = std::process::id();
+    let out = base.join(format!("lab-agent-{version}-{pid}"));
     let packages = AgentPackages {
         deb: out.join(format!("{AGENT}_{version}-1_amd64.deb")),
         rpm: out.join(format!("{AGENT}-{version}-1.x86_64.rpm")),
     };
     // Held during the build: two versions never build the agent at once.
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.is_empty() {
+        remove_stale(base);
+    }
     if !built.iter().any(|v| v == version) {
         let _ = fs::remove_dir_all(&out);
         fs::create_dir_all(&out).unwrap();
+        // `ferry build` writes the agent to the shared target/package: the
+        // same cross-process lock as the other suites' builds (tests/hooks.rs).
+        let lock = fs::File::create(base.join("ferry-build.lock")).expect("build lock");
+        // SAFETY: flock on a valid open file descriptor; released on close.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
         run(Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args(["build", "--version", version, "--out"])
             .arg(&out)
@@ -107,4 +121,21 @@ pub fn agent(version: &str) -> AgentPackages {
         built.push(version.to_string());
     }
     packages
+}
+
+/// Removes `lab-agent-VERSION-PID` directories whose process is gone.
+fn remove_stale(base: &Path) {
+    for entry in fs::read_dir(base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("lab-agent-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
