@@ -155,7 +155,7 @@ pub fn generate_payload(
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let agent = std::fs::read(&opts.agent).with_context(|| {
         format!(
-            "reading the agent binary {}: build it first (cargo build --release -p roboconf-agent)",
+            "reading the agent binary {}: build it first (ferry build)",
             opts.agent.display()
         )
     })?;

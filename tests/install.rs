@@ -136,7 +136,8 @@ mod cargo_tools {
     }
 
     /// Renders the scripts where the metadata points and builds with both
-    /// tools (the agent binary comes from `probe::agent`, version 1.0.0).
+    /// tools (the binaries come from `probe::agent`'s build, version 1.0.0, in
+    /// target/package like every packaging build).
     fn build(out: &Path) -> (PathBuf, PathBuf) {
         let _ = probe::agent("1.0.0");
         run(Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -155,6 +156,8 @@ mod cargo_tools {
                 "-p",
                 "roboconf-agent",
                 "--no-build",
+                "--target-dir",
+                "target/package",
                 "--deb-version",
                 "1.0.0-1",
                 "--output",
@@ -166,6 +169,8 @@ mod cargo_tools {
                 "generate-rpm",
                 "-p",
                 "agent",
+                "--target-dir",
+                "target/package",
                 "-s",
                 "version = \"1.0.0\"",
                 "-o",
