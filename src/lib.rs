@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod build;
+pub mod channel;
 pub mod descriptor;
 pub mod hooks;
 pub mod plan;

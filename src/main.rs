@@ -85,6 +85,26 @@ enum Command {
     /// Measure ferry beside the tools a user would use instead.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Make this VM's own automatic update tool follow a channel of the agent.
+    ///
+    /// Run by an admin on the VM. On apt hosts: the repository's key (checked
+    /// against --fingerprint) in /etc/apt/keyrings, a deb822 source, and
+    /// unattended-upgrades told to take the repository's Origin; on dnf hosts:
+    /// rpm --import, a .repo with every signature check, and dnf-automatic
+    /// with a configuration that sees only this repository. Every file ferry
+    /// writes is recorded with its checksum; `disable` removes exactly those
+    /// and refuses to delete one you changed. `--dry-run` prints a diff.
+    /// See docs/CHANNEL.md.
+    ///
+    /// Examples:
+    ///   ferry channel enable --repo file:///srv/repo --key /srv/repo/signing-key.asc \
+    ///       --fingerprint 0123…CDEF --channel stable --window 'Mon..Fri 02:00-04:00'
+    ///   ferry channel status --json
+    ///   ferry channel pin 1.0.0        # keep (or go back to) 1.0.0 on the next automatic run
+    ///   ferry channel rollback         # the previous version now, through apt/dnf, then pinned
+    ///   ferry channel disable
+    #[command(verbatim_doc_comment)]
+    Channel(ferry::channel::ChannelArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,7 +119,7 @@ enum BenchCommand {
     #[command(verbatim_doc_comment)]
     Build {
         /// The agent binary at the core of the payload.
-        #[arg(long, default_value = "target/release/roboconf-agent")]
+        #[arg(long, default_value = "target/package/release/roboconf-agent")]
         agent: PathBuf,
         /// MiB of generated payload beside the agent.
         #[arg(long, default_value_t = 25)]
@@ -221,6 +241,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
+        Command::Channel(args) => ferry::channel::run(args),
         Command::Publish { args, json } => print_report(&ferry::repo::publish(&args)?, json),
         Command::Promote { args, json } => print_report(&ferry::repo::promote(&args)?, json),
         Command::Bench(BenchCommand::Build {

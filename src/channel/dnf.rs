@@ -1,0 +1,417 @@
+//! dnf hosts: the key imported into rpm, a .repo file with every signature
+//! check on, and dnf-automatic run with a configuration of its own that sees
+//! only this repository (SPEC §6), on a timer of its own.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::files::{Planned, Record};
+use super::window::Window;
+use super::{output, require_channel, EnableArgs, Host, Status, TempGpg};
+
+pub fn key_path(pkg: &str) -> String {
+    format!("/etc/pki/rpm-gpg/ferry-{pkg}.asc")
+}
+pub fn repo_path(pkg: &str) -> String {
+    format!("/etc/yum.repos.d/ferry-{pkg}.repo")
+}
+/// The reposdir of ferry's dnf-automatic: this repository alone.
+pub fn automatic_reposdir(pkg: &str) -> String {
+    format!("/etc/ferry/channel/{pkg}/repos.d")
+}
+pub fn automatic_conf_path(pkg: &str) -> String {
+    format!("/etc/dnf/ferry-{pkg}-automatic.conf")
+}
+pub fn unit(pkg: &str) -> String {
+    format!("ferry-{pkg}-automatic")
+}
+
+const HEADER: &str = "# Written by `ferry channel`; `ferry channel disable` removes it.\n";
+
+pub fn render(
+    pkg: &str,
+    repo: &str,
+    channel: &str,
+    armored_key: &str,
+    window: Option<&Window>,
+) -> Vec<Planned> {
+    let repo = repo.trim_end_matches('/');
+    let repo_file = format!(
+        "{HEADER}[ferry-{pkg}]\nname={pkg} (ferry channel {channel})\nbaseurl={repo}/rpm/{channel}\nenabled=1\n\
+         gpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://{}\nskip_if_unavailable=0\nmetadata_expire=1h\n",
+        key_path(pkg)
+    );
+    let timer = match window {
+        Some(w) => w.timer_lines(),
+        None => "OnCalendar=*-*-* 6:00\nRandomizedDelaySec=3600\nPersistent=true\n".into(),
+    };
+    let u = unit(pkg);
+    vec![
+        Planned::new(key_path(pkg), armored_key.as_bytes(), 0o644),
+        Planned::new(repo_path(pkg), repo_file.clone(), 0o644),
+        Planned::new(format!("{}/ferry-{pkg}.repo", automatic_reposdir(pkg)), repo_file, 0o644),
+        Planned::new(
+            automatic_conf_path(pkg),
+            format!(
+                "{HEADER}[commands]\nupgrade_type = default\nrandom_sleep = 0\nnetwork_online_timeout = 60\n\
+                 download_updates = yes\napply_updates = yes\n\n[emitters]\nemit_via = stdio\n\n\
+                 [base]\ndebuglevel = 1\n# This repository only: dnf-automatic upgrades everything it sees.\n\
+                 reposdir = {}\nskip_if_unavailable = 0\n",
+                automatic_reposdir(pkg)
+            ),
+            0o644,
+        ),
+        Planned::new(
+            format!("/etc/systemd/system/{u}.service"),
+            format!(
+                "{HEADER}[Unit]\nDescription=dnf-automatic for {pkg} (ferry channel)\nWants=network-online.target\n\
+                 After=network-online.target\n\n[Service]\nType=oneshot\nNice=19\n\
+                 ExecStart=/usr/bin/dnf-automatic {} --timer\n",
+                automatic_conf_path(pkg)
+            ),
+            0o644,
+        ),
+        Planned::new(
+            format!("/etc/systemd/system/{u}.timer"),
+            format!("{HEADER}[Unit]\nDescription=dnf-automatic for {pkg} (ferry channel)\n\n[Timer]\n{timer}\n[Install]\nWantedBy=timers.target\n"),
+            0o644,
+        ),
+    ]
+}
+
+pub fn plan_enable(
+    host: &Host,
+    args: &EnableArgs,
+    gpg: &TempGpg,
+    armored: &str,
+    window: Option<&Window>,
+) -> Result<Vec<Planned>> {
+    let repomd = gpg.home.join("repomd.xml");
+    let asc = gpg.home.join("repomd.xml.asc");
+    let probe = format!("rpm/{}/repodata/repomd.xml", args.channel);
+    require_channel(host, &args.repo, &probe, &repomd, &args.channel)?;
+    if !super::fetch(host, &args.repo, &format!("{probe}.asc"), &asc)? {
+        bail!(
+            "{}/{probe} is not signed (no repomd.xml.asc): refusing an unsigned repository",
+            args.repo
+        )
+    }
+    gpg.verify(&format!("{}/{probe}", args.repo), &asc, Some(&repomd))?;
+    Ok(render(
+        &host.package,
+        &args.repo,
+        &args.channel,
+        armored,
+        window,
+    ))
+}
+
+fn rpm(host: &Host) -> Command {
+    let mut c = Command::new("rpm");
+    if !host.is_live() {
+        c.arg("--root").arg(&host.root);
+    }
+    c
+}
+
+fn dnf(host: &Host) -> Command {
+    let mut c = Command::new("dnf");
+    c.arg("-q");
+    if !host.is_live() {
+        c.arg("--installroot").arg(&host.root);
+    }
+    c
+}
+
+/// `rpm --import` of the checked key, unless rpm has it already.
+pub fn import_key(
+    host: &Host,
+    fingerprint: &str,
+    _armored: &str,
+    rec: &mut Record,
+    dry_run: bool,
+    out: &mut String,
+) -> Result<bool> {
+    let fpr = fingerprint.replace(' ', "").to_ascii_lowercase();
+    let name = format!("gpg-pubkey-{}", &fpr[fpr.len() - 8..]);
+    if rpm(host)
+        .args(["-q", &name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(false);
+    }
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "would rpm --import {} ({name})",
+            key_path(&host.package)
+        );
+        return Ok(true);
+    }
+    output(
+        rpm(host)
+            .arg("--import")
+            .arg(host.path(&key_path(&host.package))),
+    )?;
+    rec.rpm_key = Some(name.clone());
+    let _ = writeln!(out, "imported {name} into rpm");
+    Ok(true)
+}
+
+pub fn remove_key(host: &Host, rec: &mut Record, dry_run: bool, out: &mut String) -> Result<()> {
+    if let Some(name) = rec.rpm_key.clone() {
+        if dry_run {
+            let _ = writeln!(out, "would rpm -e {name}");
+        } else {
+            let _ = output(rpm(host).args(["-e", &name]));
+            let _ = writeln!(out, "removed {name} from rpm");
+            rec.rpm_key = None;
+        }
+    }
+    Ok(())
+}
+
+pub fn enable_timer(host: &Host, out: &mut String) {
+    let timer = format!("{}.timer", unit(&host.package));
+    let mut c = Command::new("systemctl");
+    if host.is_live() && std::path::Path::new("/run/systemd/system").is_dir() {
+        c.args(["enable", "--now", &timer]);
+    } else {
+        c.arg(format!("--root={}", host.root.display()))
+            .args(["enable", &timer]);
+    }
+    match output(&mut c) {
+        Ok(_) => {
+            let _ = writeln!(out, "enabled {timer}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "warning: {e:#}");
+        }
+    }
+}
+
+pub fn disable_timer(host: &Host, dry_run: bool, out: &mut String) {
+    let timer = format!("{}.timer", unit(&host.package));
+    if dry_run {
+        let _ = writeln!(out, "would disable {timer}");
+        return;
+    }
+    let mut c = Command::new("systemctl");
+    if host.is_live() && std::path::Path::new("/run/systemd/system").is_dir() {
+        c.args(["disable", "--now", &timer]);
+    } else {
+        c.arg(format!("--root={}", host.root.display()))
+            .args(["disable", &timer]);
+    }
+    let _ = output(&mut c);
+}
+
+/// The repository's versions of the package, newest last.
+fn available(host: &Host) -> Result<Vec<String>> {
+    let text = output(dnf(host).args([
+        "--disablerepo=*",
+        &format!("--enablerepo=ferry-{}", host.package),
+        "repoquery",
+        "--qf",
+        "%{version}-%{release}",
+        &host.package,
+    ]))?;
+    let mut v: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    v.sort_by(|a, b| rpm_version::Evr::parse(a).cmp(&rpm_version::Evr::parse(b)));
+    v.dedup();
+    Ok(v)
+}
+
+pub fn resolve_version(host: &Host, version: &str) -> Result<String> {
+    let v = available(host)?;
+    v.iter()
+        .rev()
+        .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
+        .cloned()
+        .with_context(|| {
+            format!(
+                "version {version} of {} is not in the channel (there: {})",
+                host.package,
+                v.join(", ")
+            )
+        })
+}
+
+const VERSIONLOCK: &str = "/etc/dnf/plugins/versionlock.list";
+
+/// `dnf versionlock add NAME-VERSION` (Some) or `delete NAME` (None). The
+/// file as it was before ferry's first lock is kept in the record; after a
+/// delete that left only dnf's "# Added lock" comments, it is put back.
+pub fn versionlock(
+    host: &Host,
+    rec: &mut Record,
+    version: Option<&str>,
+    dry_run: bool,
+    out: &mut String,
+) -> Result<()> {
+    let (verb, spec) = match version {
+        Some(v) => ("add", format!("{}-{v}", host.package)),
+        None => ("delete", host.package.clone()),
+    };
+    if dry_run {
+        let _ = writeln!(out, "would run dnf versionlock {verb} {spec}");
+        return Ok(());
+    }
+    let path = host.path(VERSIONLOCK);
+    if version.is_some() && rec.versionlock_before.is_none() {
+        rec.versionlock_before = Some(fs::read_to_string(&path).unwrap_or_default());
+    }
+    output(dnf(host).args(["versionlock", verb, &spec]))
+        .context("dnf versionlock (needs the versionlock plugin: python3-dnf-plugin-versionlock or dnf-plugins-core)")?;
+    let _ = writeln!(out, "dnf versionlock {verb} {spec}");
+    if version.is_none() {
+        if let Some(before) = rec.versionlock_before.take() {
+            let now = fs::read_to_string(&path).unwrap_or_default();
+            let extra = |t: &str| {
+                t.lines()
+                    .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            };
+            if extra(&now) == extra(&before) && now != before {
+                super::files::write_atomic(
+                    &host.root,
+                    VERSIONLOCK,
+                    before.as_bytes(),
+                    0o644,
+                    &mut Vec::new(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn installed(host: &Host) -> Option<String> {
+    output(rpm(host).args(["-q", "--qf", "%{VERSION}-%{RELEASE}", &host.package])).ok()
+}
+
+pub fn rollback(host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
+    let inst = installed(host)
+        .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
+    let avail = available(host)?;
+    let target = match to {
+        Some(v) => resolve_version(host, v)?,
+        None => {
+            let cur = rpm_version::Evr::parse(&inst);
+            avail
+                .iter()
+                .rev()
+                .find(|v| rpm_version::Evr::parse(v.as_str()) < cur)
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "no version of {} older than {inst} in the channel; give --to VERSION",
+                        host.package
+                    )
+                })?
+        }
+    };
+    let _ = writeln!(
+        out,
+        "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
+        host.package
+    );
+    out.push_str(&output(dnf(host).args([
+        "-y",
+        "downgrade",
+        &format!("{}-{target}", host.package),
+    ]))?);
+    Ok(target)
+}
+
+pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
+    s.installed = installed(host);
+    s.newest_available = if rec.is_some() {
+        available(host).ok().and_then(|v| v.last().cloned())
+    } else {
+        None
+    };
+    let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
+    if let Some(l) = lock
+        .lines()
+        .find(|l| l.starts_with(&format!("{}-", host.package)))
+    {
+        s.pinned.get_or_insert_with(|| l.trim().to_string());
+    }
+    if let Ok(h) = output(dnf(host).args(["history", "list", &host.package])) {
+        let rows: Vec<&str> = h
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+            })
+            .collect();
+        if let Some(r) = rows.first() {
+            s.last_package_change =
+                Some(r.split('|').map(str::trim).collect::<Vec<_>>().join(" | "));
+        }
+    }
+    if host.is_live() {
+        if let Ok(j) = output(Command::new("journalctl").args([
+            "-u",
+            &format!("{}.service", unit(&host.package)),
+            "-n",
+            "50",
+            "--no-pager",
+            "-o",
+            "short-iso",
+        ])) {
+            let lines: Vec<&str> = j.lines().filter(|l| !l.starts_with("--")).collect();
+            // The last run: from its last "Starting" line on.
+            let start = lines
+                .iter()
+                .rposition(|l| l.contains("Starting "))
+                .unwrap_or(0);
+            if let Some(first) = lines.get(start) {
+                s.automatic_last_run = first.split_whitespace().next().map(String::from);
+            }
+            s.automatic_last_result = lines[start.min(lines.len())..]
+                .iter()
+                .filter_map(|l| l.split_once("]: ").map(|(_, m)| m.to_string()))
+                .collect();
+        }
+    }
+    s.repository_check = if rec.is_some() {
+        "see dnf's output (repo_gpgcheck=1, skip_if_unavailable=0)".into()
+    } else {
+        "not configured".into()
+    };
+    let newer = match (&s.installed, &s.newest_available) {
+        (Some(i), Some(n)) => {
+            rpm_version::Evr::parse(n.as_str()) > rpm_version::Evr::parse(i.as_str())
+        }
+        _ => false,
+    };
+    s.up_to_date = s.installed.is_some() && s.newest_available.is_some() && !newer;
+    let why = &mut s.not_updated_because;
+    if s.installed.is_none() {
+        why.push(format!("{} is not installed", host.package));
+    } else if s.newest_available.is_none() {
+        why.push("the channel cannot be read (dnf failed) or is empty".into());
+    } else if !newer {
+        why.push("no newer version on the channel".into());
+    }
+    if let Some(p) = &s.pinned {
+        why.push(format!(
+            "locked with dnf versionlock ({p}); undo: `ferry channel unpin`"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! `ferry channel`: the OS's own automatic update tool made to follow a
+//! channel of a repository made by `ferry publish`, and undone exactly.
+//!
+//! Root is required (gpg keys, lab hosts booted with systemd-nspawn); these
+//! tests never skip. Debian packages: ci/apt-packages.channel. What each test
+//! proves is listed in docs/CHANNEL.md.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::lab::{Host, HostKind};
+use support::probe::{self, AGENT};
+use support::signing::Signer;
+use support::{run, Scratch};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn fingerprint(signer: &Signer) -> String {
+    signer
+        .gpg(&["--with-colons", "--list-keys"])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fpr:")
+                .map(|r| r.trim_matches(':').to_string())
+        })
+        .expect("a fingerprint")
+}
+
+/// `ferry publish --repo DIR --channel CHANNEL PACKAGES…` with the signer's key.
+fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
+    run(Command::new(FERRY)
+        .args(["publish", "--repo"])
+        .arg(repo)
+        .args([
+            "--channel",
+            channel,
+            "--key",
+            &fingerprint(signer),
+            "--gnupghome",
+        ])
+        .arg(signer.home())
+        .args(packages));
+}
+
+fn ferry(args: &[&str]) -> Output {
+    let out = Command::new(FERRY).args(args).output().unwrap();
+    eprintln!(
+        "ferry {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every path under `dir` with its type, mode and (files) SHA-256.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        use std::os::unix::fs::PermissionsExt;
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() {
+                out.push(format!("d {mode:o} {rel}"));
+                walk(base, &p, out);
+            } else if meta.file_type().is_symlink() {
+                out.push(format!(
+                    "l {rel} -> {}",
+                    fs::read_link(&p).unwrap().display()
+                ));
+            } else {
+                let sum: String = sha2::Digest::finalize(sha2::Digest::chain_update(
+                    <sha2::Sha256 as sha2::Digest>::new(),
+                    fs::read(&p).unwrap(),
+                ))
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+                out.push(format!("f {mode:o} {rel} {sum}"));
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn diff_listing(before: &[String], after: &[String]) -> String {
+    let mut d = String::new();
+    for l in before.iter().filter(|l| !after.contains(l)) {
+        d.push_str(&format!("- {l}\n"));
+    }
+    for l in after.iter().filter(|l| !before.contains(l)) {
+        d.push_str(&format!("+ {l}\n"));
+    }
+    d
+}
+
+/// An alternate root (`--root`) that looks like an apt host, with a
+/// repository made by `ferry publish` inside it at /srv/repo: the file
+/// handling, refusals, dry run, idempotency and exact undo, without booting.
+#[test]
+fn enable_disable_on_an_alternate_root_are_exact_idempotent_and_refuse_bad_input() {
+    support::require_root();
+    let scratch = Scratch::new("ferry-channel-root");
+    let root = scratch.path().join("root");
+    for d in [
+        "usr/bin",
+        "var/lib/dpkg",
+        "etc/apt/apt.conf.d",
+        "etc/apt/keyrings",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("usr/bin/apt-get"), "").unwrap();
+    // The admin's own periodic settings: ferry must leave them alone.
+    fs::write(
+        root.join("etc/apt/apt.conf.d/20auto-upgrades"),
+        "APT::Periodic::Unattended-Upgrade \"0\";\n",
+    )
+    .unwrap();
+    let signer = Signer::new("channel");
+    let other = Signer::new("other");
+    let fpr = fingerprint(&signer);
+    let debs = scratch.path().join("debs");
+    fs::create_dir_all(&debs).unwrap();
+    let deb = probe::deb("1.0.0-1", &debs);
+    let repo = root.join("srv/repo");
+    publish(&signer, &repo, "stable", &[&deb]);
+    let key = repo.join("signing-key.asc");
+    let other_key = scratch.path().join("other.asc");
+    fs::write(&other_key, other.public_key_armored()).unwrap();
+    let r = root.to_str().unwrap();
+    let k = key.to_str().unwrap();
+    // `enable` with defaults for every flag that `extra` does not give.
+    let enable = |extra: &[&str]| {
+        let mut args = vec!["channel", "--root", r, "--package", probe::NAME, "enable"];
+        for (flag, value) in [
+            ("--repo", "file:///srv/repo"),
+            ("--key", k),
+            ("--fingerprint", fpr.as_str()),
+            ("--window", "Mon..Fri 02:00-04:00"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        ferry(&args)
+    };
+    let etc_before = listing(&root.join("etc"));
+    let var_before = listing(&root.join("var"));
+
+    // Bad input: refused, named, nothing changed.
+    let other_k = other_key.to_str().unwrap();
+    let bad: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--channel", "nightly"],
+            "channel \"nightly\" not found",
+        ),
+        (vec!["--window", "Mon..Fri 02:00"], "has no end"),
+        (vec!["--window", "Funday 02:00-03:00"], "is not a day"),
+        (vec!["--key", other_k], "refusing to trust it"),
+        (vec!["--repo", "file:///srv/nothing"], "unreachable"),
+    ];
+    for (extra, message) in bad {
+        let out = enable(&extra);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(text(&out).contains(message), "{extra:?}: {}", text(&out));
+        assert_eq!(
+            listing(&root.join("etc")),
+            etc_before,
+            "{extra:?} changed /etc"
+        );
+    }
+    let wrong_package = ferry(&[
+        "channel",
+        "--root",
+        r,
+        "enable",
+        "--repo",
+        "file:///srv/repo",
+        "--key",
+        k,
+        "--fingerprint",
+        &fpr,
+    ]);
+    assert!(
+        !wrong_package.status.success()
+            && text(&wrong_package)
+                .contains("has no package \"roboconf-agent\" (it has: ferry-lab-probe)"),
+        "{}",
+        text(&wrong_package)
+    );
+    let wrong_fpr = ferry(&[
+        "channel",
+        "--root",
+        r,
+        "--package",
+        probe::NAME,
+        "enable",
+        "--repo",
+        "file:///srv/repo",
+        "--key",
+        k,
+        "--fingerprint",
+        &"0".repeat(40),
+    ]);
+    assert!(!wrong_fpr.status.success() && text(&wrong_fpr).contains("refusing to trust it"));
+    // Not an apt or dnf host.
+    let out = ferry(&[
+        "channel",
+        "--root",
+        scratch.path().to_str().unwrap(),
+        "status",
+    ]);
+    assert!(!out.status.success() && text(&out).contains("neither an apt host"));
+
+    // Dry run: a diff of every file, nothing written.
+    let dry = enable(&["--dry-run"]);
+    assert!(dry.status.success());
+    let dry_text = text(&dry);
+    for path in [
+        "/etc/apt/keyrings/ferry-ferry-lab-probe.asc",
+        "/etc/apt/sources.list.d/ferry-ferry-lab-probe.sources",
+        "/etc/apt/apt.conf.d/52ferry-ferry-lab-probe",
+        "/etc/apt/apt.conf.d/19ferry-ferry-lab-probe-periodic",
+        "/etc/systemd/system/apt-daily-upgrade.timer.d/ferry-ferry-lab-probe.conf",
+    ] {
+        assert!(
+            dry_text.contains(&format!("+++ {path}\n")),
+            "{path} not in the diff"
+        );
+    }
+    assert!(dry_text.contains("+Signed-By: /etc/apt/keyrings/ferry-ferry-lab-probe.asc"));
+    assert!(dry_text.contains("+OnCalendar=Mon..Fri *-*-* 02:00:00"));
+    assert_eq!(listing(&root.join("etc")), etc_before);
+    assert_eq!(listing(&root.join("var")), var_before);
+
+    // Enable writes; the Origin is the repository's own.
+    assert!(enable(&[]).status.success());
+    let release = fs::read_to_string(repo.join("apt/dists/stable/InRelease")).unwrap();
+    let origin = release
+        .lines()
+        .find_map(|l| l.strip_prefix("Origin: "))
+        .unwrap();
+    let conf = fs::read_to_string(root.join("etc/apt/apt.conf.d/52ferry-ferry-lab-probe")).unwrap();
+    assert!(
+        conf.contains(&format!("\"origin={origin},archive=stable\"")),
+        "{conf}"
+    );
+    let etc_enabled = listing(&root.join("etc"));
+    // A second enable changes nothing, and says so.
+    let again = enable(&[]);
+    assert!(again.status.success() && text(&again).contains("nothing to change"));
+    assert_eq!(listing(&root.join("etc")), etc_enabled);
+    // The admin's file is untouched.
+    assert!(etc_enabled.iter().any(|l| l.contains("20auto-upgrades")));
+
+    // An admin edits a file ferry wrote: disable refuses, removes nothing.
+    let sources = root.join("etc/apt/sources.list.d/ferry-ferry-lab-probe.sources");
+    let original = fs::read(&sources).unwrap();
+    fs::write(&sources, [&original[..], b"# mine\n"].concat()).unwrap();
+    let refused = ferry(&["channel", "--root", r, "--package", probe::NAME, "disable"]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("was changed since ferry wrote it")
+    );
+    let refused = enable(&[]);
+    assert!(!refused.status.success() && text(&refused).contains("changed by someone else"));
+    fs::write(&sources, &original).unwrap();
+    assert_eq!(listing(&root.join("etc")), etc_enabled);
+
+    // Disable: dry run first, then /etc exactly as before enable.
+    let dry = ferry(&[
+        "channel",
+        "--root",
+        r,
+        "--package",
+        probe::NAME,
+        "disable",
+        "--dry-run",
+    ]);
+    assert!(
+        dry.status.success()
+            && text(&dry).contains("would remove /etc/apt/apt.conf.d/52ferry-ferry-lab-probe")
+    );
+    assert_eq!(listing(&root.join("etc")), etc_enabled);
+    assert!(
+        ferry(&["channel", "--root", r, "--package", probe::NAME, "disable"])
+            .status
+            .success()
+    );
+    assert_eq!(diff_listing(&etc_before, &listing(&root.join("etc"))), "");
+    let twice = ferry(&["channel", "--root", r, "--package", probe::NAME, "disable"]);
+    assert!(twice.status.success() && text(&twice).contains("nothing to change"));
+}
+
+fn deb_version(host: &Host) -> String {
+    host.sh_ok(&format!("dpkg-query -W -f '${{Version}}' {AGENT}"))
+}
+
+/// `find /etc` with types, modes and checksums, inside the host.
+fn etc_listing(host: &Host) -> Vec<String> {
+    listing(&host.path("/etc"))
+}
+
+/// The automatic run, as the timers start it (stamps removed: a day passed).
+fn automatic_run(host: &Host) {
+    host.sh_ok(
+        "rm -f /var/lib/apt/periodic/*; systemctl start apt-daily.service && \
+         systemctl start apt-daily-upgrade.service",
+    );
+}
+
+/// A booted Debian host with the agent 1.0.0 installed: `ferry channel
+/// enable` (the ferry binary inside the host) makes unattended-upgrades take
+/// 1.1.0 once it is published; a pin takes it back to 1.0.0; disable leaves
+/// /etc as before enable.
+#[test]
+fn debian_host_follows_the_channel_pins_and_is_restored() {
+    support::require_root();
+    let started = std::time::Instant::now();
+    let v100 = probe::agent("1.0.0");
+    let v110 = probe::agent("1.1.0");
+    let signer = Signer::new("channel-e2e");
+    let fpr = fingerprint(&signer);
+    let scratch = Scratch::new("ferry-channel-e2e");
+    let repo: PathBuf = scratch.path().join("repo");
+    publish(&signer, &repo, "stable", &[&v100.deb]);
+
+    let mut host = Host::new(HostKind::Debian);
+    host.bind_ro(&repo, "/srv/repo");
+    assert_eq!(host.boot(), "running");
+    host.copy_in(FERRY, "/usr/local/sbin/ferry");
+    host.copy_in(&v100.deb, "/root/agent-1.0.0.deb");
+    host.sh_ok("apt-get install -y /root/agent-1.0.0.deb && rm /root/agent-1.0.0.deb");
+    assert_eq!(deb_version(&host), "1.0.0-1");
+    let before = etc_listing(&host);
+    eprintln!("channel e2e: host ready after {:.0?}", started.elapsed());
+
+    let enable = format!(
+        "ferry channel enable --repo file:///srv/repo --key /srv/repo/signing-key.asc \
+         --fingerprint {fpr} --channel stable --window 'Mon..Fri 02:00-04:00'"
+    );
+    let out = host.sh_ok(&enable);
+    assert!(out.contains("enabled:"), "{out}");
+    // The timer drop-in took effect (reset, then the window).
+    let timer = host.sh_ok("systemctl show -p TimersCalendar apt-daily-upgrade.timer");
+    assert!(
+        timer.contains("Mon..Fri *-*-* 02:00:00") && !timer.contains("06:00"),
+        "{timer}"
+    );
+    let enabled = etc_listing(&host);
+    let again = host.sh_ok(&enable);
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(etc_listing(&host), enabled, "a second enable changed /etc");
+
+    // 1.1.0 published; the automatic run takes it.
+    publish(&signer, &repo, "stable", &[&v110.deb]);
+    automatic_run(&host);
+    let log = host.sh("cat /var/log/unattended-upgrades/unattended-upgrades.log");
+    assert_eq!(deb_version(&host), "1.1.0-1", "unattended-upgrades: {log}");
+    let status: serde_json::Value =
+        serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
+    eprintln!("status after upgrade: {status:#}");
+    assert_eq!(status["installed"], "1.1.0-1");
+    assert_eq!(status["newest_available"], "1.1.0-1");
+    assert_eq!(status["up_to_date"], true);
+    assert!(status["last_package_change"]
+        .as_str()
+        .unwrap()
+        .contains("upgraded 1.0.0-1 -> 1.1.0-1"));
+    eprintln!("channel e2e: upgraded after {:.0?}", started.elapsed());
+
+    // Pin 1.0.0: the next automatic run goes down to it.
+    let out = host.sh_ok("ferry channel pin 1.0.0");
+    assert!(out.contains("host-wide"), "{out}");
+    automatic_run(&host);
+    let log = host.sh("cat /var/log/unattended-upgrades/unattended-upgrades.log");
+    assert_eq!(deb_version(&host), "1.0.0-1", "unattended-upgrades: {log}");
+    let status: serde_json::Value =
+        serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
+    eprintln!("status after pin: {status:#}");
+    assert_eq!(status["pinned"], "1.0.0-1");
+    assert_eq!(status["allow_downgrade_host_wide"], true);
+    assert!(status["last_package_change"]
+        .as_str()
+        .unwrap()
+        .contains("downgraded 1.1.0-1 -> 1.0.0-1"));
+    assert!(status["not_updated_because"]
+        .to_string()
+        .contains("pinned to 1.0.0-1"));
+    // A further run keeps it.
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.0.0-1");
+    eprintln!("channel e2e: pinned after {:.0?}", started.elapsed());
+
+    // Disable: /etc as before enable.
+    host.sh_ok("ferry channel disable");
+    assert_eq!(
+        diff_listing(&before, &etc_listing(&host)),
+        "",
+        "disable left /etc changed"
+    );
+    host.poweroff();
+    eprintln!("channel e2e: done in {:.0?}", started.elapsed());
+}
+
+fn rpm_version(host: &Host) -> String {
+    host.sh_ok(&format!("rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {AGENT}"))
+}
+
+/// The same on a booted RPM host: dnf-automatic with ferry's own
+/// configuration and timer takes 1.1.0; `rollback` goes down to 1.0.0 with
+/// dnf (dnf-automatic never downgrades) and locks it; the next automatic run
+/// keeps it; disable leaves /etc as before enable.
+#[test]
+fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
+    support::require_root();
+    let started = std::time::Instant::now();
+    let v100 = probe::agent("1.0.0");
+    let v110 = probe::agent("1.1.0");
+    let signer = Signer::new("channel-rpm");
+    let fpr = fingerprint(&signer);
+    let scratch = Scratch::new("ferry-channel-rpm");
+    let repo: PathBuf = scratch.path().join("repo");
+    publish(&signer, &repo, "stable", &[&v100.deb, &v100.rpm]);
+
+    let mut host = Host::new(HostKind::Rpm);
+    host.bind_ro(&repo, "/srv/repo");
+    assert_eq!(host.boot(), "running");
+    host.copy_in(FERRY, "/usr/local/sbin/ferry");
+    host.copy_in(&v100.rpm, "/root/agent-1.0.0.rpm");
+    host.sh_ok("dnf -y install /root/agent-1.0.0.rpm && rm /root/agent-1.0.0.rpm");
+    assert_eq!(rpm_version(&host), "1.0.0-1");
+    let before = etc_listing(&host);
+
+    let enable = format!(
+        "ferry channel --family dnf enable --repo file:///srv/repo \
+         --key /srv/repo/signing-key.asc --fingerprint {fpr} --channel stable --window '02:00-04:00'"
+    );
+    let out = host.sh_ok(&enable);
+    assert!(out.contains("enabled:"), "{out}");
+    host.sh_ok("systemctl is-enabled ferry-roboconf-agent-automatic.timer");
+    let enabled = etc_listing(&host);
+    let again = host.sh_ok(&enable);
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(etc_listing(&host), enabled, "a second enable changed /etc");
+
+    publish(&signer, &repo, "stable", &[&v110.deb, &v110.rpm]);
+    std::thread::sleep(std::time::Duration::from_secs(1)); // SPEC §6
+    host.sh_ok("systemctl start ferry-roboconf-agent-automatic.service");
+    let journal = host.sh("journalctl -u ferry-roboconf-agent-automatic.service --no-pager");
+    assert_eq!(rpm_version(&host), "1.1.0-1", "dnf-automatic: {journal}");
+    eprintln!("channel rpm: upgraded after {:.0?}", started.elapsed());
+
+    let out = host.sh_ok("ferry channel --family dnf rollback");
+    assert!(out.contains("to 1.0.0-1"), "{out}");
+    assert_eq!(rpm_version(&host), "1.0.0-1");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    host.sh_ok("systemctl start ferry-roboconf-agent-automatic.service");
+    assert_eq!(rpm_version(&host), "1.0.0-1", "the lock did not hold");
+    let status: serde_json::Value =
+        serde_json::from_str(&host.sh_ok("ferry channel --family dnf status --json")).unwrap();
+    eprintln!("status after rollback: {status:#}");
+    assert_eq!(status["installed"], "1.0.0-1");
+    assert_eq!(status["pinned"], "1.0.0-1");
+    assert_eq!(status["newest_available"], "1.1.0-1");
+
+    host.sh_ok("ferry channel --family dnf disable");
+    assert_eq!(
+        diff_listing(&before, &etc_listing(&host)),
+        "",
+        "disable left /etc changed"
+    );
+    host.sh_ok(
+        "! rpm -q gpg-pubkey-$(echo {fpr} | tail -c 9 | tr A-F a-f)"
+            .replace("{fpr}", &fpr)
+            .as_str(),
+    );
+    host.poweroff();
+    eprintln!("channel rpm: done in {:.0?}", started.elapsed());
+}
