@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod build;
 pub mod channel;
+pub mod date;
 pub mod descriptor;
 pub mod hooks;
 pub mod plan;

@@ -287,7 +287,7 @@ fn debian_docs(v: &Validated, source_date: u64) -> Result<Vec<PlannedFile>> {
         version = v.version.deb(),
         descriptor = v.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         maintainer = p.maintainer,
-        date = rfc2822(source_date),
+        date = crate::date::rfc2822(source_date, "+0000"),
     );
     Ok(vec![
         PlannedFile {
@@ -351,7 +351,7 @@ fn copyright(v: &Validated, source_date: u64) -> String {
         name = p.name,
         maintainer = p.maintainer,
         license = p.license,
-        year = civil_from_days((source_date / 86_400) as i64).0,
+        year = crate::date::year(source_date),
     )
 }
 
@@ -365,42 +365,6 @@ pub fn gzip_reproducibly(data: &[u8]) -> Result<Vec<u8>> {
     Ok(encoder.finish()?)
 }
 
-/// Formats seconds since the epoch as an RFC 2822 date in UTC, the form
-/// Debian changelogs use.
-pub fn rfc2822(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        day,
-        MONTHS[(month - 1) as usize],
-        year,
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm: (year, month 1-12, day 1-31).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,12 +374,5 @@ mod tests {
         let elf = b"\x7fELF....GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_PRIVATE\0GLIBC_2.17\0";
         assert_eq!(glibc_needed(elf), Some((2, 34)));
         assert_eq!(glibc_needed(b"GLIBC_2.34"), None);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc2822(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000");
-        assert_eq!(rfc2822(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 }

@@ -8,7 +8,6 @@
 //! reprepro keeps its own database beside ours.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -46,7 +45,7 @@ pub fn write_generation(
         let dir = format!("{COMPONENT}/binary-{arch}");
         std::fs::create_dir_all(gen_dir.join(&dir))
             .with_context(|| format!("cannot create {dir}"))?;
-        let gz = gzip(packages.as_bytes())?;
+        let gz = crate::plan::gzip_reproducibly(packages.as_bytes())?;
         for (name, bytes) in [("Packages", packages.as_bytes()), ("Packages.gz", &gz[..])] {
             let relative = format!("{dir}/{name}");
             std::fs::write(gen_dir.join(&relative), bytes)
@@ -127,44 +126,12 @@ fn release_file(
     text
 }
 
-fn gzip(bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(bytes)?;
-    Ok(encoder.finish()?)
-}
-
 /// `Date:` of a Release file, e.g. `Wed, 25 Nov 2026 22:27:41 UTC`.
 pub fn rfc2822_utc(time: SystemTime) -> String {
     let secs = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} UTC",
-        WEEKDAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+    crate::date::rfc2822(secs, "UTC")
 }
 
 #[cfg(test)]
