@@ -156,13 +156,13 @@ mod cargo_tools {
                 "-p",
                 "roboconf-agent",
                 "--no-build",
-                "--target-dir",
-                "target/package",
                 "--deb-version",
                 "1.0.0-1",
                 "--output",
             ])
             .arg(out)
+            // cargo-deb has no --target-dir; it follows cargo's variable.
+            .env("CARGO_TARGET_DIR", "target/package")
             .current_dir(repo()));
         run(Command::new("cargo")
             .args([
