@@ -1,6 +1,6 @@
-//! End to end: real packages built by `ferry build`, installed, upgraded,
-//! downgraded, refused, removed and purged with real dpkg/apt-get in a
-//! booted lab host, with the reference agent holding a deployed tree, a
+//! End to end: real packages built by `ferry build` (deb and rpm from one
+//! build), installed, upgraded, downgraded, refused, failed and recovered,
+//! removed and purged with real dpkg/apt-get and dnf/rpm in booted lab hosts, with the reference agent holding a deployed tree, a
 //! queue and files its recipes made. See docs/UPGRADES.md for what each step
 //! proves. Root is required (the lab boots hosts with systemd-nspawn).
 
@@ -35,20 +35,45 @@ impl BuildLock {
     }
 }
 
-/// `ferry build --version VERSION` of a copy of pkg/ whose state schema is
-/// `schema` and whose quiesce timeout is short; built once per process.
-fn deb(version: &str, schema: u32) -> PathBuf {
+/// A package of the reference agent under test.
+#[derive(Clone, Copy, PartialEq)]
+enum Variant {
+    /// pkg/ as it is (its conffile marked with the version, so each version
+    /// ships a different one).
+    Good,
+    /// The unit cannot start (`ExecStartPre=/bin/false`): a new version
+    /// whose postinst / %posttrans health check fails.
+    Broken,
+}
+
+struct Packages {
+    deb: PathBuf,
+    rpm: PathBuf,
+}
+
+/// `ferry build --version VERSION` (deb and rpm from one build) of a copy of
+/// pkg/ whose state schema is `schema` and whose quiesce timeout is short;
+/// built once per process.
+fn packages(version: &str, schema: u32, variant: Variant) -> Packages {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let out = tmp.join(format!("hooks-{version}-s{schema}"));
-    let deb = out.join(format!("{AGENT}_{version}-1_amd64.deb"));
+    let tag = match variant {
+        Variant::Good => format!("{version}-s{schema}"),
+        Variant::Broken => format!("{version}-s{schema}-broken"),
+    };
+    let out = tmp.join(format!("hooks-{tag}"));
+    let packages = Packages {
+        deb: out.join(format!("{AGENT}_{version}-1_amd64.deb")),
+        rpm: out.join(format!("{AGENT}-{version}-1.x86_64.rpm")),
+    };
     static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.contains(&deb) {
-        return deb;
+    if built.contains(&out) {
+        return packages;
     }
     let _lock = BuildLock::take();
-    let pkg = tmp.join(format!("hooks-pkg-{version}-s{schema}"));
+    let pkg = tmp.join(format!("hooks-pkg-{tag}"));
     let _ = fs::remove_dir_all(&pkg);
+    let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&pkg).unwrap();
     let repo = env!("CARGO_MANIFEST_DIR");
     for entry in fs::read_dir(Path::new(repo).join("pkg")).unwrap() {
@@ -59,23 +84,28 @@ fn deb(version: &str, schema: u32) -> PathBuf {
         .unwrap()
         .replace("\"../", &format!("\"{repo}/"))
         .replace("schema = 3", &format!("schema = {schema}"))
-        .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5");
+        .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5")
+        .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
     fs::write(pkg.join("ferry.toml"), descriptor).unwrap();
+    let mut conffile = fs::read_to_string(pkg.join("agent.toml")).unwrap();
+    conffile.push_str(&format!("# as shipped with {version}\n"));
+    fs::write(pkg.join("agent.toml"), conffile).unwrap();
+    if variant == Variant::Broken {
+        let unit = fs::read_to_string(pkg.join("roboconf-agent.service"))
+            .unwrap()
+            .replace("[Service]\n", "[Service]\nExecStartPre=/bin/false\n");
+        fs::write(pkg.join("roboconf-agent.service"), unit).unwrap();
+    }
     run(Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "build",
-            "--format",
-            "deb",
-            "--version",
-            version,
-            "--descriptor",
-        ])
+        .args(["build", "--version", version, "--descriptor"])
         .arg(pkg.join("ferry.toml"))
         .arg("--out")
         .arg(&out));
-    assert!(deb.is_file(), "{} missing", deb.display());
-    built.push(deb.clone());
-    deb
+    for p in [&packages.deb, &packages.rpm] {
+        assert!(p.is_file(), "{} missing", p.display());
+    }
+    built.push(out);
+    packages
 }
 
 fn agent(host: &Host, args: &str) -> String {
@@ -116,13 +146,20 @@ fn starts(host: &Host) -> usize {
         .count()
 }
 
-fn install(host: &Host, deb: &Path, extra: &str) -> support::lab::Output {
-    let name = deb.file_name().unwrap().to_string_lossy().into_owned();
-    host.copy_in(deb, &format!("/root/{name}"));
-    host.sh(&format!(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y {extra} \
-         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /root/{name}"
-    ))
+/// Installs a package file with the host's package manager: apt-get with
+/// `extra` options (unattended-upgrades' conffile policy), or dnf with
+/// `extra` as its command (install, downgrade, reinstall).
+fn install(host: &Host, package: &Path, extra: &str) -> support::lab::Output {
+    let name = package.file_name().unwrap().to_string_lossy().into_owned();
+    host.copy_in(package, &format!("/root/{name}"));
+    if name.ends_with(".rpm") {
+        host.sh(&format!("dnf -y {extra} /root/{name}"))
+    } else {
+        host.sh(&format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y {extra} \
+             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /root/{name}"
+        ))
+    }
 }
 
 fn version_running(host: &Host) -> String {
@@ -198,11 +235,83 @@ fn upgrade_step(host: &Host, deb: &Path, version: &str, schema: u32, extra: &str
     assert_eq!(h["written_by"], version, "{h}");
 }
 
+const CONFFILE: &str = "/etc/roboconf-agent/agent.toml";
+const RECORD: &str = "/var/lib/ferry/roboconf-agent/upgrade.json";
+const MARKER: &str = "/var/lib/roboconf-agent/upgrade-in-progress";
+
+/// The admin's change to the conffile, made before an upgrade that ships a
+/// different one.
+fn edit_conffile(host: &Host) -> String {
+    let text = format!("{}# changed by the admin\n", host.read(CONFFILE));
+    host.write(CONFFILE, &text);
+    text
+}
+
+/// The snapshot the pending upgrade record names.
+fn recorded_snapshot(host: &Host) -> String {
+    let record: Value = serde_json::from_str(&host.read(RECORD)).expect("upgrade record");
+    let name = record["snapshot"]
+        .as_str()
+        .expect("record names a snapshot");
+    format!("{SNAPSHOTS}/{name}")
+}
+
+/// Case 9: the new version's health check fails in postinst / %posttrans.
+/// The state is the snapshot's again (schema 2, as 1.1.0 left it, although
+/// the new agent had migrated it to 3), the cause and the way out are
+/// reported, the agent is stopped behind the marker, the record says
+/// `failed`.
+/// dpkg fails the package; dnf reports the %posttrans error but exits 0
+/// (the transaction is done), so only apt's exit status is asserted.
+fn assert_failed_upgrade_restored(host: &Host, out: &support::lab::Output, exit_fails: bool) {
+    if exit_fails {
+        assert!(!out.success(), "the broken version must fail: {out}");
+    }
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("upgrade of roboconf-agent to 1.3.0 failed")
+            && said.contains("roboconf-agent.service failed because the control process exited")
+            && said.contains("the state was restored from snapshot")
+            && said.contains("Install 1.1.0 again"),
+        "the failure names its cause and the way out: {said}"
+    );
+    let snapshot = recorded_snapshot(host);
+    assert_eq!(
+        host.read(&format!("{STATE}/state.json")),
+        host.read(&format!("{snapshot}/data/state.json")),
+        "state restored from {snapshot}"
+    );
+    assert_eq!(header(host)["schema"], 2);
+    assert_eq!(header(host)["written_by"], "1.1.0");
+    assert!(host.read(MARKER).contains("FAILED"), "marker kept");
+    let record: Value = serde_json::from_str(&host.read(RECORD)).unwrap();
+    assert_eq!(record["status"], "failed", "{record}");
+    assert!(!host
+        .sh("systemctl --quiet is-active roboconf-agent")
+        .success());
+}
+
+/// Installing the previous version again after a failed upgrade: the tree
+/// is back, 1.1.0 runs, the marker and the record are gone.
+fn assert_recovered(host: &Host, before: &[(String, String, String)], started: usize) {
+    let mut after = tree(host);
+    after.sort();
+    let mut before = before.to_vec();
+    before.sort();
+    assert_eq!(after, before);
+    assert_eq!(version_running(host), "1.1.0");
+    assert_eq!(header(host)["schema"], 2);
+    assert!(!host.path(MARKER).exists());
+    assert!(!host.path(RECORD).exists());
+    assert_eq!(starts(host), started + 1, "started once, by the recovery");
+}
+
 #[test]
 fn debian_install_upgrade_downgrade_busy_remove_purge() {
-    let v100 = deb("1.0.0", 2);
-    let v110 = deb("1.1.0", 2);
-    let v120 = deb("1.2.0", 3);
+    let v100 = packages("1.0.0", 2, Variant::Good).deb;
+    let v110 = packages("1.1.0", 2, Variant::Good).deb;
+    let v120 = packages("1.2.0", 3, Variant::Good).deb;
+    let broken = packages("1.3.0", 3, Variant::Broken).deb;
     let mut host = Host::new(HostKind::Debian);
     assert!(matches!(host.boot().as_str(), "running" | "degraded"));
 
@@ -216,7 +325,15 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     // 2. Upgrade, same schema: tree, queue, recipe files kept; one start.
     upgrade_step(&host, &v110, "1.1.0", 2, "");
     // 3. Upgrade with up-migration 2 -> 3 by the new agent.
+    // 12. The admin changed the conffile and 1.2.0 ships another one:
+    // --force-confdef --force-confold keeps the admin's, the package's is
+    // written beside it.
+    let admin = edit_conffile(&host);
     upgrade_step(&host, &v120, "1.2.0", 3, "");
+    assert_eq!(host.read(CONFFILE), admin, "the admin's conffile is kept");
+    assert!(host
+        .read(&format!("{CONFFILE}.dpkg-dist"))
+        .contains("# as shipped with 1.2.0"));
     let snapshots = host.sh_ok(&format!("ls {SNAPSHOTS}"));
     assert!(
         snapshots.contains("-1.1.0"),
@@ -226,6 +343,48 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     upgrade_step(&host, &v110, "1.1.0", 2, "--allow-downgrades");
     // 5. Reinstall: same version, same schema.
     upgrade_step(&host, &v110, "1.1.0", 2, "--reinstall");
+    assert_eq!(host.read(CONFFILE), admin, "the admin's conffile is kept");
+
+    // 9. A new version (schema 3) that migrates up and then cannot start:
+    // its postinst restores the snapshot and leaves the package
+    // half-configured; installing 1.1.0 again recovers with the tree.
+    let before = tree(&host);
+    let started = starts(&host);
+    let out = install(&host, &broken, "");
+    assert_failed_upgrade_restored(&host, &out, true);
+    assert_eq!(
+        host.sh_ok("dpkg-query -W -f '${Version} ${db:Status-Status}' roboconf-agent"),
+        "1.3.0-1 half-configured"
+    );
+    let out = install(&host, &v110, "--allow-downgrades");
+    assert!(out.success(), "installing 1.1.0 again: {out}");
+    assert_recovered(&host, &before, started);
+
+    // 13. The same failure, with the snapshot damaged between unpack
+    // (preinst: prepare took it) and configure: finish refuses to restore
+    // it, says so, and leaves the state as the failed step left it (migrated
+    // to schema 3 by 1.3.0, intact); 1.1.0 again migrates it down and runs.
+    let started = starts(&host);
+    host.copy_in(&broken, "/root/broken.deb");
+    host.sh_ok("dpkg --force-confdef --force-confold --unpack /root/broken.deb");
+    let snapshot = recorded_snapshot(&host);
+    host.sh_ok(&format!("echo damage >> {snapshot}/data/state.json"));
+    let out = host.sh("dpkg --force-confdef --force-confold --configure roboconf-agent");
+    assert!(!out.success(), "{out}");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("the snapshot was NOT restored"),
+        "the damaged snapshot is refused and said so: {said}"
+    );
+    assert!(
+        host.path(&snapshot).is_dir(),
+        "the damaged snapshot is kept"
+    );
+    assert_eq!(header(&host)["schema"], 3, "state left as migrated");
+    assert!(host.read(MARKER).contains("FAILED"));
+    let out = install(&host, &v110, "--allow-downgrades");
+    assert!(out.success(), "installing 1.1.0 again: {out}");
+    assert_recovered(&host, &before, started);
 
     // 8. Busy agent: the upgrade is refused naming what runs; the old agent
     // keeps running with its state; once idle the same upgrade passes.
@@ -285,5 +444,80 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
         host.sh("getent passwd roboconf-agent").success(),
         "the user stays"
     );
+    host.poweroff();
+}
+
+/// The same paths with real dnf and rpm on the booted RPM host, from the
+/// same builds: install, upgrade, up-migration with an admin-changed
+/// `%config(noreplace)` file, downgrade with down-migration, reinstall, a
+/// failing %posttrans restored and recovered by `dnf downgrade`, erase
+/// ($1 = 0 keeps the state) and install again.
+#[test]
+fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
+    let v100 = packages("1.0.0", 2, Variant::Good).rpm;
+    let v110 = packages("1.1.0", 2, Variant::Good).rpm;
+    let v120 = packages("1.2.0", 3, Variant::Good).rpm;
+    let broken = packages("1.3.0", 3, Variant::Broken).rpm;
+    let mut host = Host::new(HostKind::Rpm);
+    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
+
+    // 1. Fresh install: %post enables, %posttrans starts and checks health.
+    let out = install(&host, &v100, "install");
+    assert!(out.success(), "fresh install: {out}");
+    assert_eq!(version_running(&host), "1.0.0");
+    assert!(host
+        .sh("systemctl --quiet is-enabled roboconf-agent")
+        .success());
+    deploy_tree(&host);
+    assert_eq!(header(&host)["schema"], 2);
+
+    // 2. Upgrade, same schema: %pre ($1 = 2) runs 1.0.0's prepare, the old
+    // %preun/%postun ($1 = 1) do nothing, %posttrans runs 1.1.0's finish.
+    upgrade_step(&host, &v110, "1.1.0", 2, "install");
+    // 3. Upgrade with up-migration; 12. %config(noreplace): the admin's
+    // file stays, the package's is written as .rpmnew.
+    let admin = edit_conffile(&host);
+    upgrade_step(&host, &v120, "1.2.0", 3, "install");
+    assert_eq!(host.read(CONFFILE), admin, "the admin's config is kept");
+    assert!(host
+        .read(&format!("{CONFFILE}.rpmnew"))
+        .contains("# as shipped with 1.2.0"));
+    // 4. dnf downgrade: 1.2.0's prepare migrates 3 -> 2 with 1.2.0's agent.
+    upgrade_step(&host, &v110, "1.1.0", 2, "downgrade");
+    // 5. dnf reinstall.
+    upgrade_step(&host, &v110, "1.1.0", 2, "reinstall");
+    assert_eq!(
+        host.sh_ok("rpm -q roboconf-agent").trim(),
+        "roboconf-agent-1.1.0-1.x86_64"
+    );
+
+    // 9. A failing %posttrans (the new agent cannot start): snapshot
+    // restored, agent stopped behind the marker; dnf downgrade recovers.
+    let before = tree(&host);
+    let started = starts(&host);
+    let out = install(&host, &broken, "install");
+    assert_failed_upgrade_restored(&host, &out, false);
+    assert_eq!(
+        host.sh_ok("rpm -q roboconf-agent").trim(),
+        "roboconf-agent-1.3.0-1.x86_64"
+    );
+    let out = install(&host, &v110, "downgrade");
+    assert!(out.success(), "dnf downgrade to 1.1.0: {out}");
+    assert_recovered(&host, &before, started);
+
+    // 6. Erase ($1 = 0): stopped and disabled, state and snapshots kept;
+    // installing 1.2.0 again migrates up and brings the tree back.
+    host.sh_ok("dnf -y remove roboconf-agent");
+    assert!(!host
+        .sh("systemctl --quiet is-active roboconf-agent")
+        .success());
+    assert!(host.path(&format!("{STATE}/state.json")).exists());
+    assert!(!host.sh_ok(&format!("ls {SNAPSHOTS}")).is_empty());
+    let out = install(&host, &v120, "install");
+    assert!(out.success(), "install after erase: {out}");
+    assert_eq!(tree(&host), before);
+    assert_eq!(version_running(&host), "1.2.0");
+    assert_eq!(header(&host)["schema"], 3);
+    assert!(!host.path(MARKER).exists());
     host.poweroff();
 }
