@@ -159,10 +159,17 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             opts.agent.display()
         )
     })?;
+    let hook_beside_agent = opts.agent.with_file_name("ferry-hook");
+    let hook = std::fs::canonicalize(&hook_beside_agent).with_context(|| {
+        format!(
+            "finding the upgrade hook {} (ferry build makes it)",
+            hook_beside_agent.display()
+        )
+    })?;
     let _ = std::fs::remove_dir_all(&opts.work);
     let payload_dir = opts.work.join("payload");
     let mut payload = generate_payload(&payload_dir, &agent, opts.size_mib, opts.seed)?;
-    let agent_copy = payload_dir.join("roboconf-agent");
+    let agent_copy = payload_dir.join(asset_name(&opts.agent));
     std::fs::write(&agent_copy, &agent)?;
     payload.push(agent_copy);
     let payload_bytes = payload
@@ -172,7 +179,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
     let mut measurements = Vec::new();
     for profile in [Profile::Fast, Profile::Small] {
         progress(&format!("ferry ({profile:?})"));
-        measurements.extend(bench_ferry(opts, &payload, profile)?);
+        measurements.extend(bench_ferry(opts, &payload, &hook, profile)?);
     }
     progress("nfpm");
     measurements.extend(bench_nfpm(opts, &payload)?);
@@ -220,6 +227,7 @@ fn asset_name(path: &Path) -> String {
 fn bench_ferry(
     opts: &BenchOptions,
     payload: &[PathBuf],
+    hook: &Path,
     profile: Profile,
 ) -> Result<Vec<Measurement>> {
     let dir = opts.work.join("ferry");
@@ -239,6 +247,14 @@ fn bench_ferry(
             asset_name(p)
         );
     }
+    // Every ferry package carries the upgrade hook: the one built beside
+    // the agent, driving the agent copy in the payload.
+    let _ = write!(
+        descriptor,
+        "[hooks]\nagent = \"/usr/lib/bench-agent/{}\"\nprogram = \"{}\"\n",
+        asset_name(&opts.agent),
+        hook.display()
+    );
     std::fs::write(dir.join("ferry.toml"), descriptor)?;
     std::fs::write(
         dir.join("bench-agent.service"),
