@@ -154,8 +154,8 @@ struct BuildArgs {
     /// package.version and the agent's Cargo.toml.
     #[arg(long)]
     version: Option<String>,
-    /// Compression: `fast` (deb xz -0, rpm zstd -3) or `small` (deb xz -6,
-    /// rpm zstd -19), both multi-threaded.
+    /// Compression: `fast` (deb gzip -6, rpm zstd -3) or `small` (deb xz -6,
+    /// rpm zstd -19, both multi-threaded).
     #[arg(long, value_enum, default_value = "fast")]
     profile: Profile,
     /// Do not run the descriptor's [build] command; package what exists.

@@ -358,9 +358,14 @@ fn copyright(v: &Validated, source_date: u64) -> String {
 /// gzip at maximum compression (lintian asks for it) with no name and a
 /// zero mtime in the header, so the bytes depend on the content alone.
 pub fn gzip_reproducibly(data: &[u8]) -> Result<Vec<u8>> {
+    gzip(data, 9)
+}
+
+/// gzip at `level` with no name and a zero mtime in the header.
+pub fn gzip(data: &[u8], level: u32) -> Result<Vec<u8>> {
     let mut encoder = flate2::GzBuilder::new()
         .mtime(0)
-        .write(Vec::new(), flate2::Compression::best());
+        .write(Vec::new(), flate2::Compression::new(level));
     encoder.write_all(data)?;
     Ok(encoder.finish()?)
 }

@@ -1,4 +1,4 @@
-//! Snapshot time against `cp -a` of the same tree (docs/BENCHMARKS-upgrades.md).
+//! Snapshot time against `cp -a` of the same tree (docs/BENCHMARKS.md, "Upgrades").
 //!
 //! cargo run --release -p ferry-hook --example snapshot_bench -- [DIR] [MiB…]
 //!

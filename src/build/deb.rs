@@ -18,8 +18,8 @@ pub struct Deb {
 /// A member compression dpkg and lintian both accept.
 #[derive(Debug, Clone, Copy)]
 enum Compression {
-    /// Control members are a few KiB: gzip is plenty.
-    Gzip,
+    /// gzip at a level (the control member, a few KiB, always at 9).
+    Gzip(u32),
     /// xz (LZMA2) at `preset`, with a dictionary of `dict_mib` MiB, cut
     /// into independent blocks of `block_mib` MiB compressed in parallel.
     Xz {
@@ -32,14 +32,14 @@ enum Compression {
 impl Compression {
     fn suffix(self) -> &'static str {
         match self {
-            Compression::Gzip => "gz",
+            Compression::Gzip(_) => "gz",
             Compression::Xz { .. } => "xz",
         }
     }
 
     fn compress(self, data: &[u8]) -> Result<Vec<u8>> {
         match self {
-            Compression::Gzip => crate::plan::gzip_reproducibly(data),
+            Compression::Gzip(level) => crate::plan::gzip(data, level),
             Compression::Xz {
                 preset,
                 dict_mib,
@@ -77,11 +77,7 @@ fn xz(data: &[u8], preset: u32, dict_mib: u32, block_mib: u32) -> Result<Vec<u8>
 impl Deb {
     fn compression(&self) -> Compression {
         match self.profile {
-            Profile::Fast => Compression::Xz {
-                preset: 0,
-                dict_mib: 8,
-                block_mib: 8,
-            },
+            Profile::Fast => Compression::Gzip(6),
             // xz's own default block: three dictionaries.
             Profile::Small => Compression::Xz {
                 preset: 6,
@@ -113,7 +109,7 @@ impl Packager for Deb {
         let control_tar = control_tar(plan, &files)?;
         // Both members are compressed before anything is written, so a
         // failure leaves no partial archive behind.
-        let control = Compression::Gzip.compress(&control_tar)?;
+        let control = Compression::Gzip(9).compress(&control_tar)?;
         let data = compression.compress(&data_tar)?;
         let mut ar = ArWriter::new(out, plan.source_date)?;
         ar.member("debian-binary", b"2.0\n")?;

@@ -26,7 +26,7 @@ pub trait Packager: Sync {
 /// How hard to compress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// deb xz -0 with an 8 MiB dictionary, rpm zstd -3: seconds for tens of MiB.
+    /// deb gzip -6, rpm zstd -3: about a second for tens of MiB.
     Fast,
     /// deb xz -6, rpm zstd -19: the smallest downloads.
     Small,
