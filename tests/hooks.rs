@@ -19,7 +19,7 @@ const AGENT: &str = "roboconf-agent";
 const STATE: &str = "/var/lib/roboconf-agent";
 const SNAPSHOTS: &str = "/var/lib/ferry/roboconf-agent/snapshots";
 
-/// Builds share target/release (the agent is rebuilt for each version and
+/// Builds share target/package (the agent is rebuilt for each version and
 /// schema), so every build in every test process holds this file lock.
 struct BuildLock {
     _file: fs::File,
