@@ -39,8 +39,12 @@ fn report_service(host: &Host) {
 fn power_off_clean(mut host: Host) {
     let dir = host.dir().to_path_buf();
     let ns = host.pid_namespace().expect("booted").to_string();
+    let alive_at = lab::clock_ticks();
     host.poweroff();
-    assert_eq!(lab::leftovers(&dir, Some(&ns)), Vec::<String>::new());
+    assert_eq!(
+        lab::leftovers(&dir, Some(&ns), alive_at),
+        Vec::<String>::new()
+    );
     drop(host);
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }
@@ -263,11 +267,15 @@ fn a_booted_host_is_cleaned_up_when_its_test_panics() {
     // Something long-running, as a recipe would leave behind.
     host.sh_ok("systemd-run --unit=ferry-lab-sleeper sleep 1000");
 
+    let alive_at = lab::clock_ticks();
     let result = catch_unwind(AssertUnwindSafe(move || {
         let _host = host;
         panic!("deliberate panic: the host must still be cleaned up");
     }));
     assert!(result.is_err());
-    assert_eq!(lab::leftovers(&dir, Some(&ns)), Vec::<String>::new());
+    assert_eq!(
+        lab::leftovers(&dir, Some(&ns), alive_at),
+        Vec::<String>::new()
+    );
     assert!(!dir.exists(), "{} was not removed", dir.display());
 }

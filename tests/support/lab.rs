@@ -398,6 +398,7 @@ impl Host {
     /// the host's directory, a process in its PID namespace).
     pub fn poweroff(&mut self) {
         assert!(self.nspawn.is_some(), "not booted");
+        let alive_at = clock_ticks();
         // The connection may drop while systemd goes down: ignore the status.
         let _ = self.exec(&["systemctl", "poweroff"]);
         let deadline = Instant::now() + POWEROFF_TIMEOUT;
@@ -412,7 +413,7 @@ impl Host {
         }
         self.nspawn = None;
         self.leader = None;
-        let left = leftovers(self.dir(), self.pid_namespace.as_deref());
+        let left = leftovers(self.dir(), self.pid_namespace.as_deref(), alive_at);
         assert!(left.is_empty(), "left behind after poweroff: {left:?}");
     }
 
@@ -440,6 +441,7 @@ impl Drop for Host {
     /// PID 1, which takes its whole PID namespace along) and systemd-nspawn's
     /// process group, then removes the copy, never through a mount point.
     fn drop(&mut self) {
+        let alive_at = clock_ticks();
         if let Some(mut child) = self.nspawn.take() {
             if matches!(child.try_wait(), Ok(None)) {
                 if let Some(leader) = self.leader {
@@ -457,7 +459,7 @@ impl Drop for Host {
             let _ = child.wait();
             // The kernel empties a PID namespace asynchronously.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !leftovers(self.dir(), self.pid_namespace.as_deref()).is_empty()
+            while !leftovers(self.dir(), self.pid_namespace.as_deref(), alive_at).is_empty()
                 && Instant::now() < deadline
             {
                 sleep(Duration::from_millis(20));
@@ -552,8 +554,35 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
     found
 }
 
-/// What a host left behind: mounts under `dir`, processes in `pid_namespace`.
-pub fn leftovers(dir: &Path, pid_namespace: Option<&str>) -> Vec<String> {
+/// Clock ticks since boot, the unit of a process's start time in
+/// /proc/PID/stat.
+pub fn clock_ticks() -> u64 {
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (secs * hz) as u64
+}
+
+/// When a process started, in clock ticks since boot.
+fn start_ticks(proc_dir: &Path) -> Option<u64> {
+    let stat = fs::read_to_string(proc_dir.join("stat")).ok()?;
+    // Field 22; the fields after the command name, which may hold spaces,
+    // start after its closing parenthesis (fields 3 and on).
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What a host left behind: mounts under `dir`, and processes in its PID
+/// namespace `pid_namespace` that had started by `alive_at` (clock ticks,
+/// taken before the host was stopped). The kernel reuses a freed
+/// namespace's number, so a process that started later is in another
+/// test's new namespace, not ours.
+pub fn leftovers(dir: &Path, pid_namespace: Option<&str>, alive_at: u64) -> Vec<String> {
     let mut left: Vec<String> = mounts_under(dir)
         .into_iter()
         .map(|m| format!("mount {m}"))
@@ -564,13 +593,14 @@ pub fn leftovers(dir: &Path, pid_namespace: Option<&str>) -> Vec<String> {
             if name.parse::<u32>().is_err() {
                 continue;
             }
-            if let Ok(link) = fs::read_link(entry.path().join("ns/pid")) {
-                if link.display().to_string() == ns {
-                    let cmdline = fs::read_to_string(entry.path().join("cmdline"))
-                        .unwrap_or_default()
-                        .replace('\0', " ");
-                    left.push(format!("process {name}: {cmdline}"));
-                }
+            let in_ns = fs::read_link(entry.path().join("ns/pid"))
+                .is_ok_and(|link| link.display().to_string() == ns);
+            let ours = start_ticks(&entry.path()).is_some_and(|t| t <= alive_at);
+            if in_ns && ours {
+                let cmdline = fs::read_to_string(entry.path().join("cmdline"))
+                    .unwrap_or_default()
+                    .replace('\0', " ");
+                left.push(format!("process {name}: {cmdline}"));
             }
         }
     }
