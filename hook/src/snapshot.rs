@@ -502,28 +502,17 @@ fn join_rel(rel: &str, name: &str) -> String {
 
 /// Copies one file and returns its size and sha256, reading it once.
 fn copy_file(from: &Path, to: &Path) -> Result<(u64, String)> {
-    let mut input = File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let mut output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUFFER];
-    let mut size = 0u64;
-    loop {
-        let n = input
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", from.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output
-            .write_all(&buf[..n])
-            .with_context(|| format!("writing {}", to.display()))?;
-        size += n as u64;
-    }
-    Ok((size, hex(&hasher.finalize())))
+    hash_into(from, &mut output).with_context(|| format!("copying to {}", to.display()))
 }
 
+/// The size and sha256 of one file.
 fn hash_file(path: &Path) -> Result<(u64, String)> {
+    hash_into(path, &mut std::io::sink())
+}
+
+/// Reads `path` once, hashing every byte and writing it to `output`.
+fn hash_into(path: &Path, output: &mut dyn Write) -> Result<(u64, String)> {
     let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUFFER];
@@ -536,6 +525,7 @@ fn hash_file(path: &Path) -> Result<(u64, String)> {
             break;
         }
         hasher.update(&buf[..n]);
+        output.write_all(&buf[..n])?;
         size += n as u64;
     }
     Ok((size, hex(&hasher.finalize())))
