@@ -52,6 +52,30 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
 }
 
+impl Manifest {
+    /// A manifest in the current format, described by `label`.
+    fn new(
+        label: &Label,
+        created_unix: u64,
+        source: String,
+        root: Attrs,
+        entries: Vec<Entry>,
+    ) -> Self {
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            package: label.package.clone(),
+            version: label.version.clone(),
+            schema: label.schema,
+            created_unix,
+            source,
+            reason: label.reason.clone(),
+            root,
+            entries,
+        }
+    }
+}
+
 /// Mode and owner of a directory.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attrs {
@@ -127,18 +151,8 @@ pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Res
     let mut entries = Vec::new();
     copy_tree(source, &partial.join(DATA), "", exclude, &mut entries)
         .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        package: label.package.clone(),
-        version: label.version.clone(),
-        schema: label.schema,
-        created_unix,
-        source: source.display().to_string(),
-        reason: label.reason.clone(),
-        root,
-        entries,
-    };
+    let source_name = source.display().to_string();
+    let manifest = Manifest::new(label, created_unix, source_name, root, entries);
     write_manifest(&partial, &manifest)?;
     seal(&partial, &dir.join(&name))?;
     Ok(Snapshot {
@@ -158,18 +172,7 @@ pub fn adopt(path: &Path, label: &Label) -> Result<()> {
     );
     let mut entries = Vec::new();
     scan_tree(&data, "", &mut entries)?;
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        package: label.package.clone(),
-        version: label.version.clone(),
-        schema: label.schema,
-        created_unix: now_unix(),
-        source: String::new(),
-        reason: label.reason.clone(),
-        root,
-        entries,
-    };
+    let manifest = Manifest::new(label, now_unix(), String::new(), root, entries);
     write_manifest(path, &manifest)
 }
 
