@@ -129,6 +129,11 @@ pub struct ServiceSection {
     /// admin to fill, e.g. credentials; never shipped, never overwritten.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Keep a systemd user manager running for `user` (logind's lingering),
+    /// so processes the agent starts as transient user units live outside
+    /// its cgroup and outlive its restarts and upgrades.
+    #[serde(default)]
+    pub linger: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

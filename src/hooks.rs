@@ -25,6 +25,14 @@ const PARTIALS: &[(&str, &str)] = &[
         include_str!("../hooks/partials/create-dirs.hbs"),
     ),
     ("prepare", include_str!("../hooks/partials/prepare.hbs")),
+    (
+        "enable-linger",
+        include_str!("../hooks/partials/enable-linger.hbs"),
+    ),
+    (
+        "disable-linger",
+        include_str!("../hooks/partials/disable-linger.hbs"),
+    ),
 ];
 
 /// The Debian maintainer scripts, by file name.
@@ -107,6 +115,7 @@ struct TemplateValues<'a> {
     home: &'a str,
     state_dirs: &'a [String],
     secrets: &'a [String],
+    linger: bool,
     purge: Vec<String>,
     /// The semantic version the agent reports, as the hook compares it.
     semver: String,
@@ -159,6 +168,7 @@ pub fn render(v: &Validated) -> Result<Scripts> {
             .map_or("/nonexistent", String::as_str),
         state_dirs: &d.state.directories,
         secrets: &d.service.secrets,
+        linger: d.service.linger,
         purge: v.purge_paths(),
         semver: v.version.semver.to_string(),
         schema: d.state.schema,
