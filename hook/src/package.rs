@@ -81,7 +81,8 @@ pub const MARKER: &str = "upgrade-in-progress";
 /// one). Also written by the shell fallback, hence its simple shape.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
-    /// `prepared`, or `failed` once `finish` rolled back.
+    /// `preparing` (saved before `prepare` changes anything, updated after
+    /// each step), `prepared`, or `failed` once `finish` rolled back.
     pub status: String,
     /// Written by the incoming package's scripts alone: the installed
     /// version predates ferry.

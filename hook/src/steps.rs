@@ -173,10 +173,10 @@ pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
         quiesce(&c)?;
     }
     let stopped = c.unit.is_active();
-    let result = prepare_stopped(&c, incoming, earlier, was_running);
+    let result = prepare_stopped(&c, incoming, earlier.as_ref(), was_running);
     if let Err(e) = &result {
         c.log.line(&format!("prepare failed, undoing it: {e:#}"));
-        undo_prepare(&c, stopped);
+        undo_prepare(&c, stopped, earlier.is_none());
     }
     result
 }
@@ -196,10 +196,14 @@ fn quiesce(c: &Ctx) -> Result<()> {
     })
 }
 
+/// The record is saved before anything is stopped and again after each
+/// change, so a prepare killed half-way (dpkg SIGKILLed during unpack) is
+/// retried knowing whether the agent ran, which snapshot holds the state
+/// from before, and whether it was already migrated down.
 fn prepare_stopped(
     c: &Ctx,
     incoming: &Incoming,
-    earlier: Option<Record>,
+    earlier: Option<&Record>,
     was_running: bool,
 ) -> Result<()> {
     let check = c.agent.check()?;
@@ -212,6 +216,19 @@ fn prepare_stopped(
         );
     }
     snapshot::check_free_space(Path::new(&c.m.state_dir), &c.m.snapshots_dir())?;
+    let mut record = Record {
+        status: "preparing".into(),
+        fallback: false,
+        from_version: Some(c.m.version.clone()),
+        from_schema: earlier.and_then(|r| r.from_schema).or(check.schema),
+        to_version: incoming.version.clone(),
+        to_schema: incoming.schema,
+        was_running: Some(was_running),
+        snapshot: earlier.and_then(|r| r.snapshot.clone()),
+        migrated_down: earlier.is_some_and(|r| r.migrated_down),
+        failure: None,
+    };
+    record.save(&c.m.record_path())?;
     c.write_marker(&format!(
         "upgrade of {} from {} to {} in progress",
         c.m.name, c.m.version, incoming.version
@@ -227,50 +244,54 @@ fn prepare_stopped(
         c.unit.wait_inactive(STOP_TIMEOUT)?;
         c.unit.stop()?;
     }
-    let snapshot = match earlier.as_ref().and_then(|r| r.snapshot.clone()) {
-        Some(name) => Some(name),
-        None => c.snapshot(
+    if record.snapshot.is_none() {
+        record.snapshot = c.snapshot(
             check.schema,
             &format!("before {} -> {}", c.m.version, incoming.version),
-        )?,
-    };
-    let mut migrated_down = earlier.as_ref().is_some_and(|r| r.migrated_down);
+        )?;
+        record.save(&c.m.record_path())?;
+    }
     if check.schema.is_some_and(|s| s > incoming.schema) && !c.skip_migration() {
         let from = check.schema.unwrap_or_default();
         c.log.line(&format!(
             "migrating the state down from schema {from} to {} with {} {}",
             incoming.schema, c.m.agent, c.m.version
         ));
+        // Recorded first: if this is cut short, the retry and `abort` know
+        // the state may be half-way and put the snapshot back.
+        record.migrated_down = true;
+        record.save(&c.m.record_path())?;
         c.agent.migrate(incoming.schema)?;
-        migrated_down = true;
     }
-    let record = Record {
-        status: "prepared".into(),
-        fallback: false,
-        from_version: Some(c.m.version.clone()),
-        from_schema: earlier
-            .as_ref()
-            .and_then(|r| r.from_schema)
-            .or(check.schema),
-        to_version: incoming.version.clone(),
-        to_schema: incoming.schema,
-        was_running: Some(was_running),
-        snapshot: snapshot.clone(),
-        migrated_down,
-        failure: None,
-    };
+    record.status = "prepared".into();
     record.save(&c.m.record_path())?;
-    c.prune(snapshot.as_deref());
+    c.prune(record.snapshot.as_deref());
     c.log
         .line("prepared: the agent is stopped and the upgrade marker is set");
     Ok(())
 }
 
-/// Leaves the agent as it was before `prepare`: no marker, started again if
-/// `prepare` stopped it, or taking work again if it was only quiesced.
-fn undo_prepare(c: &Ctx, was_active: bool) {
+/// Leaves the agent as it was before `prepare`: no marker, no record of its
+/// own (an earlier one is kept), started again if `prepare` stopped it, or
+/// taking work again if it was only quiesced.
+fn undo_prepare(c: &Ctx, was_active: bool, own_record: bool) {
+    if let Ok(Some(Record {
+        migrated_down: true,
+        snapshot: Some(name),
+        ..
+    })) = Record::load(&c.m.record_path())
+    {
+        if let Err(e) = c.restore(&name) {
+            c.log.line(&format!("warning: {e:#}"));
+        }
+    }
     if let Err(e) = c.remove_marker() {
         c.log.line(&format!("warning: {e:#}"));
+    }
+    if own_record {
+        if let Err(e) = Record::remove(&c.m.record_path()) {
+            c.log.line(&format!("warning: {e:#}"));
+        }
     }
     if !was_active {
         return;
