@@ -172,8 +172,9 @@ fn deploy_tree(host: &Host) {
     host.sh_ok(&format!(
         "mkdir -p {STATE}/recipes/App {STATE}/recipes/Slow
          printf '#!/bin/sh\\necho deployed > made-by-recipe\\n' > {STATE}/recipes/App/deploy
+         printf '#!/bin/sh\\nexec \"$ROBOCONF_AGENT\" spawn start --name \"$ROBOCONF_INSTANCE_NAME\" -- sleep 86401\\n' > {STATE}/recipes/App/start
          printf '#!/bin/sh\\nwhile [ ! -e {STATE}/gate ]; do sleep 0.2; done\\n' > {STATE}/recipes/Slow/deploy
-         chmod 0755 {STATE}/recipes/App/deploy {STATE}/recipes/Slow/deploy"
+         chmod 0755 {STATE}/recipes/App/deploy {STATE}/recipes/App/start {STATE}/recipes/Slow/deploy"
     ));
     for step in [
         "add --name vm --component VM",
@@ -184,6 +185,50 @@ fn deploy_tree(host: &Host) {
         "start /vm/app",
     ] {
         agent(host, &format!("ctl apply --wait 30 {step}"));
+    }
+}
+
+/// The process the App instance's start recipe spawned (`sleep 86401`),
+/// after checking that it runs in the agent user's own systemd manager,
+/// outside the agent's cgroup: what lets it outlive the agent.
+fn instance_process(host: &Host) -> String {
+    let found = host.sh("pgrep -f '^[^ ]*sleep 86401$'");
+    let pid = found.stdout.trim().to_string();
+    assert!(
+        found.success() && !pid.contains('\n'),
+        "one instance process, found {pid:?}; the agent says {}; its journal:\n{}",
+        agent(host, "ctl status --json"),
+        host.sh("journalctl --no-pager -o cat -n 30 -u roboconf-agent.service")
+            .stdout
+    );
+    let cgroup = host.sh_ok(&format!("cat /proc/{pid}/cgroup"));
+    assert!(
+        cgroup.contains("/user.slice/") && cgroup.contains("roboconf-app.service"),
+        "spawned in the user manager: {cgroup}"
+    );
+    pid
+}
+
+/// `systemctl restart` of the agent leaves the instance's process alone
+/// (same PID), and the agent comes back with its tree.
+fn assert_process_survives_restart(host: &Host) {
+    let process = instance_process(host);
+    let before = tree(host);
+    host.sh_ok("systemctl restart roboconf-agent");
+    wait_answering(host);
+    assert_eq!(tree(host), before);
+    assert_eq!(instance_process(host), process, "same PID after a restart");
+}
+
+/// Waits until the agent answers on its socket again.
+fn wait_answering(host: &Host) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !host.sh(&format!("{AGENT} ctl status --json")).success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent does not answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 
@@ -226,9 +271,15 @@ fn upgrade_step(host: &Host, deb: &Path, version: &str, schema: u32, extra: &str
     queue_one(host, &queued);
     let before = tree(host);
     let started = starts(host);
+    let process = instance_process(host);
     let out = install(host, deb, extra);
     assert!(out.success(), "installing {version}: {out}");
     assert_upgraded(host, &before, &queued, version);
+    assert_eq!(
+        instance_process(host),
+        process,
+        "the deployed software kept running"
+    );
     assert_eq!(starts(host), started + 1, "started exactly once");
     let h = header(host);
     assert_eq!(h["schema"], schema, "{h}");
@@ -321,8 +372,11 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     assert_eq!(version_running(&host), "1.0.0");
     deploy_tree(&host);
     assert_eq!(header(&host)["schema"], 2);
+    assert!(host.path("/var/lib/systemd/linger/roboconf-agent").exists());
+    assert_process_survives_restart(&host);
 
-    // 2. Upgrade, same schema: tree, queue, recipe files kept; one start.
+    // 2. Upgrade, same schema: tree, queue, recipe files kept; one start;
+    // the instance's process keeps its PID (every upgrade step checks it).
     upgrade_step(&host, &v110, "1.1.0", 2, "");
     // 3. Upgrade with up-migration 2 -> 3 by the new agent.
     // 12. The admin changed the conffile and 1.2.0 ships another one:
@@ -350,6 +404,7 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     // half-configured; installing 1.1.0 again recovers with the tree.
     let before = tree(&host);
     let started = starts(&host);
+    let process = instance_process(&host);
     let out = install(&host, &broken, "");
     assert_failed_upgrade_restored(&host, &out, true);
     assert_eq!(
@@ -359,6 +414,7 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     let out = install(&host, &v110, "--allow-downgrades");
     assert!(out.success(), "installing 1.1.0 again: {out}");
     assert_recovered(&host, &before, started);
+    assert_eq!(instance_process(&host), process, "through a failed upgrade");
 
     // 13. The same failure, with the snapshot damaged between unpack
     // (preinst: prepare took it) and configure: finish refuses to restore
@@ -444,6 +500,10 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
         host.sh("getent passwd roboconf-agent").success(),
         "the user stays"
     );
+    // Lingering ends with the purge, and with it the user manager and the
+    // processes the recipes started.
+    assert!(!host.path("/var/lib/systemd/linger/roboconf-agent").exists());
+    assert!(!host.sh("pgrep -f '^[^ ]*sleep 86401$'").success());
     host.poweroff();
 }
 
@@ -470,6 +530,7 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
         .success());
     deploy_tree(&host);
     assert_eq!(header(&host)["schema"], 2);
+    assert_process_survives_restart(&host);
 
     // 2. Upgrade, same schema: %pre ($1 = 2) runs 1.0.0's prepare, the old
     // %preun/%postun ($1 = 1) do nothing, %posttrans runs 1.1.0's finish.
@@ -495,6 +556,7 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     // restored, agent stopped behind the marker; dnf downgrade recovers.
     let before = tree(&host);
     let started = starts(&host);
+    let process = instance_process(&host);
     let out = install(&host, &broken, "install");
     assert_failed_upgrade_restored(&host, &out, false);
     assert_eq!(
@@ -504,6 +566,7 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     let out = install(&host, &v110, "downgrade");
     assert!(out.success(), "dnf downgrade to 1.1.0: {out}");
     assert_recovered(&host, &before, started);
+    assert_eq!(instance_process(&host), process, "through a failed upgrade");
 
     // 6. Erase ($1 = 0): stopped and disabled, state and snapshots kept;
     // installing 1.2.0 again migrates up and brings the tree back.
@@ -519,5 +582,235 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     assert_eq!(version_running(&host), "1.2.0");
     assert_eq!(header(&host)["schema"], 3);
     assert!(!host.path(MARKER).exists());
+    host.poweroff();
+}
+
+const UPGRADE_LOG: &str = "/var/log/roboconf-agent/upgrades.log";
+
+/// What the upgrade log gained since it was `from` bytes long.
+fn log_since(host: &Host, from: usize) -> String {
+    host.read(UPGRADE_LOG)[from..].to_string()
+}
+
+fn log_len(host: &Host) -> usize {
+    fs::metadata(host.path(UPGRADE_LOG)).map_or(0, |m| m.len() as usize)
+}
+
+fn dpkg_status(host: &Host) -> String {
+    host.sh_ok("dpkg-query -W -f '${Version} ${db:Status-Status}' roboconf-agent")
+}
+
+/// Starts `dpkg ARGS` in a process group of its own, waits until
+/// `moment(host, log so far)` says so, then SIGKILLs the whole group:
+/// dpkg, the maintainer script and the hook die at once, as on a power loss
+/// of the package manager (the agent, a systemd service, is not in it).
+fn kill_dpkg_when(host: &Host, args: &str, moment: impl Fn(&Host, &str) -> bool) {
+    let from = log_len(host);
+    host.sh_ok(&format!(
+        "rm -f /root/dpkg.pgid
+         setsid --fork sh -c 'echo $$ > /root/dpkg.pgid; exec dpkg --force-confdef --force-confold {args} >/root/dpkg.out 2>&1'"
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !moment(host, &log_since(host, from)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the moment to kill dpkg never came; log:\n{}",
+            log_since(host, from)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    host.sh_ok("pkill -KILL -g \"$(cat /root/dpkg.pgid)\"");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !host.sh("pgrep -x dpkg").success(),
+        "dpkg is dead; it said: {}",
+        host.read("/root/dpkg.out")
+    );
+}
+
+/// 0.9.0 as a package made without ferry: ferry's 0.9.0 .deb (state
+/// schema 1) taken apart with `dpkg-deb -R`, its maintainer scripts, hook
+/// program and hook manifest removed, and the scripts of a hand-made package put in
+/// (user, directories, `deb-systemd-helper enable`, `deb-systemd-invoke
+/// start`, stop on remove), then rebuilt with `dpkg-deb`.
+fn pre_ferry_deb() -> PathBuf {
+    let ferry_built = packages("0.9.0", 1, Variant::Good).deb;
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tree = tmp.join("pre-ferry-tree");
+    let out = tmp.join("roboconf-agent_0.9.0-0_amd64.deb");
+    let _ = fs::remove_dir_all(&tree);
+    run(Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(&ferry_built)
+        .arg(&tree));
+    for gone in [
+        "DEBIAN/preinst",
+        "DEBIAN/postinst",
+        "DEBIAN/prerm",
+        "DEBIAN/postrm",
+        "DEBIAN/md5sums",
+        "usr/libexec/roboconf-agent",
+        "usr/lib/roboconf-agent",
+    ] {
+        let path = tree.join(gone);
+        if path.is_dir() {
+            fs::remove_dir_all(&path).unwrap();
+        } else {
+            fs::remove_file(&path).unwrap_or_else(|e| panic!("{gone}: {e}"));
+        }
+    }
+    let postinst = "#!/bin/sh
+set -e
+if [ \"$1\" = configure ]; then
+	getent group roboconf-agent >/dev/null || groupadd --system roboconf-agent
+	getent passwd roboconf-agent >/dev/null || useradd --system --gid roboconf-agent \\
+		--no-create-home --home-dir /var/lib/roboconf-agent --shell /usr/sbin/nologin roboconf-agent
+	install -d -m 0750 -o roboconf-agent -g roboconf-agent /var/lib/roboconf-agent /var/log/roboconf-agent
+	[ -e /etc/roboconf-agent/credentials ] || install -m 0640 -g roboconf-agent /dev/null /etc/roboconf-agent/credentials
+	deb-systemd-helper enable roboconf-agent.service >/dev/null
+	deb-systemd-invoke start roboconf-agent.service
+fi
+";
+    let prerm = "#!/bin/sh
+set -e
+if [ \"$1\" = remove ]; then
+	deb-systemd-invoke stop roboconf-agent.service
+fi
+";
+    for (name, text) in [("postinst", postinst), ("prerm", prerm)] {
+        let path = tree.join("DEBIAN").join(name);
+        fs::write(&path, text).unwrap();
+        run(Command::new("chmod").arg("0755").arg(&path));
+    }
+    let control = fs::read_to_string(tree.join("DEBIAN/control"))
+        .unwrap()
+        .replace("Version: 0.9.0-1", "Version: 0.9.0-0");
+    fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    run(Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&tree)
+        .arg(&out));
+    out
+}
+
+/// The paths the main Debian test cannot take in one host: an upgrade from
+/// a version packaged without ferry (the shell fallback), dpkg SIGKILLed
+/// while unpacking and while configuring (case 11), and the admin's escape
+/// hatch that skips migration.
+#[test]
+fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
+    let v090 = pre_ferry_deb();
+    let v110 = packages("1.1.0", 2, Variant::Good).deb;
+    let v120 = packages("1.2.0", 3, Variant::Good).deb;
+    let mut host = Host::new(HostKind::Debian);
+    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
+
+    // A version packaged without ferry, schema 1; the admin enabled
+    // lingering by hand, as docs/AGENT.md asks of agents not packaged by
+    // ferry.
+    let out = install(&host, &v090, "");
+    assert!(out.success(), "pre-ferry install: {out}");
+    assert!(!host.path("/usr/libexec/roboconf-agent/ferry-hook").exists());
+    host.sh_ok(
+        "loginctl enable-linger roboconf-agent
+        while [ ! -S /run/user/$(id -u roboconf-agent)/systemd/private ]; do sleep 0.2; done",
+    );
+    wait_answering(&host);
+    deploy_tree(&host);
+    assert_eq!(header(&host)["schema"], 1);
+
+    // Upgrade from it: the new preinst finds no hook and falls back (stop,
+    // `cp -a` snapshot, marker, record); 1.1.0's finish checksums that
+    // snapshot, migrates 1 -> 2, starts once.
+    let from = log_len(&host);
+    upgrade_step(&host, &v110, "1.1.0", 2, "");
+    let log = log_since(&host, from);
+    assert!(
+        log.contains("fallback prepare for 1.1.0")
+            && log.contains("checksummed the fallback snapshot")
+            && log.contains("migrating the state up from schema 1 to 2"),
+        "the fallback path, in the log: {log}"
+    );
+    let fallback = host.sh_ok(&format!("ls -d {SNAPSHOTS}/*-fallback"));
+    assert!(
+        host.path(&format!("{}/ferry-snapshot.json", fallback.trim()))
+            .exists(),
+        "the fallback snapshot is kept and checksummed: {fallback}"
+    );
+
+    // 11a. dpkg SIGKILLed during unpack: 1.1.0's prepare has stopped the
+    // agent and is copying a large state into the snapshot. The package is
+    // left half-installed. apt first asks for `dpkg --configure -a` (dpkg's
+    // journal), which leaves it half-installed; installing it again
+    // completes the upgrade with the state intact, the agent started once.
+    host.sh_ok(&format!(
+        "head -c 256M /dev/zero > {STATE}/bulk && chown roboconf-agent: {STATE}/bulk"
+    ));
+    let before = tree(&host);
+    let process = instance_process(&host);
+    host.copy_in(&v120, "/root/v120.deb");
+    kill_dpkg_when(&host, "--unpack /root/v120.deb", |host, log| {
+        log.contains("stopping the agent for upgrade")
+            && !host
+                .sh("systemctl --quiet is-active roboconf-agent")
+                .success()
+    });
+    assert_eq!(dpkg_status(&host), "1.1.0-1 half-installed");
+    let record: Value = serde_json::from_str(&host.read(RECORD)).unwrap();
+    assert_eq!(record["status"], "preparing", "{record}");
+    assert_eq!(record["was_running"], true, "{record}");
+    let started = starts(&host);
+    let out = install(&host, &v120, "");
+    assert!(
+        !out.success() && out.stderr.contains("dpkg --configure -a"),
+        "apt asks for dpkg --configure -a first: {out}"
+    );
+    host.sh_ok("dpkg --force-confdef --force-confold --configure -a");
+    assert_eq!(dpkg_status(&host), "1.1.0-1 half-installed");
+    let out = install(&host, &v120, "");
+    assert!(out.success(), "installing 1.2.0 again: {out}");
+    let mut after = tree(&host);
+    after.sort();
+    let mut expected = before.clone();
+    expected.sort();
+    assert_eq!(after, expected);
+    assert_eq!(version_running(&host), "1.2.0");
+    assert_eq!(header(&host)["schema"], 3);
+    assert_eq!(starts(&host), started + 1, "started once, by the retry");
+    assert_eq!(instance_process(&host), process);
+    assert!(!host.path(MARKER).exists() && !host.path(RECORD).exists());
+    host.sh_ok(&format!("rm {STATE}/bulk"));
+
+    // 11b. dpkg SIGKILLed during configure: 1.1.0 unpacked (1.2.0's prepare
+    // migrated 3 -> 2), its finish killed once the state verified. The
+    // package is left half-configured; `dpkg --configure -a` finishes.
+    host.copy_in(&v110, "/root/v110.deb");
+    host.sh_ok("dpkg --force-confdef --force-confold --unpack /root/v110.deb");
+    kill_dpkg_when(&host, "--configure roboconf-agent", |_, log| {
+        log.contains("state verified")
+    });
+    assert_eq!(dpkg_status(&host), "1.1.0-1 half-configured");
+    host.sh_ok("dpkg --force-confdef --force-confold --configure -a");
+    assert_eq!(dpkg_status(&host), "1.1.0-1 installed");
+    let mut after = tree(&host);
+    after.sort();
+    assert_eq!(after, expected);
+    assert_eq!(version_running(&host), "1.1.0");
+    assert_eq!(header(&host)["schema"], 2);
+    assert_eq!(instance_process(&host), process);
+    assert!(!host.path(MARKER).exists() && !host.path(RECORD).exists());
+
+    // The escape hatch: with /etc/roboconf-agent/ferry-skip-migration the
+    // hooks migrate nothing and say so; the upgrade still keeps the state
+    // (the reference agent migrates up by itself when it starts).
+    host.sh_ok("touch /etc/roboconf-agent/ferry-skip-migration");
+    let from = log_len(&host);
+    upgrade_step(&host, &v120, "1.2.0", 3, "");
+    let log = log_since(&host, from);
+    assert!(
+        log.contains("ferry-skip-migration exists: the state is NOT migrated (escape hatch)")
+            && !log.contains("migrating the state"),
+        "the escape hatch, in the log: {log}"
+    );
     host.poweroff();
 }
