@@ -568,6 +568,34 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     assert_recovered(&host, &before, started);
     assert_eq!(instance_process(&host), process, "through a failed upgrade");
 
+    // 13. The same failure, with the snapshot damaged inside the
+    // transaction: a package that requires roboconf-agent (so rpm installs
+    // it after 1.3.0's %pre took the snapshot, before %posttrans) damages
+    // it in its %post. finish refuses to restore it and says so; the state
+    // is left as 1.3.0 migrated it (schema 3, intact); dnf downgrade to
+    // 1.1.0 migrates it down and recovers.
+    let started = starts(&host);
+    let damager = damaging_rpm();
+    host.copy_in(&damager, "/root/damager.rpm");
+    host.copy_in(&broken, "/root/broken.rpm");
+    let out = host.sh("dnf -y install /root/broken.rpm /root/damager.rpm");
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("the snapshot was NOT restored"),
+        "the damaged snapshot is refused and said so: {said}"
+    );
+    assert!(
+        host.path(&recorded_snapshot(&host)).is_dir(),
+        "the damaged snapshot is kept"
+    );
+    assert_eq!(header(&host)["schema"], 3, "state left as migrated");
+    assert!(host.read(MARKER).contains("FAILED"));
+    host.sh_ok("dnf -y remove ferry-snapshot-damager");
+    let out = install(&host, &v110, "downgrade");
+    assert!(out.success(), "dnf downgrade to 1.1.0: {out}");
+    assert_recovered(&host, &before, started);
+    assert_eq!(instance_process(&host), process, "through a failed upgrade");
+
     // 6. Erase ($1 = 0): stopped and disabled, state and snapshots kept;
     // installing 1.2.0 again migrates up and brings the tree back.
     host.sh_ok("dnf -y remove roboconf-agent");
@@ -583,6 +611,32 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     assert_eq!(header(&host)["schema"], 3);
     assert!(!host.path(MARKER).exists());
     host.poweroff();
+}
+
+/// A package whose %post damages the snapshot the pending upgrade record
+/// names; it requires roboconf-agent, so in a transaction with it rpm runs
+/// that %post after roboconf-agent's %pre and before its %posttrans.
+fn damaging_rpm() -> PathBuf {
+    let post = format!(
+        "snapshot=$(sed -n 's/.*\"snapshot\": *\"\\([^\"]*\\)\".*/\\1/p' {RECORD})
+echo damage >> \"{SNAPSHOTS}/$snapshot/data/state.json\"
+"
+    );
+    let package = rpm::PackageBuilder::new(
+        "ferry-snapshot-damager",
+        "1",
+        "MIT",
+        "noarch",
+        "damages the pending upgrade's snapshot (ferry's tests)",
+    )
+    .release("1")
+    .requires(rpm::Dependency::any(AGENT))
+    .post_install_script(post.as_str())
+    .build()
+    .unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-snapshot-damager-1-1.noarch.rpm");
+    package.write_file(&out).unwrap();
+    out
 }
 
 const UPGRADE_LOG: &str = "/var/log/roboconf-agent/upgrades.log";
