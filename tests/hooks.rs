@@ -7,136 +7,16 @@
 mod support;
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use support::agent::{agent, header, status, tree, version_running, wait_answering, AGENT, STATE};
 use support::lab::{Host, HostKind};
+use support::probe::{self, Variant};
 use support::run;
 
-const AGENT: &str = "roboconf-agent";
-const STATE: &str = "/var/lib/roboconf-agent";
 const SNAPSHOTS: &str = "/var/lib/ferry/roboconf-agent/snapshots";
-
-/// Builds share target/package (the agent is rebuilt for each version and
-/// schema), so every build in every test process holds this file lock.
-struct BuildLock {
-    _file: fs::File,
-}
-
-impl BuildLock {
-    fn take() -> BuildLock {
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-build.lock");
-        let file = fs::File::create(&path).expect("build lock");
-        // SAFETY: a valid open file descriptor.
-        assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
-        BuildLock { _file: file }
-    }
-}
-
-/// A package of the reference agent under test.
-#[derive(Clone, Copy, PartialEq)]
-enum Variant {
-    /// pkg/ as it is (its conffile marked with the version, so each version
-    /// ships a different one).
-    Good,
-    /// The unit cannot start (`ExecStartPre=/bin/false`): a new version
-    /// whose postinst / %posttrans health check fails.
-    Broken,
-}
-
-struct Packages {
-    deb: PathBuf,
-    rpm: PathBuf,
-}
-
-/// `ferry build --version VERSION` (deb and rpm from one build) of a copy of
-/// pkg/ whose state schema is `schema` and whose quiesce timeout is short;
-/// built once per process.
-fn packages(version: &str, schema: u32, variant: Variant) -> Packages {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let tag = match variant {
-        Variant::Good => format!("{version}-s{schema}"),
-        Variant::Broken => format!("{version}-s{schema}-broken"),
-    };
-    let out = tmp.join(format!("hooks-{tag}"));
-    let packages = Packages {
-        deb: out.join(format!("{AGENT}_{version}-1_amd64.deb")),
-        rpm: out.join(format!("{AGENT}-{version}-1.x86_64.rpm")),
-    };
-    static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.contains(&out) {
-        return packages;
-    }
-    let _lock = BuildLock::take();
-    let pkg = tmp.join(format!("hooks-pkg-{tag}"));
-    let _ = fs::remove_dir_all(&pkg);
-    let _ = fs::remove_dir_all(&out);
-    fs::create_dir_all(&pkg).unwrap();
-    let repo = env!("CARGO_MANIFEST_DIR");
-    for entry in fs::read_dir(Path::new(repo).join("pkg")).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), pkg.join(entry.file_name())).unwrap();
-    }
-    let descriptor = fs::read_to_string(pkg.join("ferry.toml"))
-        .unwrap()
-        .replace("\"../", &format!("\"{repo}/"))
-        .replace("schema = 3", &format!("schema = {schema}"))
-        .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5")
-        .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
-    fs::write(pkg.join("ferry.toml"), descriptor).unwrap();
-    let mut conffile = fs::read_to_string(pkg.join("agent.toml")).unwrap();
-    conffile.push_str(&format!("# as shipped with {version}\n"));
-    fs::write(pkg.join("agent.toml"), conffile).unwrap();
-    if variant == Variant::Broken {
-        let unit = fs::read_to_string(pkg.join("roboconf-agent.service"))
-            .unwrap()
-            .replace("[Service]\n", "[Service]\nExecStartPre=/bin/false\n");
-        fs::write(pkg.join("roboconf-agent.service"), unit).unwrap();
-    }
-    run(Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["build", "--version", version, "--descriptor"])
-        .arg(pkg.join("ferry.toml"))
-        .arg("--out")
-        .arg(&out));
-    for p in [&packages.deb, &packages.rpm] {
-        assert!(p.is_file(), "{} missing", p.display());
-    }
-    built.push(out);
-    packages
-}
-
-fn agent(host: &Host, args: &str) -> String {
-    host.sh_ok(&format!("{AGENT} {args}"))
-}
-
-fn status(host: &Host) -> Value {
-    serde_json::from_str(&agent(host, "ctl status --json")).expect("status JSON")
-}
-
-/// The tree as (path, component, state), and the state file's header.
-fn tree(host: &Host) -> Vec<(String, String, String)> {
-    let s = status(host);
-    s["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["path"].as_str().unwrap().to_string(),
-                i["component"].as_str().unwrap().to_string(),
-                i["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-fn header(host: &Host) -> Value {
-    let text = host.read(&format!("{STATE}/state.json"));
-    serde_json::from_str(text.lines().next().unwrap()).unwrap()
-}
 
 fn starts(host: &Host) -> usize {
     host.sh("journalctl --no-pager -o cat -u roboconf-agent.service")
@@ -160,10 +40,6 @@ fn install(host: &Host, package: &Path, extra: &str) -> support::lab::Output {
              -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /root/{name}"
         ))
     }
-}
-
-fn version_running(host: &Host) -> String {
-    status(host)["version"].as_str().unwrap().to_string()
 }
 
 /// A tree with a deployed and started application whose deploy recipe wrote
@@ -218,18 +94,6 @@ fn assert_process_survives_restart(host: &Host) {
     wait_answering(host);
     assert_eq!(tree(host), before);
     assert_eq!(instance_process(host), process, "same PID after a restart");
-}
-
-/// Waits until the agent answers on its socket again.
-fn wait_answering(host: &Host) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !host.sh(&format!("{AGENT} ctl status --json")).success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent does not answer"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }
 
 /// Leaves one instruction in the queue: applied while quiesced, it waits for
@@ -359,10 +223,10 @@ fn assert_recovered(host: &Host, before: &[(String, String, String)], started: u
 
 #[test]
 fn debian_install_upgrade_downgrade_busy_remove_purge() {
-    let v100 = packages("1.0.0", 2, Variant::Good).deb;
-    let v110 = packages("1.1.0", 2, Variant::Good).deb;
-    let v120 = packages("1.2.0", 3, Variant::Good).deb;
-    let broken = packages("1.3.0", 3, Variant::Broken).deb;
+    let v100 = probe::agent_variant("1.0.0", 2, Variant::Good).deb;
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).deb;
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).deb;
+    let broken = probe::agent_variant("1.3.0", 3, Variant::Broken).deb;
     let mut host = Host::new(HostKind::Debian);
     assert!(matches!(host.boot().as_str(), "running" | "degraded"));
 
@@ -514,10 +378,10 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
 /// ($1 = 0 keeps the state) and install again.
 #[test]
 fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
-    let v100 = packages("1.0.0", 2, Variant::Good).rpm;
-    let v110 = packages("1.1.0", 2, Variant::Good).rpm;
-    let v120 = packages("1.2.0", 3, Variant::Good).rpm;
-    let broken = packages("1.3.0", 3, Variant::Broken).rpm;
+    let v100 = probe::agent_variant("1.0.0", 2, Variant::Good).rpm;
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).rpm;
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).rpm;
+    let broken = probe::agent_variant("1.3.0", 3, Variant::Broken).rpm;
     let mut host = Host::new(HostKind::Rpm);
     assert!(matches!(host.boot().as_str(), "running" | "degraded"));
 
@@ -688,7 +552,7 @@ fn kill_dpkg_when(host: &Host, args: &str, moment: impl Fn(&Host, &str) -> bool)
 /// (user, directories, `deb-systemd-helper enable`, `deb-systemd-invoke
 /// start`, stop on remove), then rebuilt with `dpkg-deb`.
 fn pre_ferry_deb() -> PathBuf {
-    let ferry_built = packages("0.9.0", 1, Variant::Good).deb;
+    let ferry_built = probe::agent_variant("0.9.0", 1, Variant::Good).deb;
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let tree = tmp.join("pre-ferry-tree");
     let out = tmp.join("roboconf-agent_0.9.0-0_amd64.deb");
@@ -754,8 +618,8 @@ fi
 #[test]
 fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
     let v090 = pre_ferry_deb();
-    let v110 = packages("1.1.0", 2, Variant::Good).deb;
-    let v120 = packages("1.2.0", 3, Variant::Good).deb;
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).deb;
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).deb;
     let mut host = Host::new(HostKind::Debian);
     assert!(matches!(host.boot().as_str(), "running" | "degraded"));
 

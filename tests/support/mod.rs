@@ -1,11 +1,12 @@
 //! Support shared by the integration tests: throwaway hosts with real systemd
-//! (`lab`), a throwaway signing key (`signing`), signed local apt and rpm
+//! (`lab`), the reference agent inside them (`agent`), a throwaway signing key (`signing`), signed local apt and rpm
 //! repositories (`repo`) and tiny probe packages (`probe`). See docs/LAB.md.
 //!
 //! Each test crate compiles this module and uses only part of it; tests/lab.rs
 //! exercises all of it, so the lint below hides no code that nothing uses.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod lab;
 pub mod probe;
 pub mod repo;

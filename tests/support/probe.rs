@@ -3,6 +3,7 @@
 //! to `/var/log/ferry-lab-probe.log` (so rpm needs the shim's /bin/sh).
 //! And the reference agent itself, built by `ferry build`.
 
+use super::agent::AGENT;
 use super::{run, Scratch};
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -83,18 +84,42 @@ pub struct AgentPackages {
     pub rpm: PathBuf,
 }
 
-pub const AGENT: &str = "roboconf-agent";
+/// A variant of pkg/ for the upgrade tests.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Variant {
+    /// pkg/ with the given state schema, short quiesce and health timeouts,
+    /// and its conffile marked with the version (so each version ships a
+    /// different one).
+    Good,
+    /// The same, but the unit cannot start (`ExecStartPre=/bin/false`): a
+    /// new version whose postinst / %posttrans health check fails.
+    Broken,
+}
 
-/// Runs `ferry build --version VERSION` (the ferry binary of this test
-/// build) once per test process and version, into a directory of this
-/// process under the target's tmp dir (test binaries run concurrently must
-/// not rebuild each other's packages); directories of processes that are
-/// gone are removed.
+/// `ferry build --version VERSION` of pkg/ as it is.
 pub fn agent(version: &str) -> AgentPackages {
+    build_once(version, version, None)
+}
+
+/// `ferry build --version VERSION` of a copy of pkg/ made as `variant` says,
+/// whose state schema is `schema`.
+pub fn agent_variant(version: &str, schema: u32, variant: Variant) -> AgentPackages {
+    let tag = match variant {
+        Variant::Good => format!("{version}-s{schema}"),
+        Variant::Broken => format!("{version}-s{schema}-broken"),
+    };
+    build_once(&tag, version, Some((schema, variant)))
+}
+
+/// Builds once per test process and tag, into a directory of this process
+/// under the target's tmp dir (test binaries run concurrently must not
+/// rebuild each other's packages); directories of processes that are gone
+/// are removed.
+fn build_once(tag: &str, version: &str, variant: Option<(u32, Variant)>) -> AgentPackages {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let pid = std::process::id();
-    let out = base.join(format!("lab-agent-{version}-{pid}"));
+    let out = base.join(format!("lab-agent-{tag}-{pid}"));
     let packages = AgentPackages {
         deb: out.join(format!("{AGENT}_{version}-1_amd64.deb")),
         rpm: out.join(format!("{AGENT}-{version}-1.x86_64.rpm")),
@@ -104,23 +129,62 @@ pub fn agent(version: &str) -> AgentPackages {
     if built.is_empty() {
         remove_stale(base);
     }
-    if !built.iter().any(|v| v == version) {
-        let _ = fs::remove_dir_all(&out);
-        fs::create_dir_all(&out).unwrap();
-        // `ferry build` writes the agent to the shared target/package: the
-        // same cross-process lock as the other suites' builds (tests/hooks.rs).
-        let lock = fs::File::create(base.join("ferry-build.lock")).expect("build lock");
-        // SAFETY: flock on a valid open file descriptor; released on close.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        run(Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["build", "--version", version, "--out"])
-            .arg(&out)
-            .current_dir(env!("CARGO_MANIFEST_DIR")));
-        assert!(packages.deb.is_file(), "{} missing", packages.deb.display());
-        assert!(packages.rpm.is_file(), "{} missing", packages.rpm.display());
-        built.push(version.to_string());
+    if built.iter().any(|t| t == tag) {
+        return packages;
     }
+    let _ = fs::remove_dir_all(&out);
+    fs::create_dir_all(&out).unwrap();
+    // `ferry build` writes the agent to the shared target/package: one
+    // lock across the test processes of every suite.
+    let lock = fs::File::create(base.join("ferry-build.lock")).expect("build lock");
+    // SAFETY: flock on a valid open file descriptor; released on close.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut build = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    build
+        .args(["build", "--version", version, "--out"])
+        .arg(&out);
+    match variant {
+        None => build.current_dir(env!("CARGO_MANIFEST_DIR")),
+        Some((schema, variant)) => {
+            // Inside the workspace: the descriptor's build command runs
+            // cargo in its directory.
+            let pkg = out.join("pkg");
+            pkg_copy(&pkg, version, schema, variant);
+            build.arg("--descriptor").arg(pkg.join("ferry.toml"))
+        }
+    };
+    run(&mut build);
+    assert!(packages.deb.is_file(), "{} missing", packages.deb.display());
+    assert!(packages.rpm.is_file(), "{} missing", packages.rpm.display());
+    built.push(tag.to_string());
     packages
+}
+
+/// A copy of pkg/ with the schema, timeouts, conffile and unit `variant`
+/// asks for; the descriptor's relative paths made absolute.
+fn pkg_copy(dir: &Path, version: &str, schema: u32, variant: Variant) {
+    fs::create_dir_all(dir).unwrap();
+    let repo = env!("CARGO_MANIFEST_DIR");
+    for entry in fs::read_dir(Path::new(repo).join("pkg")).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let descriptor = fs::read_to_string(dir.join("ferry.toml"))
+        .unwrap()
+        .replace("\"../", &format!("\"{repo}/"))
+        .replace("schema = 3", &format!("schema = {schema}"))
+        .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5")
+        .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
+    fs::write(dir.join("ferry.toml"), descriptor).unwrap();
+    let mut conffile = fs::read_to_string(dir.join("agent.toml")).unwrap();
+    conffile.push_str(&format!("# as shipped with {version}\n"));
+    fs::write(dir.join("agent.toml"), conffile).unwrap();
+    if variant == Variant::Broken {
+        let unit = fs::read_to_string(dir.join("roboconf-agent.service"))
+            .unwrap()
+            .replace("[Service]\n", "[Service]\nExecStartPre=/bin/false\n");
+        fs::write(dir.join("roboconf-agent.service"), unit).unwrap();
+    }
 }
 
 /// Removes `lab-agent-VERSION-PID` directories whose process is gone.
