@@ -10,8 +10,9 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use support::agent::{agent, header, tree, version_running, wait_answering, AGENT, STATE};
 use support::lab::{Host, HostKind};
-use support::probe::{self, AGENT};
+use support::probe::{self, Variant};
 use support::signing::Signer;
 use support::{run, Scratch};
 
@@ -318,24 +319,82 @@ fn etc_listing(host: &Host) -> Vec<String> {
     listing(&host.path("/etc"))
 }
 
-/// The automatic run, as the timers start it (stamps removed: a day passed).
+/// The automatic run, as the timers start it (stamps removed: a day
+/// passed). Whether it succeeded is for the caller to judge by what is
+/// installed: a refused upgrade fails the service.
 fn automatic_run(host: &Host) {
-    host.sh_ok(
+    let out = host.sh(
         "rm -f /var/lib/apt/periodic/*; systemctl start apt-daily.service && \
          systemctl start apt-daily-upgrade.service",
     );
+    eprintln!("automatic run: {out}");
 }
 
-/// A booted Debian host with the agent 1.0.0 installed: `ferry channel
-/// enable` (the ferry binary inside the host) makes unattended-upgrades take
-/// 1.1.0 once it is published; a pin takes it back to 1.0.0; disable leaves
-/// /etc as before enable.
+/// A tree the agent holds: a VM with an application, the VM deployed.
+fn make_tree(host: &Host) -> Vec<(String, String, String)> {
+    for step in [
+        "add --name vm --component VM",
+        "add --name app --component App --parent /vm",
+        "deploy /vm",
+    ] {
+        agent(host, &format!("ctl apply --wait 30 {step}"));
+    }
+    sorted_tree(host)
+}
+
+fn sorted_tree(host: &Host) -> Vec<(String, String, String)> {
+    let mut t = tree(host);
+    t.sort();
+    t
+}
+
+/// The agent runs `version` on a state of `schema` holding `expected`.
+fn assert_agent(host: &Host, version: &str, schema: u32, expected: &[(String, String, String)]) {
+    wait_answering(host);
+    assert_eq!(version_running(host), version);
+    assert_eq!(header(host)["schema"], schema, "{}", header(host));
+    assert_eq!(sorted_tree(host), expected, "the tree under {version}");
+}
+
+/// Makes the agent busy: a deploy recipe that waits for `{STATE}/gate`.
+fn keep_busy(host: &Host) {
+    host.sh_ok(&format!(
+        "mkdir -p {STATE}/recipes/Slow
+         printf '#!/bin/sh\\nwhile [ ! -e {STATE}/gate ]; do sleep 0.2; done\\n' > {STATE}/recipes/Slow/deploy
+         chmod 0755 {STATE}/recipes/Slow/deploy"
+    ));
+    agent(
+        host,
+        "ctl apply add --name slow --component Slow --parent /vm",
+    );
+    agent(host, "ctl apply deploy /vm/slow");
+}
+
+fn channel_status(host: &Host) -> serde_json::Value {
+    let status = serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
+    eprintln!("status: {status:#}");
+    status
+}
+
+fn reasons(status: &serde_json::Value) -> String {
+    status["not_updated_because"].to_string()
+}
+
+/// A booted Debian host with the agent 1.0.0 (state schema 2) installed and
+/// holding a tree. `ferry channel enable` (the ferry binary inside the
+/// host) makes unattended-upgrades take 1.1.0 (schema 3) once it is
+/// published; a busy agent defers 1.2.0 and `status` says why; a hold is
+/// reported; a pin takes the automatic run down to 1.0.0 and unpin back up;
+/// `rollback --to` and `rollback` go down through the hooks, migrating the
+/// state; a tampered repository is reported; disable leaves /etc as before
+/// enable. The tree is checked after every move.
 #[test]
-fn debian_host_follows_the_channel_pins_and_is_restored() {
+fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
     support::require_root();
     let started = std::time::Instant::now();
-    let v100 = probe::agent("1.0.0");
-    let v110 = probe::agent("1.1.0");
+    let v100 = probe::agent_variant("1.0.0", 2, Variant::Good);
+    let v110 = probe::agent_variant("1.1.0", 3, Variant::Good);
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good);
     let signer = Signer::new("channel-e2e");
     let fpr = fingerprint(&signer);
     let scratch = Scratch::new("ferry-channel-e2e");
@@ -350,6 +409,8 @@ fn debian_host_follows_the_channel_pins_and_is_restored() {
     host.sh_ok("apt-get install -y /root/agent-1.0.0.deb && rm /root/agent-1.0.0.deb");
     assert_eq!(deb_version(&host), "1.0.0-1");
     let before = etc_listing(&host);
+    let mut expected = make_tree(&host);
+    assert_agent(&host, "1.0.0", 2, &expected);
     eprintln!("channel e2e: host ready after {:.0?}", started.elapsed());
 
     let enable = format!(
@@ -369,14 +430,13 @@ fn debian_host_follows_the_channel_pins_and_is_restored() {
     assert!(again.contains("nothing to change"), "{again}");
     assert_eq!(etc_listing(&host), enabled, "a second enable changed /etc");
 
-    // 1.1.0 published; the automatic run takes it.
+    // 1.1.0 published; the automatic run takes it, migrating 2 -> 3.
     publish(&signer, &repo, "stable", &[&v110.deb]);
     automatic_run(&host);
     let log = host.sh("cat /var/log/unattended-upgrades/unattended-upgrades.log");
     assert_eq!(deb_version(&host), "1.1.0-1", "unattended-upgrades: {log}");
-    let status: serde_json::Value =
-        serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
-    eprintln!("status after upgrade: {status:#}");
+    assert_agent(&host, "1.1.0", 3, &expected);
+    let status = channel_status(&host);
     assert_eq!(status["installed"], "1.1.0-1");
     assert_eq!(status["newest_available"], "1.1.0-1");
     assert_eq!(status["up_to_date"], true);
@@ -384,30 +444,102 @@ fn debian_host_follows_the_channel_pins_and_is_restored() {
         .as_str()
         .unwrap()
         .contains("upgraded 1.0.0-1 -> 1.1.0-1"));
+    assert!(reasons(&status).contains("no newer version"));
     eprintln!("channel e2e: upgraded after {:.0?}", started.elapsed());
 
-    // Pin 1.0.0: the next automatic run goes down to it.
+    // 1.2.0 published while the agent is busy: the hook refuses, the
+    // automatic run leaves 1.1.0 running, status says the upgrade was
+    // deferred and why; once idle, the next run takes it.
+    publish(&signer, &repo, "stable", &[&v120.deb]);
+    keep_busy(&host);
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.1.0-1");
+    assert_eq!(version_running(&host), "1.1.0");
+    let status = channel_status(&host);
+    assert_eq!(status["up_to_date"], false);
+    assert!(
+        reasons(&status).contains("busy") && reasons(&status).contains("/vm/slow"),
+        "{status:#}"
+    );
+    host.sh_ok(&format!("touch {STATE}/gate"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while support::agent::status(&host)["busy"] == true {
+        assert!(std::time::Instant::now() < deadline, "still busy");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    expected = sorted_tree(&host);
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.2.0-1");
+    assert_agent(&host, "1.2.0", 3, &expected);
+    let status = channel_status(&host);
+    assert!(!reasons(&status).contains("busy"), "{status:#}");
+
+    // A hold is reported, with its undo.
+    host.sh_ok(&format!("apt-mark hold {AGENT}"));
+    let status = channel_status(&host);
+    assert_eq!(status["held"], true);
+    assert!(reasons(&status).contains("apt-mark unhold"), "{status:#}");
+    host.sh_ok(&format!("apt-mark unhold {AGENT}"));
+
+    // Pin 1.0.0: the next automatic run goes down to it, the hooks
+    // migrating 3 -> 2; a further run keeps it; status says why.
     let out = host.sh_ok("ferry channel pin 1.0.0");
     assert!(out.contains("host-wide"), "{out}");
     automatic_run(&host);
     let log = host.sh("cat /var/log/unattended-upgrades/unattended-upgrades.log");
     assert_eq!(deb_version(&host), "1.0.0-1", "unattended-upgrades: {log}");
-    let status: serde_json::Value =
-        serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
-    eprintln!("status after pin: {status:#}");
+    assert_agent(&host, "1.0.0", 2, &expected);
+    let status = channel_status(&host);
     assert_eq!(status["pinned"], "1.0.0-1");
     assert_eq!(status["allow_downgrade_host_wide"], true);
     assert!(status["last_package_change"]
         .as_str()
         .unwrap()
-        .contains("downgraded 1.1.0-1 -> 1.0.0-1"));
-    assert!(status["not_updated_because"]
-        .to_string()
-        .contains("pinned to 1.0.0-1"));
-    // A further run keeps it.
+        .contains("downgraded 1.2.0-1 -> 1.0.0-1"));
+    assert!(reasons(&status).contains("pinned to 1.0.0-1"));
     automatic_run(&host);
     assert_eq!(deb_version(&host), "1.0.0-1");
     eprintln!("channel e2e: pinned after {:.0?}", started.elapsed());
+
+    // Unpin: the next automatic run takes the newest again, 2 -> 3.
+    host.sh_ok("ferry channel unpin");
+    let status = channel_status(&host);
+    assert_eq!(status["pinned"], serde_json::Value::Null);
+    assert_eq!(status["allow_downgrade_host_wide"], false);
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.2.0-1");
+    assert_agent(&host, "1.2.0", 3, &expected);
+
+    // rollback --to 1.1.0 (same schema), then rollback (the next older
+    // version, 1.0.0: 3 -> 2); each pins what it installed.
+    let out = host.sh_ok("ferry channel rollback --to 1.1.0");
+    assert!(out.contains("to 1.1.0-1"), "{out}");
+    assert_agent(&host, "1.1.0", 3, &expected);
+    let out = host.sh_ok("ferry channel rollback");
+    assert!(out.contains("to 1.0.0-1"), "{out}");
+    assert_agent(&host, "1.0.0", 2, &expected);
+    assert_eq!(channel_status(&host)["pinned"], "1.0.0-1");
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.0.0-1", "the rollback's pin holds");
+
+    // A repository whose InRelease no longer verifies is reported.
+    let inrelease = repo.join("apt/dists/stable/InRelease");
+    let good = fs::read(&inrelease).unwrap();
+    fs::write(
+        &inrelease,
+        String::from_utf8_lossy(&good).replacen("Suite: stable", "Suite: stab1e", 1),
+    )
+    .unwrap();
+    let status = channel_status(&host);
+    assert!(
+        status["repository_check"]
+            .as_str()
+            .unwrap()
+            .starts_with("error")
+            && reasons(&status).contains("failed its check"),
+        "{status:#}"
+    );
+    fs::write(&inrelease, good).unwrap();
 
     // Disable: /etc as before enable.
     host.sh_ok("ferry channel disable");
@@ -424,16 +556,29 @@ fn rpm_version(host: &Host) -> String {
     host.sh_ok(&format!("rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {AGENT}"))
 }
 
-/// The same on a booted RPM host: dnf-automatic with ferry's own
-/// configuration and timer takes 1.1.0; `rollback` goes down to 1.0.0 with
-/// dnf (dnf-automatic never downgrades) and locks it; the next automatic run
-/// keeps it; disable leaves /etc as before enable.
+/// dnf-automatic's run, as ferry's timer starts it; dnf's cache age counts
+/// whole seconds, so a repository published in the same second looks
+/// unchanged (SPEC §6).
+fn dnf_automatic_run(host: &Host) {
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let out = host.sh("systemctl start ferry-roboconf-agent-automatic.service");
+    eprintln!("automatic run: {out}");
+}
+
+/// The same on a booted RPM host, from 1.0.0 (schema 2) holding a tree:
+/// dnf-automatic with ferry's own configuration and timer takes 1.1.0 and
+/// 1.2.0 (schema 3); `rollback --to 1.1.0` and `rollback` go down with dnf
+/// (dnf-automatic never downgrades), the hooks migrating 3 -> 2, and lock
+/// what they installed; the next automatic run keeps it; `unpin` lets it
+/// take 1.2.0 again; disable leaves /etc as before enable. The tree is
+/// checked after every move.
 #[test]
 fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     support::require_root();
     let started = std::time::Instant::now();
-    let v100 = probe::agent("1.0.0");
-    let v110 = probe::agent("1.1.0");
+    let v100 = probe::agent_variant("1.0.0", 2, Variant::Good);
+    let v110 = probe::agent_variant("1.1.0", 3, Variant::Good);
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good);
     let signer = Signer::new("channel-rpm");
     let fpr = fingerprint(&signer);
     let scratch = Scratch::new("ferry-channel-rpm");
@@ -448,6 +593,8 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     host.sh_ok("dnf -y install /root/agent-1.0.0.rpm && rm /root/agent-1.0.0.rpm");
     assert_eq!(rpm_version(&host), "1.0.0-1");
     let before = etc_listing(&host);
+    let expected = make_tree(&host);
+    assert_agent(&host, "1.0.0", 2, &expected);
 
     let enable = format!(
         "ferry channel --family dnf enable --repo file:///srv/repo \
@@ -462,28 +609,59 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     assert_eq!(etc_listing(&host), enabled, "a second enable changed /etc");
 
     publish(&signer, &repo, "stable", &[&v110.deb, &v110.rpm]);
-    std::thread::sleep(std::time::Duration::from_secs(1)); // SPEC §6
-    host.sh_ok("systemctl start ferry-roboconf-agent-automatic.service");
+    dnf_automatic_run(&host);
     let journal = host.sh("journalctl -u ferry-roboconf-agent-automatic.service --no-pager");
     assert_eq!(rpm_version(&host), "1.1.0-1", "dnf-automatic: {journal}");
+    assert_agent(&host, "1.1.0", 3, &expected);
+    publish(&signer, &repo, "stable", &[&v120.deb, &v120.rpm]);
+    dnf_automatic_run(&host);
+    assert_eq!(rpm_version(&host), "1.2.0-1");
+    assert_agent(&host, "1.2.0", 3, &expected);
     eprintln!("channel rpm: upgraded after {:.0?}", started.elapsed());
 
+    let out = host.sh_ok("ferry channel --family dnf rollback --to 1.1.0");
+    assert!(out.contains("to 1.1.0-1"), "{out}");
+    assert_agent(&host, "1.1.0", 3, &expected);
     let out = host.sh_ok("ferry channel --family dnf rollback");
     assert!(out.contains("to 1.0.0-1"), "{out}");
-    assert_eq!(rpm_version(&host), "1.0.0-1");
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    host.sh_ok("systemctl start ferry-roboconf-agent-automatic.service");
+    assert_agent(&host, "1.0.0", 2, &expected);
+    dnf_automatic_run(&host);
     assert_eq!(rpm_version(&host), "1.0.0-1", "the lock did not hold");
     let status: serde_json::Value =
         serde_json::from_str(&host.sh_ok("ferry channel --family dnf status --json")).unwrap();
     eprintln!("status after rollback: {status:#}");
     assert_eq!(status["installed"], "1.0.0-1");
     assert_eq!(status["pinned"], "1.0.0-1");
-    assert_eq!(status["newest_available"], "1.1.0-1");
+    assert_eq!(status["newest_available"], "1.2.0-1");
+    assert!(
+        reasons(&status).contains("versionlock (1.0.0-1)")
+            && status["last_package_change"]
+                .as_str()
+                .unwrap()
+                .contains("Downgrade"),
+        "{status:#}"
+    );
+
+    host.sh_ok("ferry channel --family dnf unpin");
+    dnf_automatic_run(&host);
+    assert_eq!(
+        rpm_version(&host),
+        "1.2.0-1",
+        "unpinned, the automatic run upgrades"
+    );
+    assert_agent(&host, "1.2.0", 3, &expected);
 
     host.sh_ok("ferry channel --family dnf disable");
+    // Each version ships its own agent.toml (a %config file the admin did
+    // not change, so rpm replaced it); the rest of /etc is the channel's.
+    let without_agent = |listing: Vec<String>| -> Vec<String> {
+        listing
+            .into_iter()
+            .filter(|e| !e.contains(" roboconf-agent/agent.toml "))
+            .collect()
+    };
     assert_eq!(
-        diff_listing(&before, &etc_listing(&host)),
+        diff_listing(&without_agent(before), &without_agent(etc_listing(&host))),
         "",
         "disable left /etc changed"
     );

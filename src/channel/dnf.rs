@@ -39,11 +39,13 @@ pub fn render(
     window: Option<&Window>,
 ) -> Vec<Planned> {
     let repo = repo.trim_end_matches('/');
-    let repo_file = format!(
-        "{HEADER}[ferry-{pkg}]\nname={pkg} (ferry channel {channel})\nbaseurl={repo}/rpm/{channel}\nenabled=1\n\
-         gpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://{}\nskip_if_unavailable=0\nmetadata_expire=1h\n",
-        key_path(pkg)
-    );
+    let repo_file = |metadata_expire: &str| {
+        format!(
+            "{HEADER}[ferry-{pkg}]\nname={pkg} (ferry channel {channel})\nbaseurl={repo}/rpm/{channel}\nenabled=1\n\
+             gpgcheck=1\nrepo_gpgcheck=1\ngpgkey=file://{}\nskip_if_unavailable=0\nmetadata_expire={metadata_expire}\n",
+            key_path(pkg)
+        )
+    };
     let timer = match window {
         Some(w) => w.timer_lines(),
         None => "OnCalendar=*-*-* 6:00\nRandomizedDelaySec=3600\nPersistent=true\n".into(),
@@ -51,8 +53,15 @@ pub fn render(
     let u = unit(pkg);
     vec![
         Planned::new(key_path(pkg), armored_key.as_bytes(), 0o644),
-        Planned::new(repo_path(pkg), repo_file.clone(), 0o644),
-        Planned::new(format!("{}/ferry-{pkg}.repo", automatic_reposdir(pkg)), repo_file, 0o644),
+        Planned::new(repo_path(pkg), repo_file("1h"), 0o644),
+        // The automatic run checks the repository every time it runs: with
+        // the hour of cache the admin's dnf gets, a release published in
+        // the hour before the timer would wait a whole day.
+        Planned::new(
+            format!("{}/ferry-{pkg}.repo", automatic_reposdir(pkg)),
+            repo_file("0"),
+            0o644,
+        ),
         Planned::new(
             automatic_conf_path(pkg),
             format!(
@@ -326,12 +335,27 @@ pub fn rollback(host: &Host, to: Option<&str>, out: &mut String) -> Result<Strin
         "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
         host.package
     );
+    // An earlier pin's versionlock would hide the target; rollback pins
+    // the target right after.
     out.push_str(&output(dnf(host).args([
         "-y",
+        "--disableplugin=versionlock",
         "downgrade",
         &format!("{}-{target}", host.package),
     ]))?);
     Ok(target)
+}
+
+/// A row of `dnf history list` (ID | command line | date | action |
+/// altered) as "DATE: ACTION (dnf transaction ID: COMMAND LINE)"; dnf cuts
+/// the command line short.
+fn history_row(row: &str) -> String {
+    match row.split('|').map(str::trim).collect::<Vec<_>>().as_slice() {
+        [id, command, date, action, ..] => {
+            format!("{date}: {action} (dnf transaction {id}: {command})")
+        }
+        _ => row.trim().to_string(),
+    }
 }
 
 pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
@@ -359,8 +383,7 @@ pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
             })
             .collect();
         if let Some(r) = rows.first() {
-            s.last_package_change =
-                Some(r.split('|').map(str::trim).collect::<Vec<_>>().join(" | "));
+            s.last_package_change = Some(history_row(r));
         }
     }
     if host.is_live() {
@@ -414,4 +437,20 @@ pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_rows_read_as_date_action_and_command() {
+        assert_eq!(
+            history_row(
+                "     5 | -q -y --disableplugin=ve | 2026-11-26 01:39 | Downgrade      |    1 EE"
+            ),
+            "2026-11-26 01:39: Downgrade (dnf transaction 5: -q -y --disableplugin=ve)"
+        );
+        assert_eq!(history_row("garbled"), "garbled");
+    }
 }

@@ -791,18 +791,28 @@ pub fn status(host: &Host) -> Result<Status> {
         if let Ok(log) =
             fs::read_to_string(host.path(&format!("/var/log/{}/upgrades.log", host.package)))
         {
-            if let Some(line) = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("refus") || l.contains("still running"))
-            {
+            if let Some(line) = busy_refusal(&log) {
                 s.not_updated_because.push(format!(
-                    "the agent was busy and refused the upgrade (deferred): {line}"
+                    "the agent was busy and refused the upgrade (deferred to the next automatic run): {line}"
                 ));
             }
         }
     }
     Ok(s)
+}
+
+/// The hook's refusal of the last upgrade attempt (`prepare` found the
+/// agent busy), unless an upgrade finished after it.
+fn busy_refusal(log: &str) -> Option<&str> {
+    for line in log.lines().rev() {
+        if line.contains(" finish: done") {
+            return None;
+        }
+        if line.contains("refusing to upgrade") {
+            return Some(line);
+        }
+    }
+    None
 }
 
 impl std::fmt::Display for Status {
@@ -858,6 +868,17 @@ impl std::fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_refusal_counts_until_an_upgrade_finishes() {
+        let refused =
+            "1 ferry-hook[9] prepare: refusing to upgrade roboconf-agent: the agent is busy\n";
+        let done = "2 ferry-hook[10] finish: done\n";
+        assert!(busy_refusal(refused).is_some());
+        assert!(busy_refusal(&format!("{refused}{done}")).is_none());
+        assert!(busy_refusal(&format!("{done}{refused}")).is_some());
+        assert!(busy_refusal(done).is_none());
+    }
 
     #[test]
     fn the_host_family_is_detected_and_ambiguity_refused() {
