@@ -324,6 +324,13 @@ impl Host {
         out.stdout
     }
 
+    /// A path of the booted host's own mounts (/run, /tmp) as the machine
+    /// sees it: through its init's root, /proc/PID/root.
+    pub fn live_path(&self, guest: &str) -> PathBuf {
+        let leader = self.leader.expect("the host is not booted");
+        PathBuf::from(format!("/proc/{leader}/root{guest}"))
+    }
+
     /// Where a path of the host lives on the machine running the tests.
     /// Symbolic links are resolved as the host would (an absolute target is
     /// taken relative to the host's root); the last component may not exist.
