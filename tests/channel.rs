@@ -319,6 +319,16 @@ fn etc_listing(host: &Host) -> Vec<String> {
     listing(&host.path("/etc"))
 }
 
+/// An /etc listing without the agent's agent.toml: each version ships its
+/// own (a conffile the admin did not change, so upgrades replace it); the
+/// rest of /etc is the channel's to restore.
+fn without_agent_conffile(listing: Vec<String>) -> Vec<String> {
+    listing
+        .into_iter()
+        .filter(|e| !e.contains(" roboconf-agent/agent.toml "))
+        .collect()
+}
+
 /// The automatic run, as the timers start it (stamps removed: a day
 /// passed). Whether it succeeded is for the caller to judge by what is
 /// installed: a refused upgrade fails the service.
@@ -548,6 +558,48 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
         "",
         "disable left /etc changed"
     );
+
+    // The same repository over http, served on the host's loopback: enable
+    // checks it with apt's own downloader, the automatic run takes the
+    // newest over http (2 -> 3); with the server gone, status and enable
+    // say it is unreachable.
+    host.sh_ok(
+        "setsid --fork python3 -m http.server 8080 --bind 127.0.0.1 --directory /srv/repo \
+         >/dev/null 2>&1
+         for _ in $(seq 50); do
+             /usr/lib/apt/apt-helper download-file http://127.0.0.1:8080/signing-key.asc \
+                 /root/key.asc >/dev/null 2>&1 && break
+             sleep 0.1
+         done",
+    );
+    let http_enable = format!(
+        "ferry channel enable --repo http://127.0.0.1:8080 --key /srv/repo/signing-key.asc \
+         --fingerprint {fpr} --channel stable"
+    );
+    let out = host.sh_ok(&http_enable);
+    assert!(out.contains("enabled:"), "{out}");
+    automatic_run(&host);
+    assert_eq!(deb_version(&host), "1.2.0-1", "over http");
+    assert_agent(&host, "1.2.0", 3, &expected);
+    host.sh_ok("pkill -f '^python3 -m http.server'");
+    let status = channel_status(&host);
+    assert!(reasons(&status).contains("unreachable"), "{status:#}");
+    host.sh_ok("ferry channel disable");
+    let out = host.sh(&http_enable);
+    assert!(
+        !out.success()
+            && out.stderr.contains("unreachable")
+            && out.stderr.contains("Connection refused"),
+        "{out}"
+    );
+    assert_eq!(
+        diff_listing(
+            &without_agent_conffile(before),
+            &without_agent_conffile(etc_listing(&host))
+        ),
+        "",
+        "a refused enable or the second disable left /etc changed"
+    );
     host.poweroff();
     eprintln!("channel e2e: done in {:.0?}", started.elapsed());
 }
@@ -652,16 +704,11 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     assert_agent(&host, "1.2.0", 3, &expected);
 
     host.sh_ok("ferry channel --family dnf disable");
-    // Each version ships its own agent.toml (a %config file the admin did
-    // not change, so rpm replaced it); the rest of /etc is the channel's.
-    let without_agent = |listing: Vec<String>| -> Vec<String> {
-        listing
-            .into_iter()
-            .filter(|e| !e.contains(" roboconf-agent/agent.toml "))
-            .collect()
-    };
     assert_eq!(
-        diff_listing(&without_agent(before), &without_agent(etc_listing(&host))),
+        diff_listing(
+            &without_agent_conffile(before),
+            &without_agent_conffile(etc_listing(&host))
+        ),
         "",
         "disable left /etc changed"
     );

@@ -341,26 +341,61 @@ pub(crate) fn fetch(host: &Host, repo: &str, rel: &str, into: &Path) -> Result<b
             Err(e) => Err(e).with_context(|| format!("cannot read {}", local.display())),
         }
     } else if repo.starts_with("https://") || repo.starts_with("http://") {
-        let out = Command::new("curl")
-            .args(["-sSL", "--max-time", "30", "-w", "%{http_code}", "-o"])
-            .arg(into)
-            .arg(&url)
-            .output()
-            .context("cannot run curl (needed for an http(s) repository)")?;
-        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if code == "404" {
-            return Ok(false);
+        if Path::new(APT_HELPER).is_file() {
+            download_with_apt(repo, &url, into)
+        } else {
+            download_with_curl(repo, &url, into)
         }
-        if !out.status.success() || code != "200" {
-            bail!(
-                "repository {repo} is unreachable: {url}: {} (HTTP {code}); check the URL and the network",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        }
-        Ok(true)
     } else {
         bail!("--repo {repo:?}: give a file://, http:// or https:// URL of the directory `ferry publish` made")
     }
+}
+
+/// apt's own downloader: on every Debian and Ubuntu VM, where curl is not.
+const APT_HELPER: &str = "/usr/lib/apt/apt-helper";
+
+/// `apt-helper download-file`: true when fetched, false on a 404.
+fn download_with_apt(repo: &str, url: &str, into: &Path) -> Result<bool> {
+    let out = Command::new(APT_HELPER)
+        .args(["-o", "Acquire::http::Timeout=30", "download-file", url])
+        .arg(into)
+        .output()
+        .with_context(|| format!("cannot run {APT_HELPER}"))?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    if said.contains(" 404 ") {
+        return Ok(false);
+    }
+    let error = said
+        .lines()
+        .filter(|l| l.starts_with("E: "))
+        .collect::<Vec<_>>()
+        .join("; ");
+    bail!("repository {repo} is unreachable: {url}: {error}; check the URL and the network")
+}
+
+/// curl, where apt is not (Fedora, RHEL and kin ship it): true when
+/// fetched, false on a 404.
+fn download_with_curl(repo: &str, url: &str, into: &Path) -> Result<bool> {
+    let out = Command::new("curl")
+        .args(["-sSL", "--max-time", "30", "-w", "%{http_code}", "-o"])
+        .arg(into)
+        .arg(url)
+        .output()
+        .context("cannot run curl (needed for an http(s) repository where apt is not installed)")?;
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if code == "404" {
+        return Ok(false);
+    }
+    if !out.status.success() || code != "200" {
+        bail!(
+            "repository {repo} is unreachable: {url}: {} (HTTP {code}); check the URL and the network",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    }
+    Ok(true)
 }
 
 /// Checks the repository is there and the channel exists (`probe` is the
