@@ -380,6 +380,18 @@ fn keep_busy(host: &Host) {
     agent(host, "ctl apply deploy /vm/slow");
 }
 
+/// From 1.2.0: `rollback --to 1.1.0` (same schema), then `rollback` (the
+/// next older version, 1.0.0, migrating 3 -> 2); `channel` is the command
+/// with its family options.
+fn roll_back_twice(host: &Host, channel: &str, expected: &[(String, String, String)]) {
+    let out = host.sh_ok(&format!("{channel} rollback --to 1.1.0"));
+    assert!(out.contains("to 1.1.0-1"), "{out}");
+    assert_agent(host, "1.1.0", 3, expected);
+    let out = host.sh_ok(&format!("{channel} rollback"));
+    assert!(out.contains("to 1.0.0-1"), "{out}");
+    assert_agent(host, "1.0.0", 2, expected);
+}
+
 fn channel_status(host: &Host) -> serde_json::Value {
     let status = serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
     eprintln!("status: {status:#}");
@@ -522,12 +534,7 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
 
     // rollback --to 1.1.0 (same schema), then rollback (the next older
     // version, 1.0.0: 3 -> 2); each pins what it installed.
-    let out = host.sh_ok("ferry channel rollback --to 1.1.0");
-    assert!(out.contains("to 1.1.0-1"), "{out}");
-    assert_agent(&host, "1.1.0", 3, &expected);
-    let out = host.sh_ok("ferry channel rollback");
-    assert!(out.contains("to 1.0.0-1"), "{out}");
-    assert_agent(&host, "1.0.0", 2, &expected);
+    roll_back_twice(&host, "ferry channel", &expected);
     assert_eq!(channel_status(&host)["pinned"], "1.0.0-1");
     automatic_run(&host);
     assert_eq!(deb_version(&host), "1.0.0-1", "the rollback's pin holds");
@@ -671,12 +678,7 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     assert_agent(&host, "1.2.0", 3, &expected);
     eprintln!("channel rpm: upgraded after {:.0?}", started.elapsed());
 
-    let out = host.sh_ok("ferry channel --family dnf rollback --to 1.1.0");
-    assert!(out.contains("to 1.1.0-1"), "{out}");
-    assert_agent(&host, "1.1.0", 3, &expected);
-    let out = host.sh_ok("ferry channel --family dnf rollback");
-    assert!(out.contains("to 1.0.0-1"), "{out}");
-    assert_agent(&host, "1.0.0", 2, &expected);
+    roll_back_twice(&host, "ferry channel --family dnf", &expected);
     dnf_automatic_run(&host);
     assert_eq!(rpm_version(&host), "1.0.0-1", "the lock did not hold");
     let status: serde_json::Value =

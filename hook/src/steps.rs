@@ -133,7 +133,8 @@ impl<'a> Ctx<'a> {
                     self.unit.journal_tail()
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            // Short: the package manager waits on this poll, not the agent.
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

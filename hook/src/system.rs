@@ -240,7 +240,8 @@ impl<'a> Systemd<'a> {
             if Instant::now() > deadline {
                 bail!("{} still active after {timeout:?}", self.unit);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // The agent is down while this polls: keep the added gap small.
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
