@@ -249,6 +249,15 @@ fn parse_requirement(text: &str) -> Result<Dependency> {
 mod tests {
     use super::*;
 
+    /// A 1 MiB window and 1 MiB jobs, so that test data spans several jobs.
+    const SMALL_TEST_SETTINGS: Zstd = Zstd {
+        level: 3,
+        window_log: 20,
+        chain_log: 0,
+        min_match: 0,
+        job_mib: 1,
+    };
+
     #[test]
     fn recompressed_package_keeps_valid_digests_and_the_archive() {
         let mut b = rpm::PackageBuilder::new("probe", "1", "MIT", "noarch", "probe");
@@ -260,13 +269,7 @@ mod tests {
             .unwrap();
         let package = b.build().unwrap();
         let archive = package.payload.clone();
-        let zstd = Zstd {
-            level: 3,
-            window_log: 20,
-            chain_log: 0,
-            min_match: 0,
-            job_mib: 1,
-        };
+        let zstd = SMALL_TEST_SETTINGS;
         let mut written = Vec::new();
         compress_payload(package, zstd)
             .unwrap()
@@ -286,13 +289,7 @@ mod tests {
         let data: Vec<u8> = (0..3u32 << 20)
             .map(|i| ((i % 251) ^ (i >> 13)) as u8)
             .collect();
-        let zstd = Zstd {
-            level: 3,
-            window_log: 20,
-            chain_log: 0,
-            min_match: 0,
-            job_mib: 1,
-        };
+        let zstd = SMALL_TEST_SETTINGS;
         let one = zstd.compress(&data, 1).unwrap();
         assert_eq!(zstd.compress(&data, 3).unwrap(), one);
     }
