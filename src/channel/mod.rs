@@ -837,14 +837,15 @@ pub fn status(host: &Host) -> Result<Status> {
 }
 
 /// The hook's refusal of the last upgrade attempt (`prepare` found the
-/// agent busy), unless an upgrade finished after it.
+/// agent busy), unless an upgrade finished after it; without the line's
+/// stamp and process ("1795656693.123 ferry-hook[951] prepare: ").
 fn busy_refusal(log: &str) -> Option<&str> {
     for line in log.lines().rev() {
         if line.contains(" finish: done") {
             return None;
         }
         if line.contains("refusing to upgrade") {
-            return Some(line);
+            return Some(line.split_once(": ").map_or(line, |(_, message)| message));
         }
     }
     None
@@ -909,7 +910,10 @@ mod tests {
         let refused =
             "1 ferry-hook[9] prepare: refusing to upgrade roboconf-agent: the agent is busy\n";
         let done = "2 ferry-hook[10] finish: done\n";
-        assert!(busy_refusal(refused).is_some());
+        assert_eq!(
+            busy_refusal(refused),
+            Some("refusing to upgrade roboconf-agent: the agent is busy")
+        );
         assert!(busy_refusal(&format!("{refused}{done}")).is_none());
         assert!(busy_refusal(&format!("{done}{refused}")).is_some());
         assert!(busy_refusal(done).is_none());
