@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use support::agent::{log_len, log_since};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 
 const RUNS: usize = 5;
 const SOCKET: &str = "/run/roboconf-agent/control.sock";
-const LOG: &str = "/var/log/roboconf-agent/upgrades.log";
 const POLL: Duration = Duration::from_millis(5);
 /// systemd refuses a sixth start within 10 s (StartLimitBurst): runs are
 /// spaced so that no measured start is refused.
@@ -114,9 +114,9 @@ fn gap_and_no_work(answers: &[Answer]) -> (f64, f64) {
 /// Seconds spent in ferry-hook processes, from the log lines added since
 /// `from` bytes: per hook process, last stamp minus first.
 fn hook_seconds(host: &Host, from: usize) -> f64 {
-    let log = host.read(LOG);
+    let log = log_since(host, from);
     let mut spans: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    for line in log[from..].lines() {
+    for line in log.lines() {
         let mut words = line.split_whitespace();
         let (Some(stamp), Some(process)) = (words.next(), words.next()) else {
             continue;
@@ -128,10 +128,6 @@ fn hook_seconds(host: &Host, from: usize) -> f64 {
         span.1 = at;
     }
     spans.values().map(|(a, b)| b - a).sum()
-}
-
-fn log_len(host: &Host) -> usize {
-    std::fs::metadata(host.path(LOG)).map_or(0, |m| m.len() as usize)
 }
 
 struct Figures {

@@ -10,7 +10,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::agent::{agent, header, tree, version_running, wait_answering, AGENT, STATE};
+use support::agent::{agent, header, sorted_tree, version_running, wait_answering, AGENT, STATE};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 use support::signing::Signer;
@@ -350,12 +350,6 @@ fn make_tree(host: &Host) -> Vec<(String, String, String)> {
         agent(host, &format!("ctl apply --wait 30 {step}"));
     }
     sorted_tree(host)
-}
-
-fn sorted_tree(host: &Host) -> Vec<(String, String, String)> {
-    let mut t = tree(host);
-    t.sort();
-    t
 }
 
 /// The agent runs `version` on a state of `schema` holding `expected`.

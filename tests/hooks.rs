@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use support::agent::{agent, header, status, tree, version_running, wait_answering, AGENT, STATE};
+use support::agent::{
+    agent, header, log_len, log_since, sorted_tree, status, tree, version_running, wait_answering,
+    AGENT, STATE,
+};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 use support::run;
@@ -64,11 +67,15 @@ fn deploy_tree(host: &Host) {
     }
 }
 
+/// Finds the App instance's process by its command line, whether systemd
+/// ran it by its full path or not; never the shell running pgrep.
+const FIND_INSTANCE_PROCESS: &str = "pgrep -f '^[^ ]*sleep 86401$'";
+
 /// The process the App instance's start recipe spawned (`sleep 86401`),
 /// after checking that it runs in the agent user's own systemd manager,
 /// outside the agent's cgroup: what lets it outlive the agent.
 fn instance_process(host: &Host) -> String {
-    let found = host.sh("pgrep -f '^[^ ]*sleep 86401$'");
+    let found = host.sh(FIND_INSTANCE_PROCESS);
     let pid = found.stdout.trim().to_string();
     assert!(
         found.success() && !pid.contains('\n'),
@@ -117,8 +124,7 @@ fn assert_upgraded(host: &Host, before: &[(String, String, String)], queued: &st
     while status(host)["queue_length"] != 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let mut after = tree(host);
-    after.sort();
+    let after = sorted_tree(host);
     assert_eq!(after, expected, "tree after the upgrade to {version}");
     assert_eq!(version_running(host), version);
     assert_eq!(
@@ -209,8 +215,7 @@ fn assert_failed_upgrade_restored(host: &Host, out: &support::lab::Output, exit_
 /// Installing the previous version again after a failed upgrade: the tree
 /// is back, 1.1.0 runs, the marker and the record are gone.
 fn assert_recovered(host: &Host, before: &[(String, String, String)], started: usize) {
-    let mut after = tree(host);
-    after.sort();
+    let after = sorted_tree(host);
     let mut before = before.to_vec();
     before.sort();
     assert_eq!(after, before);
@@ -367,7 +372,7 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     // Lingering ends with the purge, and with it the user manager and the
     // processes the recipes started.
     assert!(!host.path("/var/lib/systemd/linger/roboconf-agent").exists());
-    assert!(!host.sh("pgrep -f '^[^ ]*sleep 86401$'").success());
+    assert!(!host.sh(FIND_INSTANCE_PROCESS).success());
     host.poweroff();
 }
 
@@ -501,17 +506,6 @@ echo damage >> \"{SNAPSHOTS}/$snapshot/data/state.json\"
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-snapshot-damager-1-1.noarch.rpm");
     package.write_file(&out).unwrap();
     out
-}
-
-const UPGRADE_LOG: &str = "/var/log/roboconf-agent/upgrades.log";
-
-/// What the upgrade log gained since it was `from` bytes long.
-fn log_since(host: &Host, from: usize) -> String {
-    host.read(UPGRADE_LOG)[from..].to_string()
-}
-
-fn log_len(host: &Host) -> usize {
-    fs::metadata(host.path(UPGRADE_LOG)).map_or(0, |m| m.len() as usize)
 }
 
 fn dpkg_status(host: &Host) -> String {
@@ -687,8 +681,7 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
     assert_eq!(dpkg_status(&host), "1.1.0-1 half-installed");
     let out = install(&host, &v120, "");
     assert!(out.success(), "installing 1.2.0 again: {out}");
-    let mut after = tree(&host);
-    after.sort();
+    let after = sorted_tree(&host);
     let mut expected = before.clone();
     expected.sort();
     assert_eq!(after, expected);
@@ -710,8 +703,7 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
     assert_eq!(dpkg_status(&host), "1.1.0-1 half-configured");
     host.sh_ok("dpkg --force-confdef --force-confold --configure -a");
     assert_eq!(dpkg_status(&host), "1.1.0-1 installed");
-    let mut after = tree(&host);
-    after.sort();
+    let after = sorted_tree(&host);
     assert_eq!(after, expected);
     assert_eq!(version_running(&host), "1.1.0");
     assert_eq!(header(&host)["schema"], 2);

@@ -33,6 +33,27 @@ pub fn tree(host: &Host) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The tree sorted by path, for comparisons that must not depend on the
+/// order status lists it in.
+pub fn sorted_tree(host: &Host) -> Vec<(String, String, String)> {
+    let mut t = tree(host);
+    t.sort();
+    t
+}
+
+/// The log every ferry-hook step appends to.
+pub const UPGRADE_LOG: &str = "/var/log/roboconf-agent/upgrades.log";
+
+/// The upgrade log's length now, to read what comes after with `log_since`.
+pub fn log_len(host: &Host) -> usize {
+    std::fs::metadata(host.path(UPGRADE_LOG)).map_or(0, |m| m.len() as usize)
+}
+
+/// What the upgrade log gained since it was `from` bytes long.
+pub fn log_since(host: &Host, from: usize) -> String {
+    host.read(UPGRADE_LOG)[from..].to_string()
+}
+
 /// The state file's header: schema, written_by, checksum.
 pub fn header(host: &Host) -> Value {
     let text = host.read(&format!("{STATE}/state.json"));
