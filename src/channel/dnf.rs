@@ -28,6 +28,9 @@ pub fn automatic_conf_path(pkg: &str) -> String {
 pub fn unit(pkg: &str) -> String {
     format!("ferry-{pkg}-automatic")
 }
+fn timer(pkg: &str) -> String {
+    format!("{}.timer", unit(pkg))
+}
 
 const HEADER: &str = "# Written by `ferry channel`; `ferry channel disable` removes it.\n";
 
@@ -184,16 +187,23 @@ pub fn remove_key(host: &Host, rec: &mut Record, dry_run: bool, out: &mut String
     Ok(())
 }
 
-pub fn enable_timer(host: &Host, out: &mut String) {
-    let timer = format!("{}.timer", unit(&host.package));
+/// `systemctl VERB` of ferry's dnf-automatic timer: with `--now` on a live
+/// host under systemd, on the root's unit files (`--root`) otherwise.
+fn timer_systemctl(host: &Host, verb: &str) -> Command {
+    let timer = timer(&host.package);
     let mut c = Command::new("systemctl");
     if host.is_live() && std::path::Path::new("/run/systemd/system").is_dir() {
-        c.args(["enable", "--now", &timer]);
+        c.args([verb, "--now", &timer]);
     } else {
         c.arg(format!("--root={}", host.root.display()))
-            .args(["enable", &timer]);
+            .args([verb, &timer]);
     }
-    match output(&mut c) {
+    c
+}
+
+pub fn enable_timer(host: &Host, out: &mut String) {
+    let timer = timer(&host.package);
+    match output(&mut timer_systemctl(host, "enable")) {
         Ok(_) => {
             let _ = writeln!(out, "enabled {timer}");
         }
@@ -204,19 +214,12 @@ pub fn enable_timer(host: &Host, out: &mut String) {
 }
 
 pub fn disable_timer(host: &Host, dry_run: bool, out: &mut String) {
-    let timer = format!("{}.timer", unit(&host.package));
+    let timer = timer(&host.package);
     if dry_run {
         let _ = writeln!(out, "would disable {timer}");
         return;
     }
-    let mut c = Command::new("systemctl");
-    if host.is_live() && std::path::Path::new("/run/systemd/system").is_dir() {
-        c.args(["disable", "--now", &timer]);
-    } else {
-        c.arg(format!("--root={}", host.root.display()))
-            .args(["disable", &timer]);
-    }
-    let _ = output(&mut c);
+    let _ = output(&mut timer_systemctl(host, "disable"));
 }
 
 /// The repository's versions of the package, newest last.
