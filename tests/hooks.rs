@@ -156,8 +156,39 @@ fn upgrade_step(host: &Host, deb: &Path, version: &str, schema: u32, extra: &str
     assert_eq!(h["written_by"], version, "{h}");
 }
 
+/// Whether the upgrade logged since `from` left the agent running through
+/// the unpack (prepare quiesced it, finish stopped it) or stopped it in
+/// prepare, as `running` says.
+fn assert_prepare_left_running(host: &Host, from: usize, running: bool) {
+    let log = log_since(host, from);
+    let left_running = log.contains("prepare: prepared: the agent answers, quiesced")
+        && log.contains("finish: stopping the outgoing agent");
+    let stopped = log.contains("prepare: stopping the agent for upgrade")
+        && log.contains("prepare: prepared: the agent is stopped");
+    assert!(
+        if running {
+            left_running && !stopped
+        } else {
+            stopped && !left_running
+        },
+        "prepare left the agent running: {running}; the log: {log}"
+    );
+}
+
 const CONFFILE: &str = "/etc/roboconf-agent/agent.toml";
 const RECORD: &str = "/var/lib/ferry/roboconf-agent/upgrade.json";
+/// A file of the state that no upgrade step changes (a recipe), by its
+/// path in the state directory: the snapshot retaken once the agent stopped
+/// keeps it from the one taken while it ran.
+const UNCHANGED_FILE: &str = "recipes/App/deploy";
+
+/// The retaken snapshot links only files whose inode last changed more
+/// than 2 s before the first snapshot (ferry_hook::snapshot::reuse); the
+/// files case 9's restore just wrote are younger. Waiting makes them old
+/// enough for case 13's damaged recipe file to be linked.
+fn let_restored_files_age() {
+    std::thread::sleep(std::time::Duration::from_secs(3));
+}
 const MARKER: &str = "/var/lib/roboconf-agent/upgrade-in-progress";
 
 /// The admin's change to the conffile, made before an upgrade that ships a
@@ -246,7 +277,11 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
 
     // 2. Upgrade, same schema: tree, queue, recipe files kept; one start;
     // the instance's process keeps its PID (every upgrade step checks it).
+    // 1.0.0's prepare only quiesces (both speak hook protocol 2): the agent
+    // answers through the unpack, and 1.1.0's finish stops it.
+    let from = log_len(&host);
     upgrade_step(&host, &v110, "1.1.0", 2, "");
+    assert_prepare_left_running(&host, from, true);
     // 3. Upgrade with up-migration 2 -> 3 by the new agent.
     // 12. The admin changed the conffile and 1.2.0 ships another one:
     // --force-confdef --force-confold keeps the admin's, the package's is
@@ -262,8 +297,11 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
         snapshots.contains("-1.1.0"),
         "snapshot before 1.1.0 -> 1.2.0: {snapshots}"
     );
-    // 4. Downgrade with down-migration 3 -> 2 by the outgoing (1.2.0) agent.
+    // 4. Downgrade with down-migration 3 -> 2 by the outgoing (1.2.0) agent,
+    // which prepare stops first: its files are gone by finish.
+    let from = log_len(&host);
     upgrade_step(&host, &v110, "1.1.0", 2, "--allow-downgrades");
+    assert_prepare_left_running(&host, from, false);
     // 5. Reinstall: same version, same schema.
     upgrade_step(&host, &v110, "1.1.0", 2, "--reinstall");
     assert_eq!(host.read(CONFFILE), admin, "the admin's conffile is kept");
@@ -286,23 +324,27 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     assert_eq!(instance_process(&host), process, "through a failed upgrade");
 
     // 13. The same failure, with the snapshot damaged between unpack
-    // (preinst: prepare took it) and configure: finish refuses to restore
-    // it, says so, and leaves the state as the failed step left it (migrated
-    // to schema 3 by 1.3.0, intact); 1.1.0 again migrates it down and runs.
+    // (preinst: prepare took it while the agent ran) and configure (finish
+    // stops the agent and retakes it, keeping the unchanged files, the
+    // damaged recipe among them): finish refuses to restore it, says so,
+    // and leaves the state as the failed step left it (migrated to schema 3
+    // by 1.3.0, intact); 1.1.0 again migrates it down and runs.
     let started = starts(&host);
+    let_restored_files_age();
     host.copy_in(&broken, "/root/broken.deb");
     host.sh_ok("dpkg --force-confdef --force-confold --unpack /root/broken.deb");
     let snapshot = recorded_snapshot(&host);
-    host.sh_ok(&format!("echo damage >> {snapshot}/data/state.json"));
+    host.sh_ok(&format!("echo damage >> {snapshot}/data/{UNCHANGED_FILE}"));
     let out = host.sh("dpkg --force-confdef --force-confold --configure roboconf-agent");
     assert!(!out.success(), "{out}");
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
-        said.contains("the snapshot was NOT restored"),
+        said.contains("the snapshot was NOT restored")
+            && said.contains(&format!("{UNCHANGED_FILE} was changed")),
         "the damaged snapshot is refused and said so: {said}"
     );
     assert!(
-        host.path(&snapshot).is_dir(),
+        host.path(&recorded_snapshot(&host)).is_dir(),
         "the damaged snapshot is kept"
     );
     assert_eq!(header(&host)["schema"], 3, "state left as migrated");
@@ -444,13 +486,15 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
     // is left as 1.3.0 migrated it (schema 3, intact); dnf downgrade to
     // 1.1.0 migrates it down and recovers.
     let started = starts(&host);
+    let_restored_files_age();
     let damager = damaging_rpm();
     host.copy_in(&damager, "/root/damager.rpm");
     host.copy_in(&broken, "/root/broken.rpm");
     let out = host.sh("dnf -y install /root/broken.rpm /root/damager.rpm");
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
-        said.contains("the snapshot was NOT restored"),
+        said.contains("the snapshot was NOT restored")
+            && said.contains(&format!("{UNCHANGED_FILE} was changed")),
         "the damaged snapshot is refused and said so: {said}"
     );
     assert!(
@@ -488,7 +532,7 @@ fn rpm_install_upgrade_downgrade_failed_erase_reinstall() {
 fn damaging_rpm() -> PathBuf {
     let post = format!(
         "snapshot=$(sed -n 's/.*\"snapshot\": *\"\\([^\"]*\\)\".*/\\1/p' {RECORD})
-echo damage >> \"{SNAPSHOTS}/$snapshot/data/state.json\"
+echo damage >> \"{SNAPSHOTS}/$snapshot/data/{UNCHANGED_FILE}\"
 "
     );
     let package = rpm::PackageBuilder::new(
@@ -650,11 +694,12 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
         "the fallback snapshot is kept and checksummed: {fallback}"
     );
 
-    // 11a. dpkg SIGKILLed during unpack: 1.1.0's prepare has stopped the
+    // 11a. dpkg SIGKILLed during unpack: 1.1.0's prepare has quiesced the
     // agent and is copying a large state into the snapshot. The package is
-    // left half-installed. apt first asks for `dpkg --configure -a` (dpkg's
-    // journal), which leaves it half-installed; installing it again
-    // completes the upgrade with the state intact, the agent started once.
+    // left half-installed, the agent still answers (quiesced, 1.1.0). apt
+    // first asks for `dpkg --configure -a` (dpkg's journal), which leaves it
+    // half-installed; installing it again completes the upgrade with the
+    // state intact, the agent started once.
     host.sh_ok(&format!(
         "head -c 256M /dev/zero > {STATE}/bulk && chown roboconf-agent: {STATE}/bulk"
     ));
@@ -662,15 +707,19 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
     let process = instance_process(&host);
     host.copy_in(&v120, "/root/v120.deb");
     kill_dpkg_when(&host, "--unpack /root/v120.deb", |host, log| {
-        log.contains("stopping the agent for upgrade")
-            && !host
-                .sh("systemctl --quiet is-active roboconf-agent")
+        log.contains("asking the agent to quiesce")
+            && host
+                .sh(&format!("ls -d {SNAPSHOTS}/.partial-*/data"))
                 .success()
     });
     assert_eq!(dpkg_status(&host), "1.1.0-1 half-installed");
     let record: Value = serde_json::from_str(&host.read(RECORD)).unwrap();
     assert_eq!(record["status"], "preparing", "{record}");
     assert_eq!(record["was_running"], true, "{record}");
+    assert_eq!(record["quiesced_only"], true, "{record}");
+    let answer = status(&host);
+    assert_eq!(answer["version"], "1.1.0", "{answer}");
+    assert_eq!(answer["quiesced"], true, "{answer}");
     let started = starts(&host);
     let out = install(&host, &v120, "");
     assert!(
@@ -709,6 +758,19 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
     assert_eq!(header(&host)["schema"], 2);
     assert_eq!(instance_process(&host), process);
     assert!(!host.path(MARKER).exists() && !host.path(RECORD).exists());
+
+    // An installed hook of protocol 1 (the real one behind a wrapper that
+    // answers `protocol` with 1): the incoming package asks only what
+    // protocol 1 offers, and prepare stops the agent before the unpack.
+    host.sh_ok(
+        "cd /usr/libexec/roboconf-agent && mv ferry-hook ferry-hook.real
+        printf '#!/bin/sh\nif [ \"$1\" = protocol ]; then echo 1; else exec /usr/libexec/roboconf-agent/ferry-hook.real \"$@\"; fi\n' > ferry-hook
+        chmod 0755 ferry-hook",
+    );
+    let from = log_len(&host);
+    upgrade_step(&host, &v110, "1.1.0", 2, "--reinstall");
+    assert_prepare_left_running(&host, from, false);
+    host.sh_ok("rm /usr/libexec/roboconf-agent/ferry-hook.real");
 
     // The escape hatch: with /etc/roboconf-agent/ferry-skip-migration the
     // hooks migrate nothing and say so; the upgrade still keeps the state

@@ -16,8 +16,9 @@ use ferry_hook::snapshot;
 
 const USAGE: &str = "usage: ferry-hook [--manifest FILE] COMMAND
   protocol                          print the hook protocol version
-  prepare --incoming-version V --incoming-schema N
-                                    (outgoing version) quiesce, stop, snapshot, migrate down
+  prepare --incoming-version V --incoming-schema N [--incoming-protocol P]
+                                    (outgoing version) quiesce, snapshot, and stop and
+                                    migrate down unless the incoming finish (P >= 2) stops
   finish [--previous-version V]     (incoming version) migrate up, verify, start, check health
   abort                             undo a prepare the package manager abandoned
   snapshot list                     the package's snapshots, verified
@@ -46,12 +47,17 @@ fn run(args: &[String]) -> Result<()> {
     }
     let m = PackageManifest::read(&manifest)?;
     match words.as_slice() {
-        ["prepare", "--incoming-version", version, "--incoming-schema", schema] => {
+        ["prepare", "--incoming-version", version, "--incoming-schema", schema, rest @ ..] => {
+            let protocol = match rest {
+                // Packages of protocol 1 do not pass it.
+                [] => 1,
+                ["--incoming-protocol", p] => number("--incoming-protocol", p)?,
+                _ => bail!("unknown arguments {rest:?} after prepare's schema\n{USAGE}"),
+            };
             let incoming = steps::Incoming {
                 version: version.to_string(),
-                schema: schema
-                    .parse()
-                    .with_context(|| format!("--incoming-schema `{schema}` is not a number"))?,
+                schema: number("--incoming-schema", schema)?,
+                protocol,
             };
             steps::prepare(&m, &incoming)
         }
@@ -65,6 +71,13 @@ fn run(args: &[String]) -> Result<()> {
         ["snapshot", "restore", name] => restore(&m, name),
         _ => bail!("unknown arguments {words:?}\n{USAGE}"),
     }
+}
+
+/// The value of `flag`, which must be a number.
+fn number(flag: &str, value: &str) -> Result<u32> {
+    value
+        .parse()
+        .with_context(|| format!("{flag} `{value}` is not a number"))
 }
 
 /// `/usr/libexec/<name>/ferry-hook` reads `/usr/lib/<name>/ferry-package.json`.

@@ -9,9 +9,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The hook protocol this program speaks. Version 1: `protocol`,
-/// `prepare --incoming-version V --incoming-schema N`, `abort`. A newer
-/// package asks an installed hook only what its protocol offers.
-pub const HOOK_PROTOCOL: u32 = 1;
+/// `prepare --incoming-version V --incoming-schema N`, `abort`; prepare
+/// stops the agent. Version 2 adds `--incoming-protocol P` to prepare: when
+/// the incoming package speaks 2 or later and no down-migration is needed,
+/// prepare only quiesces the agent and the incoming `finish` stops it, so
+/// the agent answers while the package manager unpacks. A newer package
+/// asks an installed hook only what its protocol offers.
+pub const HOOK_PROTOCOL: u32 = 2;
 const FORMAT: &str = "ferry-package";
 
 /// Everything the hook needs to know about its package and agent; nothing
@@ -100,6 +104,10 @@ pub struct Record {
     /// Whether `prepare` migrated the state down.
     #[serde(default)]
     pub migrated_down: bool,
+    /// `prepare` left the agent running, quiesced (protocol 2): the state
+    /// may change until `finish` stops it, so the snapshot is retaken then.
+    #[serde(default)]
+    pub quiesced_only: bool,
     /// The cause, when `finish` failed.
     #[serde(default)]
     pub failure: Option<String>,

@@ -23,6 +23,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod reuse;
+use reuse::Reuse;
+
 /// The manifest's file name inside a snapshot.
 pub const MANIFEST: &str = "ferry-snapshot.json";
 /// The copy of the state directory inside a snapshot.
@@ -138,6 +141,34 @@ pub struct Snapshot {
 /// Copies `source` into a new snapshot under `dir`, leaving out the
 /// top-level names in `exclude` (e.g. the upgrade marker).
 pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Result<Snapshot> {
+    create_reusing(source, dir, label, exclude, None)
+}
+
+/// A new snapshot of `source` beside `earlier`, with its label but `reason`:
+/// files unchanged since `earlier` was taken are hard links to its copies
+/// (see `reuse`), the rest is copied. `earlier` is left as it is.
+pub fn retake(earlier: &Path, source: &Path, reason: &str, exclude: &[&str]) -> Result<Snapshot> {
+    let manifest = read_manifest(earlier)?;
+    let label = Label {
+        package: manifest.package.clone(),
+        version: manifest.version.clone(),
+        schema: manifest.schema,
+        reason: reason.into(),
+    };
+    let dir = earlier
+        .parent()
+        .with_context(|| format!("{} has no parent directory", earlier.display()))?;
+    let reuse = Reuse::new(earlier, manifest);
+    create_reusing(source, dir, &label, exclude, Some(&reuse))
+}
+
+fn create_reusing(
+    source: &Path,
+    dir: &Path,
+    label: &Label,
+    exclude: &[&str],
+    reuse: Option<&Reuse>,
+) -> Result<Snapshot> {
     make_private_dir(dir)?;
     let created_unix = now_unix();
     let name = free_name(dir, &format!("{created_unix}-{}", label.version));
@@ -149,8 +180,15 @@ pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Res
             .with_context(|| format!("cannot snapshot {}: cannot read it", source.display()))?,
     );
     let mut entries = Vec::new();
-    copy_tree(source, &partial.join(DATA), "", exclude, &mut entries)
-        .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
+    copy_tree(
+        source,
+        &partial.join(DATA),
+        "",
+        exclude,
+        reuse,
+        &mut entries,
+    )
+    .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
     let source_name = source.display().to_string();
     let manifest = Manifest::new(label, created_unix, source_name, root, entries);
     write_manifest(&partial, &manifest)?;
@@ -253,7 +291,7 @@ pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     remove_if_present(&incoming)?;
     remove_if_present(&outgoing)?;
     let mut copied = Vec::new();
-    copy_tree(&path.join(DATA), &incoming, "", &[], &mut copied)
+    copy_tree(&path.join(DATA), &incoming, "", &[], None, &mut copied)
         .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
     let problems = differences(&manifest.entries, &copied);
     if !problems.is_empty() {
@@ -395,13 +433,15 @@ fn available_bytes(dir: &Path) -> Result<u64> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// Copies `src` to `dst` recursively, hashing files as they are copied, and
-/// records what it copied under `rel`.
+/// Copies `src` to `dst` recursively, hashing files as they are copied (or
+/// linking those `reuse` holds unchanged), and records what it copied under
+/// `rel`.
 fn copy_tree(
     src: &Path,
     dst: &Path,
     rel: &str,
     exclude: &[&str],
+    reuse: Option<&Reuse>,
     entries: &mut Vec<Entry>,
 ) -> Result<()> {
     fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
@@ -423,7 +463,7 @@ fn copy_tree(
         let meta = fs::symlink_metadata(&from)?;
         let ft = meta.file_type();
         if ft.is_dir() {
-            copy_tree(&from, &to, &child_rel, &[], entries)?;
+            copy_tree(&from, &to, &child_rel, &[], reuse, entries)?;
             entries.push(Entry::Dir {
                 path: child_rel,
                 attrs: attrs_of(&meta),
@@ -438,6 +478,13 @@ fn copy_tree(
                 uid: meta.uid(),
                 gid: meta.gid(),
             });
+        } else if let Some(linked) = reuse
+            .filter(|_| ft.is_file())
+            .and_then(|r| r.link(&child_rel, &meta, &to))
+        {
+            // The earlier copy already has these attributes and time.
+            entries.push(linked);
+            continue;
         } else if ft.is_file() {
             let (size, sha256) = copy_file(&from, &to)?;
             set_mtime(&to, meta.mtime(), meta.mtime_nsec())?;
@@ -636,7 +683,7 @@ fn make_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("chmod 0700 {}", dir.display()))
 }
 
-fn remove_if_present(path: &Path) -> Result<()> {
+pub fn remove_if_present(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -671,14 +718,14 @@ pub fn now_unix() -> u64 {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
+    pub(super) fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ferry-hook-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
     }
 
-    fn label() -> Label {
+    pub(super) fn label() -> Label {
         Label {
             package: "agent".into(),
             version: "1.0.0".into(),
@@ -687,7 +734,7 @@ mod tests {
         }
     }
 
-    fn sample_state(dir: &Path) {
+    pub(super) fn sample_state(dir: &Path) {
         fs::create_dir_all(dir.join("work/vm1/app")).unwrap();
         fs::write(dir.join("state.json"), "{\"schema\":2}\n").unwrap();
         fs::write(dir.join("work/vm1/app/out.log"), vec![7u8; 300_000]).unwrap();

@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ferry_hook::package::{compare_versions, PackageManifest, Record, MARKER};
 use ferry_hook::snapshot::{self, Label};
 
-use crate::system::{Agent, Log, Systemd};
+use crate::system::{Agent, Log, Process, Systemd};
 
 /// How long the agent may take to exit after `stop-for-upgrade`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -61,7 +61,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A snapshot of the state as this package's version left it.
     fn snapshot(&self, schema: Option<u32>, reason: &str) -> Result<Option<String>> {
+        self.snapshot_of(&self.m.version, schema, reason)
+    }
+
+    fn snapshot_of(
+        &self,
+        version: &str,
+        schema: Option<u32>,
+        reason: &str,
+    ) -> Result<Option<String>> {
         let state = Path::new(&self.m.state_dir);
         if !state.is_dir() {
             self.log.line("no state directory yet: nothing to snapshot");
@@ -71,13 +81,35 @@ impl<'a> Ctx<'a> {
         let started = Instant::now();
         let label = Label {
             package: self.m.name.clone(),
-            version: self.m.version.clone(),
+            version: version.into(),
             schema,
             reason: reason.into(),
         };
         let snap = snapshot::create(state, &self.m.snapshots_dir(), &label, &[MARKER])?;
         self.log.line(&format!(
             "snapshot {} taken in {:.0?}",
+            snap.path.display(),
+            started.elapsed()
+        ));
+        Ok(Some(snap.name))
+    }
+
+    /// Retakes the snapshot of an upgrade that was taken while the agent
+    /// ran (`why` says when it is retaken), linking the files unchanged
+    /// since; the earlier one is removed.
+    fn resnapshot(&self, record: &Record, why: &str) -> Result<Option<String>> {
+        let from = record.from_version.as_deref().unwrap_or("(predates ferry)");
+        let reason = format!("before {from} -> {}, {why}", record.to_version);
+        let Some(earlier) = record.snapshot.as_deref() else {
+            return self.snapshot_of(from, record.from_schema, &reason);
+        };
+        let state = Path::new(&self.m.state_dir);
+        let started = Instant::now();
+        let earlier_path = self.m.snapshots_dir().join(earlier);
+        let snap = snapshot::retake(&earlier_path, state, &reason, &[MARKER])?;
+        snapshot::remove_if_present(&earlier_path)?;
+        self.log.line(&format!(
+            "snapshot {} retaken in {:.0?} ({why}; files unchanged since {earlier} are linked from it, and it is removed)",
             snap.path.display(),
             started.elapsed()
         ));
@@ -111,7 +143,7 @@ impl<'a> Ctx<'a> {
     /// Starts the unit and waits until the agent answers `status` with this
     /// package's version; the error says why not.
     fn start_and_check(&self) -> Result<()> {
-        self.unit.start()?;
+        self.unit.restart()?;
         let deadline = Instant::now() + Duration::from_secs(self.m.health_timeout_secs);
         loop {
             let last = match self.agent.status() {
@@ -143,11 +175,16 @@ impl<'a> Ctx<'a> {
 pub struct Incoming {
     pub version: String,
     pub schema: u32,
+    /// The hook protocol of the incoming package: from 2 on, its `finish`
+    /// can stop an agent that `prepare` left running.
+    pub protocol: u32,
 }
 
-/// Quiesce, stop for upgrade, snapshot, migrate down if the incoming schema
-/// is older; undone on any failure, so a refused upgrade leaves the agent
-/// as it was.
+/// Quiesce and snapshot; then either leave the agent running, quiesced,
+/// for the incoming `finish` to stop (protocol 2, no down-migration: the
+/// agent keeps answering while the package manager unpacks), or stop it and
+/// migrate down if the incoming schema is older. Undone on any failure, so
+/// a refused upgrade leaves the agent as it was.
 pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
     let c = Ctx::new(m, "prepare");
     let direction = match compare_versions(&incoming.version, &m.version) {
@@ -173,11 +210,11 @@ pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
     if was_running && c.unit.is_active() {
         quiesce(&c)?;
     }
-    let stopped = c.unit.is_active();
-    let result = prepare_stopped(&c, incoming, earlier.as_ref(), was_running);
+    let active = c.unit.is_active();
+    let result = prepare_steps(&c, incoming, earlier.as_ref(), was_running);
     if let Err(e) = &result {
         c.log.line(&format!("prepare failed, undoing it: {e:#}"));
-        undo_prepare(&c, stopped, earlier.is_none());
+        undo_prepare(&c, active, earlier.is_none());
     }
     result
 }
@@ -201,7 +238,7 @@ fn quiesce(c: &Ctx) -> Result<()> {
 /// change, so a prepare killed half-way (dpkg SIGKILLed during unpack) is
 /// retried knowing whether the agent ran, which snapshot holds the state
 /// from before, and whether it was already migrated down.
-fn prepare_stopped(
+fn prepare_steps(
     c: &Ctx,
     incoming: &Incoming,
     earlier: Option<&Record>,
@@ -217,6 +254,13 @@ fn prepare_stopped(
         );
     }
     snapshot::check_free_space(Path::new(&c.m.state_dir), &c.m.snapshots_dir())?;
+    let migrate_down = check.schema.is_some_and(|s| s > incoming.schema) && !c.skip_migration();
+    // A down-migration needs this version's agent, whose files the package
+    // manager replaces before `finish`: then the agent stops here.
+    let keep_running = incoming.protocol >= 2
+        && !migrate_down
+        && !earlier.is_some_and(|r| r.migrated_down)
+        && c.unit.is_active();
     let mut record = Record {
         status: "preparing".into(),
         fallback: false,
@@ -227,32 +271,35 @@ fn prepare_stopped(
         was_running: Some(was_running),
         snapshot: earlier.and_then(|r| r.snapshot.clone()),
         migrated_down: earlier.is_some_and(|r| r.migrated_down),
+        quiesced_only: keep_running,
         failure: None,
     };
     record.save(&c.m.record_path())?;
+    // Set while the agent may still run: if it dies during the unpack,
+    // systemd's restart runs the new binary, which must not start on the
+    // state before `finish` (it exits 75, which the unit does not restart).
     c.write_marker(&format!(
         "upgrade of {} from {} to {} in progress",
         c.m.name, c.m.version, incoming.version
     ))?;
-    if c.unit.is_active() {
+    if !keep_running && c.unit.is_active() {
         c.log
             .line("stopping the agent for upgrade (the machine is not announced as gone)");
-        if let Err(e) = c.agent.stop_for_upgrade() {
-            c.log.line(&format!(
-                "stop-for-upgrade failed ({e:#}); stopping the unit"
-            ));
-        }
-        c.unit.wait_inactive(STOP_TIMEOUT)?;
-        c.unit.stop()?;
+        stop_for_upgrade(c)?;
     }
+    // A snapshot taken while the agent ran (by an earlier prepare that left
+    // it running) may be out of date; one taken while it was stopped is not.
     if record.snapshot.is_none() {
         record.snapshot = c.snapshot(
             check.schema,
             &format!("before {} -> {}", c.m.version, incoming.version),
         )?;
         record.save(&c.m.record_path())?;
+    } else if earlier.is_some_and(|r| r.quiesced_only) {
+        record.snapshot = c.resnapshot(&record, "by a retried prepare")?;
+        record.save(&c.m.record_path())?;
     }
-    if check.schema.is_some_and(|s| s > incoming.schema) && !c.skip_migration() {
+    if migrate_down {
         let from = check.schema.unwrap_or_default();
         c.log.line(&format!(
             "migrating the state down from schema {from} to {} with {} {}",
@@ -267,9 +314,32 @@ fn prepare_stopped(
     record.status = "prepared".into();
     record.save(&c.m.record_path())?;
     c.prune(record.snapshot.as_deref());
-    c.log
-        .line("prepared: the agent is stopped and the upgrade marker is set");
+    c.log.line(if keep_running {
+        "prepared: the agent answers, quiesced, until the new version's finish stops it; the upgrade marker is set"
+    } else {
+        "prepared: the agent is stopped and the upgrade marker is set"
+    });
     Ok(())
+}
+
+/// Asks the agent to stop for upgrade (the machine is not announced as
+/// gone) and waits for its process to exit; stops the unit if the agent
+/// refuses or cannot be reached.
+fn stop_for_upgrade(c: &Ctx) -> Result<()> {
+    let process = c.unit.main_pid().map(Process::open);
+    if let Err(e) = c.agent.stop_for_upgrade() {
+        c.log.line(&format!(
+            "stop-for-upgrade failed ({e:#}); stopping the unit"
+        ));
+        return c.unit.stop();
+    }
+    match process {
+        Some(p) if !p.wait_exit(STOP_TIMEOUT) => {
+            bail!("the agent did not exit within {STOP_TIMEOUT:?} of stop-for-upgrade")
+        }
+        Some(_) => Ok(()),
+        None => c.unit.wait_inactive(STOP_TIMEOUT),
+    }
 }
 
 /// Leaves the agent as it was before `prepare`: no marker, no record of its
@@ -300,7 +370,8 @@ fn undo_prepare(c: &Ctx, was_active: bool, own_record: bool) {
     let outcome = if c.unit.is_active() {
         c.agent.resume()
     } else {
-        c.unit.start()
+        c.unit.reset_failed();
+        c.unit.restart()
     };
     match outcome {
         Ok(()) => c.log.line(&format!("the agent runs {} again", c.m.version)),
@@ -310,12 +381,13 @@ fn undo_prepare(c: &Ctx, was_active: bool, own_record: bool) {
     }
 }
 
-/// Migrate up if needed, verify, start once if it ran before, check health;
-/// on failure restore the snapshot and leave the agent stopped behind the
-/// marker, with the cause in the log and the error.
+/// Stop the outgoing agent if `prepare` left it running and retake the
+/// snapshot, migrate up if needed, verify, start once if it ran before,
+/// check health; on failure restore the snapshot and leave the agent
+/// stopped behind the marker, with the cause in the log and the error.
 pub fn finish(m: &PackageManifest, previous: Option<&str>) -> Result<()> {
     let c = Ctx::new(m, "finish");
-    let record = Record::load(&m.record_path())?;
+    let mut record = Record::load(&m.record_path())?;
     let start = match &record {
         Some(r) => {
             c.log.line(&format!(
@@ -339,7 +411,7 @@ pub fn finish(m: &PackageManifest, previous: Option<&str>) -> Result<()> {
             c.unit.is_enabled()
         }
     };
-    match finish_steps(&c, start) {
+    match finish_steps(&c, record.as_mut(), start) {
         Ok(()) => {
             Record::remove(&m.record_path())?;
             c.prune(None);
@@ -374,8 +446,15 @@ fn adopt_fallback_snapshot(c: &Ctx, r: &Record) {
     }
 }
 
-fn finish_steps(c: &Ctx, start: bool) -> Result<()> {
-    let check = c.agent.check()?;
+fn finish_steps(c: &Ctx, record: Option<&mut Record>, start: bool) -> Result<()> {
+    // Checked first, while an agent left running still answers: the state's
+    // schema cannot change under a quiesced agent, and the new agent checks
+    // the state again when it loads it.
+    let mut check = c.agent.check()?;
+    c.unit.reset_failed();
+    if let Some(r) = record.filter(|r| r.quiesced_only) {
+        stop_outgoing(c, r)?;
+    }
     if !c.skip_migration() {
         match check.schema {
             Some(s) if s < c.m.schema && check.ok => {
@@ -384,11 +463,11 @@ fn finish_steps(c: &Ctx, start: bool) -> Result<()> {
                     c.m.schema, c.m.agent, c.m.version
                 ));
                 c.agent.migrate(c.m.schema)?;
+                check = c.agent.check()?;
             }
             _ => {}
         }
     }
-    let check = c.agent.check()?;
     if !check.ok {
         bail!("the state does not verify: {}", check.error);
     }
@@ -409,6 +488,22 @@ fn finish_steps(c: &Ctx, start: bool) -> Result<()> {
     Ok(())
 }
 
+/// Stops the agent `prepare` left running and retakes the snapshot, since
+/// the agent kept what arrived while quiesced; from here on the record
+/// reads as if `prepare` had stopped it.
+fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<()> {
+    if c.unit.is_active() {
+        c.log.line(&format!(
+            "stopping the outgoing agent {} for upgrade (the machine is not announced as gone)",
+            record.from_version.as_deref().unwrap_or("?")
+        ));
+        stop_for_upgrade(c)?;
+    }
+    record.snapshot = c.resnapshot(record, "once the agent stopped")?;
+    record.quiesced_only = false;
+    record.save(&c.m.record_path())
+}
+
 /// Stops the failed agent, restores the snapshot taken before the upgrade,
 /// and leaves the marker so nothing starts this version on it until the
 /// admin installs the previous version or a fixed one.
@@ -419,7 +514,15 @@ fn roll_back(
     cause: anyhow::Error,
 ) -> anyhow::Error {
     c.log.line(&format!("FAILED: {cause:#}"));
-    if let Err(e) = c.unit.stop() {
+    // Still set when the failure came before the outgoing agent stopped:
+    // nothing touched the state, and the snapshot may be older than it.
+    let untouched = record.as_ref().is_some_and(|r| r.quiesced_only);
+    let stopped = if untouched && c.unit.is_active() {
+        stop_for_upgrade(c)
+    } else {
+        c.unit.stop()
+    };
+    if let Err(e) = stopped {
         c.log.line(&format!("warning: {e:#}"));
     }
     let Some(mut record) = record else {
@@ -429,6 +532,10 @@ fn roll_back(
         ));
     };
     let restored = match record.snapshot.as_deref() {
+        _ if untouched => {
+            "the state was not changed (the upgrade failed before the outgoing agent stopped)"
+                .into()
+        }
         Some(name) => match c.restore(name) {
             Ok(()) => format!("the state was restored from snapshot {name}"),
             Err(e) => {
@@ -465,7 +572,8 @@ fn roll_back(
 
 /// Undoes a `prepare` whose upgrade the package manager abandoned: the
 /// snapshot is put back if the state was migrated down, the marker goes,
-/// and the agent starts again if it ran.
+/// and the agent takes work again if it was left running, or starts again
+/// if it ran.
 pub fn abort(m: &PackageManifest) -> Result<()> {
     let c = Ctx::new(m, "abort");
     let Some(record) = Record::load(&m.record_path())? else {
@@ -481,7 +589,14 @@ pub fn abort(m: &PackageManifest) -> Result<()> {
     }
     c.remove_marker()?;
     Record::remove(&m.record_path())?;
-    if record.was_running == Some(true) || (record.was_running.is_none() && c.unit.is_enabled()) {
+    if record.quiesced_only && c.unit.is_active() {
+        c.agent.resume()?;
+        c.log
+            .line(&format!("the agent runs {} again, taking work", m.version));
+    } else if record.was_running == Some(true)
+        || (record.was_running.is_none() && c.unit.is_enabled())
+    {
+        c.unit.reset_failed();
         c.start_and_check()?;
     }
     c.log.line("undone");

@@ -174,9 +174,29 @@ impl<'a> Systemd<'a> {
                 .is_ok_and(|o| o.status.success())
     }
 
-    pub fn start(&self) -> Result<()> {
+    /// Clears a failed state and the start rate limit, so that the one
+    /// start of an upgrade is not refused for earlier ones.
+    pub fn reset_failed(&self) {
         self.checked(&["reset-failed"]).ok();
-        self.checked(&["start"])
+    }
+
+    /// Starts the unit afresh: also right when its old process has just
+    /// exited and systemd has not yet noticed (a plain start would then
+    /// find it active and do nothing).
+    pub fn restart(&self) -> Result<()> {
+        self.checked(&["restart"])
+    }
+
+    /// The unit's main process, if it has one.
+    pub fn main_pid(&self) -> Option<u32> {
+        let out = self
+            .systemctl(&["show", "--property=MainPID", "--value"])
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&pid| pid != 0)
     }
 
     pub fn stop(&self) -> Result<()> {
@@ -233,7 +253,8 @@ impl<'a> Systemd<'a> {
             .unwrap_or_default()
     }
 
-    /// Waits until the unit is no longer active.
+    /// Waits until the unit is no longer active (polling systemctl: for the
+    /// stop of a whole unit, whatever its processes).
     pub fn wait_inactive(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while self.is_active() {
@@ -244,5 +265,40 @@ impl<'a> Systemd<'a> {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+}
+
+/// A process to wait for, held by a pidfd so that its exit is noticed at
+/// once (no polling) and a reused PID cannot be mistaken for it.
+pub struct Process {
+    pidfd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Process {
+    /// None in the pidfd when the process is already gone.
+    pub fn open(pid: u32) -> Process {
+        // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let pidfd = (fd >= 0).then(|| {
+            // SAFETY: `fd` is a file descriptor this process just opened and owns.
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) }
+        });
+        Process { pidfd }
+    }
+
+    /// Waits until the process has exited; false on timeout.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        let Some(fd) = &self.pidfd else {
+            return true;
+        };
+        let mut poll = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd; the pidfd becomes readable when the
+        // process exits.
+        unsafe { libc::poll(&mut poll, 1, millis) > 0 }
     }
 }

@@ -1,0 +1,164 @@
+//! Retaking a snapshot cheaply: the files of the state that did not change
+//! since an earlier snapshot are hard links to its copies and keep its
+//! checksums; only the others are copied and hashed again.
+//!
+//! Unchanged means: same size and modification time as the earlier
+//! manifest recorded, and an inode change time (ctime, which no program can
+//! set) at least [`RACY_SECS`] before the earlier snapshot began. Any write,
+//! rename, chmod or chown sets the ctime to the present, so a file changed
+//! while or after the earlier snapshot copied it is always copied again
+//! (git calls such files "racily clean"). A damaged copy in the earlier
+//! snapshot stays damaged in the new one and its restore refuses it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{attrs_of, Entry, Manifest, DATA};
+
+/// How long before the earlier snapshot began a file must have last
+/// changed: covers the manifest's whole-second time and the kernel's coarse
+/// clock for ctime.
+pub const RACY_SECS: i64 = 2;
+
+/// The earlier snapshot's files, by path.
+pub struct Reuse {
+    data: PathBuf,
+    files: HashMap<String, Entry>,
+    changed_before: i64,
+}
+
+impl Reuse {
+    /// The snapshot at `earlier`, whose manifest is `manifest`.
+    pub fn new(earlier: &Path, manifest: Manifest) -> Reuse {
+        let changed_before = manifest.created_unix as i64 - RACY_SECS;
+        let files = manifest
+            .entries
+            .into_iter()
+            .filter(|e| matches!(e, Entry::File { .. }))
+            .map(|e| (e.path().to_string(), e))
+            .collect();
+        Reuse {
+            data: earlier.join(DATA),
+            files,
+            changed_before,
+        }
+    }
+
+    /// Links the earlier copy of `rel` to `to` and returns its entry when the
+    /// live file (`meta`) did not change since; None when it must be copied.
+    pub fn link(&self, rel: &str, meta: &fs::Metadata, to: &Path) -> Option<Entry> {
+        let Some(Entry::File {
+            size,
+            sha256,
+            mtime,
+            ..
+        }) = self.files.get(rel)
+        else {
+            return None;
+        };
+        let unchanged =
+            meta.len() == *size && meta.mtime() == *mtime && meta.ctime() < self.changed_before;
+        if !unchanged || fs::hard_link(self.data.join(rel), to).is_err() {
+            return None;
+        }
+        Some(Entry::File {
+            path: rel.to_string(),
+            attrs: attrs_of(meta),
+            size: *size,
+            sha256: sha256.clone(),
+            mtime: *mtime,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{label, sample_state, scratch};
+    use super::super::{create, read_manifest, restore, retake, verify, write_manifest};
+    use super::*;
+
+    const MARKER: &str = "upgrade-in-progress";
+
+    fn inode(path: &Path) -> u64 {
+        fs::metadata(path).unwrap().ino()
+    }
+
+    /// As if the state's files had last changed well before `snapshot` was
+    /// taken (a test cannot set a file's ctime back).
+    fn taken_later(snapshot: &Path) {
+        let mut manifest = read_manifest(snapshot).unwrap();
+        manifest.created_unix += 10;
+        write_manifest(snapshot, &manifest).unwrap();
+    }
+
+    #[test]
+    fn retake_links_unchanged_files_and_copies_changed_ones() {
+        let base = scratch("retake");
+        let state = base.join("state");
+        sample_state(&state);
+        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        taken_later(&earlier.path);
+        fs::write(state.join("state.json"), "{\"schema\":3}\n").unwrap();
+        fs::write(state.join("queued"), "new\n").unwrap();
+        let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
+        let (old, new) = (earlier.path.join(DATA), retaken.path.join(DATA));
+        let log = "work/vm1/app/out.log";
+        assert_eq!(inode(&old.join(log)), inode(&new.join(log)), "linked");
+        assert_ne!(
+            inode(&old.join("state.json")),
+            inode(&new.join("state.json"))
+        );
+        let manifest = verify(&retaken.path).unwrap();
+        assert_eq!(
+            (manifest.version.as_str(), manifest.schema),
+            ("1.0.0", Some(2))
+        );
+        assert_eq!(manifest.reason, "retaken");
+        let restored = base.join("restored");
+        restore(&retaken.path, &restored).unwrap();
+        assert_eq!(
+            fs::read_to_string(restored.join("state.json")).unwrap(),
+            "{\"schema\":3}\n"
+        );
+        assert_eq!(
+            fs::read_to_string(restored.join("queued")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(fs::read(restored.join(log)).unwrap(), vec![7u8; 300_000]);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn files_changed_around_the_earlier_snapshot_are_copied_again() {
+        let base = scratch("retake-racy");
+        let state = base.join("state");
+        sample_state(&state);
+        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
+        let log = format!("{DATA}/work/vm1/app/out.log");
+        assert_ne!(
+            inode(&earlier.path.join(&log)),
+            inode(&retaken.path.join(&log)),
+            "changed within {RACY_SECS} s of the earlier snapshot: copied"
+        );
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_linked_copy_is_refused_on_restore() {
+        let base = scratch("retake-damaged");
+        let state = base.join("state");
+        sample_state(&state);
+        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        taken_later(&earlier.path);
+        let log = "work/vm1/app/out.log";
+        fs::write(earlier.path.join(DATA).join(log), "damage").unwrap();
+        let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
+        let err = format!("{:#}", restore(&retaken.path, &state).unwrap_err());
+        assert!(err.contains(&format!("{log} was changed")), "{err}");
+        assert_eq!(fs::read(state.join(log)).unwrap(), vec![7u8; 300_000]);
+        fs::remove_dir_all(&base).unwrap();
+    }
+}
