@@ -367,8 +367,10 @@ fn undo_prepare(c: &Ctx, was_active: bool, own_record: bool) {
     if !was_active {
         return;
     }
-    let outcome = if c.unit.is_active() {
-        c.agent.resume()
+    // An agent that just exited may still look active to systemd for a
+    // moment: if it does not take the resume, it is started.
+    let outcome = if c.unit.is_active() && c.agent.resume().is_ok() {
+        Ok(())
     } else {
         c.unit.reset_failed();
         c.unit.restart()
