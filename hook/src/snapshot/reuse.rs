@@ -76,7 +76,7 @@ impl Reuse {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{label, sample_state, scratch};
-    use super::super::{create, read_manifest, restore, retake, verify, write_manifest};
+    use super::super::{create, now_unix, read_manifest, restore, retake, verify, write_manifest};
     use super::*;
 
     const MARKER: &str = "upgrade-in-progress";
@@ -85,11 +85,11 @@ mod tests {
         fs::metadata(path).unwrap().ino()
     }
 
-    /// As if the state's files had last changed well before `snapshot` was
-    /// taken (a test cannot set a file's ctime back).
-    fn taken_later(snapshot: &Path) {
+    /// As if `snapshot` had begun at `unix` (a test cannot set a file's
+    /// ctime back, so it moves the snapshot's time instead).
+    fn taken_at(snapshot: &Path, unix: u64) {
         let mut manifest = read_manifest(snapshot).unwrap();
-        manifest.created_unix += 10;
+        manifest.created_unix = unix;
         write_manifest(snapshot, &manifest).unwrap();
     }
 
@@ -99,9 +99,13 @@ mod tests {
         let state = base.join("state");
         sample_state(&state);
         let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
-        taken_later(&earlier.path);
+        // The changes land in a later second than the sample's files, and
+        // the snapshot is made to look as if it began between the two.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
         fs::write(state.join("state.json"), "{\"schema\":3}\n").unwrap();
         fs::write(state.join("queued"), "new\n").unwrap();
+        let changed = fs::metadata(state.join("state.json")).unwrap().ctime();
+        taken_at(&earlier.path, (changed + RACY_SECS) as u64);
         let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
         let (old, new) = (earlier.path.join(DATA), retaken.path.join(DATA));
         let log = "work/vm1/app/out.log";
@@ -152,7 +156,7 @@ mod tests {
         let state = base.join("state");
         sample_state(&state);
         let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
-        taken_later(&earlier.path);
+        taken_at(&earlier.path, now_unix() + 10);
         let log = "work/vm1/app/out.log";
         fs::write(earlier.path.join(DATA).join(log), "damage").unwrap();
         let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
