@@ -552,6 +552,72 @@ echo damage >> \"{SNAPSHOTS}/$snapshot/data/{UNCHANGED_FILE}\"
     out
 }
 
+/// 0.9.0 as an rpm made without ferry: the files of ferry's 0.9.0 rpm
+/// (state schema 1) but its hook program and hook manifest, with the
+/// scriptlets of a hand-made package: user in `%pre`; directories, enable
+/// and start in `%post`; `%preun` stops on erase; `%postun` restarts on
+/// upgrade, as `%systemd_postun_with_restart` does (it runs after the new
+/// version's `%post`, before its `%posttrans`).
+fn pre_ferry_rpm() -> PathBuf {
+    let ferry_built = rpm::Package::open(probe::agent_variant("0.9.0", 1, Variant::Good).rpm)
+        .expect("ferry's 0.9.0 rpm");
+    let mut package = rpm::PackageBuilder::new(
+        AGENT,
+        "0.9.0",
+        "MIT",
+        "x86_64",
+        "roboconf-agent packaged without ferry (ferry's tests)",
+    );
+    package.release("0");
+    for file in ferry_built.files().unwrap() {
+        let file = file.unwrap();
+        let path = file.metadata.path().to_string_lossy().into_owned();
+        let ferrys = ["/usr/libexec/roboconf-agent/", "/usr/lib/roboconf-agent/"];
+        let (Some(content), rpm::FileType::Regular) = (file.content(), file.metadata.file_type())
+        else {
+            continue;
+        };
+        if ferrys.iter().any(|dir| path.starts_with(dir)) {
+            continue;
+        }
+        let mut options = rpm::FileOptions::new(&path)
+            .mode(file.metadata.mode())
+            .user(file.metadata.user())
+            .group(file.metadata.group());
+        if file.metadata.flags().contains(rpm::FileFlags::CONFIG) {
+            options = options.config().noreplace();
+        }
+        package
+            .with_file_contents(content.to_vec(), options)
+            .unwrap();
+    }
+    package
+        .pre_install_script(
+            "getent group roboconf-agent >/dev/null || groupadd --system roboconf-agent
+getent passwd roboconf-agent >/dev/null || useradd --system --gid roboconf-agent \\
+	--no-create-home --home-dir /var/lib/roboconf-agent --shell /sbin/nologin roboconf-agent
+",
+        )
+        .post_install_script(
+            "install -d -m 0750 -o roboconf-agent -g roboconf-agent /var/lib/roboconf-agent /var/log/roboconf-agent
+systemctl daemon-reload
+if [ $1 -eq 1 ]; then systemctl enable --now roboconf-agent.service; fi
+",
+        )
+        .pre_uninstall_script(
+            "if [ $1 -eq 0 ]; then systemctl disable --now roboconf-agent.service; fi
+",
+        )
+        .post_uninstall_script(
+            "systemctl daemon-reload
+if [ $1 -ge 1 ]; then systemctl try-restart roboconf-agent.service; fi
+",
+        );
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("roboconf-agent-0.9.0-0.x86_64.rpm");
+    package.build().unwrap().write_file(&out).unwrap();
+    out
+}
+
 fn dpkg_status(host: &Host) -> String {
     host.sh_ok("dpkg-query -W -f '${Version} ${db:Status-Status}' roboconf-agent")
 }
@@ -783,6 +849,46 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
         log.contains("ferry-skip-migration exists: the state is NOT migrated (escape hatch)")
             && !log.contains("migrating the state"),
         "the escape hatch, in the log: {log}"
+    );
+    host.poweroff();
+}
+
+/// RPM from a version packaged without ferry: the incoming `%pre` finds no
+/// hook and falls back (`systemctl stop`, `cp -a` snapshot, marker, record
+/// with `was_running: true`); the old package's `%postun` try-restart finds
+/// the unit stopped; 1.1.0's `%posttrans` checksums the snapshot, migrates
+/// 1 -> 2, starts once.
+#[test]
+fn rpm_pre_ferry_upgrade() {
+    let v090 = pre_ferry_rpm();
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).rpm;
+    let mut host = Host::new(HostKind::Rpm);
+    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
+    let out = install(&host, &v090, "install");
+    assert!(out.success(), "pre-ferry install: {out}");
+    assert!(!host.path("/usr/libexec/roboconf-agent/ferry-hook").exists());
+    host.sh_ok(
+        "loginctl enable-linger roboconf-agent
+        while [ ! -S /run/user/$(id -u roboconf-agent)/systemd/private ]; do sleep 0.2; done",
+    );
+    wait_answering(&host);
+    deploy_tree(&host);
+    assert_eq!(header(&host)["schema"], 1);
+
+    let from = log_len(&host);
+    upgrade_step(&host, &v110, "1.1.0", 2, "install");
+    let log = log_since(&host, from);
+    assert!(
+        log.contains("fallback prepare for 1.1.0")
+            && log.contains("checksummed the fallback snapshot")
+            && log.contains("migrating the state up from schema 1 to 2"),
+        "the fallback path, in the log: {log}"
+    );
+    let fallback = host.sh_ok(&format!("ls -d {SNAPSHOTS}/*-fallback"));
+    assert!(
+        host.path(&format!("{}/ferry-snapshot.json", fallback.trim()))
+            .exists(),
+        "the fallback snapshot is kept and checksummed: {fallback}"
     );
     host.poweroff();
 }
