@@ -715,38 +715,26 @@ fi
     out
 }
 
-/// The paths the main Debian test cannot take in one host: an upgrade from
-/// a version packaged without ferry (the shell fallback), dpkg SIGKILLed
-/// while unpacking and while configuring (case 11), and the admin's escape
-/// hatch that skips migration.
-#[test]
-fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
-    let v090 = pre_ferry_deb();
-    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).deb;
-    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).deb;
-    let mut host = Host::new(HostKind::Debian);
-    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
-
-    // A version packaged without ferry, schema 1; the admin enabled
-    // lingering by hand, as docs/AGENT.md asks of agents not packaged by
-    // ferry.
-    let out = install(&host, &v090, "");
+/// Installs `v090`, a version packaged without ferry (schema 1), with a
+/// tree; the admin enables lingering by hand, as docs/AGENT.md asks of
+/// agents not packaged by ferry. Then upgrades to `v110`: the new preinst
+/// / `%pre` finds no hook and falls back (stop, `cp -a` snapshot, marker,
+/// record); 1.1.0's finish checksums that snapshot, migrates 1 -> 2,
+/// starts once. `extra` is what `install` takes.
+fn upgrade_from_pre_ferry(host: &Host, v090: &Path, v110: &Path, extra: &str) {
+    let out = install(host, v090, extra);
     assert!(out.success(), "pre-ferry install: {out}");
     assert!(!host.path("/usr/libexec/roboconf-agent/ferry-hook").exists());
     host.sh_ok(
         "loginctl enable-linger roboconf-agent
         while [ ! -S /run/user/$(id -u roboconf-agent)/systemd/private ]; do sleep 0.2; done",
     );
-    wait_answering(&host);
-    deploy_tree(&host);
-    assert_eq!(header(&host)["schema"], 1);
-
-    // Upgrade from it: the new preinst finds no hook and falls back (stop,
-    // `cp -a` snapshot, marker, record); 1.1.0's finish checksums that
-    // snapshot, migrates 1 -> 2, starts once.
-    let from = log_len(&host);
-    upgrade_step(&host, &v110, "1.1.0", 2, "");
-    let log = log_since(&host, from);
+    wait_answering(host);
+    deploy_tree(host);
+    assert_eq!(header(host)["schema"], 1);
+    let from = log_len(host);
+    upgrade_step(host, v110, "1.1.0", 2, extra);
+    let log = log_since(host, from);
     assert!(
         log.contains("fallback prepare for 1.1.0")
             && log.contains("checksummed the fallback snapshot")
@@ -759,6 +747,21 @@ fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
             .exists(),
         "the fallback snapshot is kept and checksummed: {fallback}"
     );
+}
+
+/// The paths the main Debian test cannot take in one host: an upgrade from
+/// a version packaged without ferry (the shell fallback), dpkg SIGKILLed
+/// while unpacking and while configuring (case 11), and the admin's escape
+/// hatch that skips migration.
+#[test]
+fn debian_pre_ferry_killed_dpkg_and_escape_hatch() {
+    let v090 = pre_ferry_deb();
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).deb;
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).deb;
+    let mut host = Host::new(HostKind::Debian);
+    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
+
+    upgrade_from_pre_ferry(&host, &v090, &v110, "");
 
     // 11a. dpkg SIGKILLed during unpack: 1.1.0's prepare has quiesced the
     // agent and is copying a large state into the snapshot. The package is
@@ -864,31 +867,6 @@ fn rpm_pre_ferry_upgrade() {
     let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).rpm;
     let mut host = Host::new(HostKind::Rpm);
     assert!(matches!(host.boot().as_str(), "running" | "degraded"));
-    let out = install(&host, &v090, "install");
-    assert!(out.success(), "pre-ferry install: {out}");
-    assert!(!host.path("/usr/libexec/roboconf-agent/ferry-hook").exists());
-    host.sh_ok(
-        "loginctl enable-linger roboconf-agent
-        while [ ! -S /run/user/$(id -u roboconf-agent)/systemd/private ]; do sleep 0.2; done",
-    );
-    wait_answering(&host);
-    deploy_tree(&host);
-    assert_eq!(header(&host)["schema"], 1);
-
-    let from = log_len(&host);
-    upgrade_step(&host, &v110, "1.1.0", 2, "install");
-    let log = log_since(&host, from);
-    assert!(
-        log.contains("fallback prepare for 1.1.0")
-            && log.contains("checksummed the fallback snapshot")
-            && log.contains("migrating the state up from schema 1 to 2"),
-        "the fallback path, in the log: {log}"
-    );
-    let fallback = host.sh_ok(&format!("ls -d {SNAPSHOTS}/*-fallback"));
-    assert!(
-        host.path(&format!("{}/ferry-snapshot.json", fallback.trim()))
-            .exists(),
-        "the fallback snapshot is kept and checksummed: {fallback}"
-    );
+    upgrade_from_pre_ferry(&host, &v090, &v110, "install");
     host.poweroff();
 }

@@ -177,7 +177,9 @@ impl<'a> Systemd<'a> {
     /// Clears a failed state and the start rate limit, so that the one
     /// start of an upgrade is not refused for earlier ones.
     pub fn reset_failed(&self) {
-        self.checked(&["reset-failed"]).ok();
+        if Self::running() {
+            self.checked(&["reset-failed"]).ok();
+        }
     }
 
     /// Starts the unit afresh: also right when its old process has just

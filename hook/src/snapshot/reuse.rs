@@ -76,10 +76,21 @@ impl Reuse {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{label, sample_state, scratch};
-    use super::super::{create, now_unix, read_manifest, restore, retake, verify, write_manifest};
+    use super::super::{
+        create, now_unix, read_manifest, restore, retake, verify, write_manifest, Snapshot,
+    };
     use super::*;
 
     const MARKER: &str = "upgrade-in-progress";
+
+    /// A scratch directory, a sample state in it, and a snapshot of that.
+    fn sample_and_snapshot(name: &str) -> (PathBuf, PathBuf, Snapshot) {
+        let base = scratch(name);
+        let state = base.join("state");
+        sample_state(&state);
+        let snapshot = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        (base, state, snapshot)
+    }
 
     fn inode(path: &Path) -> u64 {
         fs::metadata(path).unwrap().ino()
@@ -95,10 +106,7 @@ mod tests {
 
     #[test]
     fn retake_links_unchanged_files_and_copies_changed_ones() {
-        let base = scratch("retake");
-        let state = base.join("state");
-        sample_state(&state);
-        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        let (base, state, earlier) = sample_and_snapshot("retake");
         // The changes land in a later second than the sample's files, and
         // the snapshot is made to look as if it began between the two.
         std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -136,10 +144,7 @@ mod tests {
 
     #[test]
     fn files_changed_around_the_earlier_snapshot_are_copied_again() {
-        let base = scratch("retake-racy");
-        let state = base.join("state");
-        sample_state(&state);
-        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        let (base, state, earlier) = sample_and_snapshot("retake-racy");
         let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
         let log = format!("{DATA}/work/vm1/app/out.log");
         assert_ne!(
@@ -152,10 +157,7 @@ mod tests {
 
     #[test]
     fn a_damaged_linked_copy_is_refused_on_restore() {
-        let base = scratch("retake-damaged");
-        let state = base.join("state");
-        sample_state(&state);
-        let earlier = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        let (base, state, earlier) = sample_and_snapshot("retake-damaged");
         taken_at(&earlier.path, now_unix() + 10);
         let log = "work/vm1/app/out.log";
         fs::write(earlier.path.join(DATA).join(log), "damage").unwrap();
