@@ -5,9 +5,23 @@
 //! For each size, builds a state-like tree under DIR (default /var/tmp): a
 //! quarter of the bytes in 4 KiB files, the rest in 1 MiB files, then times
 //! `ferry_hook::snapshot::create` (copy, sha256 of every byte, manifest,
-//! one syncfs) against `cp -a` alone and `cp -a` followed by `sync -f` (the
-//! same durability). Warm page cache for all three: the tree was just
-//! written. Prints a Markdown table; no assertion.
+//! flushed to disk) against `cp -a` alone and `cp -a` followed by `sync -f`
+//! (the same durability). Prints a Markdown table of medians and bests of
+//! several rounds; no assertion.
+//!
+//! What keeps the three comparable:
+//! - Warm page cache for all (the trees were just written), and every tree
+//!   flushed before any timing: `syncfs` flushes the whole filesystem, so an
+//!   unflushed source or earlier copy would be charged to whoever syncs next.
+//!   For the same reason each timed run is followed by an untimed `sync -f`.
+//! - Nothing is deleted until the end, and the timing starts 6 minutes
+//!   after the trees are built: ext4 without a journal (as on the VMs
+//!   measured) skips inodes freed in the last 60 s (360 s while their inode
+//!   table block is dirty) when it allocates one, scanning past each of them
+//!   on every file created, which made whatever ran after a large `rm -rf`
+//!   (an earlier run's cleanup) several times slower than the same run later.
+//! - The three run in turn in each round, so a load change on this shared
+//!   machine hits them alike.
 
 use std::fs;
 use std::path::Path;
@@ -15,6 +29,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferry_hook::snapshot::{self, Label};
+
+/// How long ext4 without a journal treats a freed inode as recently deleted
+/// (fs/ext4/ialloc.c, `recently_deleted`), at most.
+const SETTLE: Duration = Duration::from_secs(360);
 
 fn make_tree(root: &Path, bytes: u64) {
     fs::create_dir_all(root.join("small")).unwrap();
@@ -37,12 +55,12 @@ fn make_tree(root: &Path, bytes: u64) {
     fs::write(root.join("rest"), vec![1_u8; left as usize]).unwrap();
 }
 
-fn best_of<F: FnMut() -> Duration>(runs: usize, mut f: F) -> Duration {
-    (0..runs).map(|_| f()).min().unwrap()
+fn sync(path: &Path) {
+    let ok = Command::new("sync").arg("-f").arg(path).status().unwrap();
+    assert!(ok.success(), "sync -f failed");
 }
 
-fn cp(source: &Path, target: &Path, sync: bool) -> Duration {
-    let _ = fs::remove_dir_all(target);
+fn cp(source: &Path, target: &Path, and_sync: bool) -> Duration {
     let started = Instant::now();
     let ok = Command::new("cp")
         .arg("-a")
@@ -52,13 +70,29 @@ fn cp(source: &Path, target: &Path, sync: bool) -> Duration {
         .unwrap()
         .success();
     assert!(ok, "cp -a failed");
-    if sync {
-        let ok = Command::new("sync").arg("-f").arg(target).status().unwrap();
-        assert!(ok.success());
+    if and_sync {
+        sync(target);
     }
-    let took = started.elapsed();
-    fs::remove_dir_all(target).unwrap();
-    took
+    started.elapsed()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn load() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Size {
+    mib: u64,
+    files: usize,
+    rounds: usize,
 }
 
 fn main() {
@@ -76,39 +110,83 @@ fn main() {
             .collect()
     };
     let work = Path::new(&base).join(format!("ferry-snapshot-bench-{}", std::process::id()));
-    println!("| tree | files | snapshot | cp -a | cp -a + sync -f | snapshot / cp -a | snapshot / (cp -a + sync) |");
-    println!("|---|---|---|---|---|---|---|");
-    for mib in sizes {
-        let source = work.join("state");
-        make_tree(&source, mib * 1024 * 1024);
-        let files = fs::read_dir(source.join("small")).unwrap().count()
-            + fs::read_dir(source.join("large")).unwrap().count()
-            + 1;
-        let runs = if mib >= 512 { 1 } else { 3 };
-        let label = Label {
-            package: "bench".into(),
-            version: "1.0.0".into(),
-            schema: Some(1),
-            reason: "bench".into(),
-        };
-        let snapshots = work.join("snapshots");
-        let snap = best_of(runs, || {
+    let sizes: Vec<Size> = sizes
+        .into_iter()
+        .map(|mib| {
+            let source = work.join(mib.to_string()).join("state");
+            make_tree(&source, mib * 1024 * 1024);
+            let files = fs::read_dir(source.join("small")).unwrap().count()
+                + fs::read_dir(source.join("large")).unwrap().count()
+                + 1;
+            // Small trees are quick and their times the noisiest.
+            let rounds = match mib {
+                0..64 => 11,
+                64..512 => 5,
+                _ => 3,
+            };
+            Size { mib, files, rounds }
+        })
+        .collect();
+    sync(&work);
+    eprintln!(
+        "trees written; waiting {} s before timing",
+        SETTLE.as_secs()
+    );
+    std::thread::sleep(SETTLE);
+    println!("load average before: {}", load());
+    println!();
+    println!("| tree | files | rounds | snapshot | cp -a | cp -a + sync -f | snapshot / cp -a | snapshot / (cp -a + sync -f) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let label = Label {
+        package: "bench".into(),
+        version: "1.0.0".into(),
+        schema: Some(1),
+        reason: "bench".into(),
+    };
+    for size in &sizes {
+        let dir = work.join(size.mib.to_string());
+        let source = dir.join("state");
+        let (mut snap, mut copy, mut copy_sync) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..size.rounds {
             let started = Instant::now();
-            let s = snapshot::create(&source, &snapshots, &label, &[]).unwrap();
-            let took = started.elapsed();
-            fs::remove_dir_all(&s.path).unwrap();
-            took
-        });
-        let copy = best_of(runs, || cp(&source, &work.join("copy"), false));
-        let copy_sync = best_of(runs, || cp(&source, &work.join("copy"), true));
+            snapshot::create(&source, &dir.join("snapshots"), &label, &[]).unwrap();
+            snap.push(started.elapsed());
+            sync(&dir);
+            copy.push(cp(&source, &dir.join(format!("copy-{round}")), false));
+            sync(&dir);
+            copy_sync.push(cp(&source, &dir.join(format!("copy-sync-{round}")), true));
+        }
+        let cell = |times: &Vec<Duration>| {
+            let best = times.iter().min().unwrap();
+            format!(
+                "{:.3} s ({:.3})",
+                median(times.clone()).as_secs_f64(),
+                best.as_secs_f64()
+            )
+        };
+        let ratio = |a: &Vec<Duration>, b: &Vec<Duration>| {
+            format!(
+                "{:.2} ({:.2})",
+                median(a.clone()).as_secs_f64() / median(b.clone()).as_secs_f64(),
+                a.iter().min().unwrap().as_secs_f64() / b.iter().min().unwrap().as_secs_f64()
+            )
+        };
         println!(
-            "| {mib} MiB | {files} | {:.3} s | {:.3} s | {:.3} s | {:.2} | {:.2} |",
-            snap.as_secs_f64(),
-            copy.as_secs_f64(),
-            copy_sync.as_secs_f64(),
-            snap.as_secs_f64() / copy.as_secs_f64(),
-            snap.as_secs_f64() / copy_sync.as_secs_f64()
+            "| {} MiB | {} | {} | {} | {} | {} | {} | {} |",
+            size.mib,
+            size.files,
+            size.rounds,
+            cell(&snap),
+            cell(&copy),
+            cell(&copy_sync),
+            ratio(&snap, &copy),
+            ratio(&snap, &copy_sync)
         );
-        fs::remove_dir_all(&work).unwrap();
     }
+    println!();
+    println!("load average after: {}", load());
+    println!(
+        "times: median of the rounds (best in parentheses); ratios: of the medians (of the bests)"
+    );
+    fs::remove_dir_all(&work).unwrap();
 }

@@ -15,9 +15,12 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{fchown, lchown, symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -435,7 +438,12 @@ fn available_bytes(dir: &Path) -> Result<u64> {
 
 /// Copies `src` to `dst` recursively, hashing files as they are copied (or
 /// linking those `reuse` holds unchanged), and records what it copied under
-/// `rel`.
+/// `rel`, in the order of a sorted walk (a directory after what it holds).
+///
+/// In two passes: the walk creates the directories and symlinks and lists
+/// the files, which [`copy_files`] then copies on a few threads (hashing is
+/// most of the work, and one core hashes about 1 GB/s); the directories get
+/// their modes last, so that a read-only one is filled first.
 fn copy_tree(
     src: &Path,
     dst: &Path,
@@ -444,6 +452,43 @@ fn copy_tree(
     reuse: Option<&Reuse>,
     entries: &mut Vec<Entry>,
 ) -> Result<()> {
+    let mut walk = Walk::default();
+    walk_tree(src, dst, rel, exclude, &mut walk)?;
+    for (slot, entry) in copy_files(dst, &walk.files, reuse)? {
+        walk.entries[slot] = Some(entry);
+    }
+    entries.extend(
+        walk.entries
+            .into_iter()
+            .map(|e| e.expect("every file was copied or linked")),
+    );
+    for (dir, attrs) in walk.dirs {
+        apply_attrs(&dir, attrs)?;
+    }
+    Ok(())
+}
+
+/// What the walk of [`copy_tree`] found and made.
+#[derive(Default)]
+struct Walk {
+    /// The entries in manifest order, a file's empty until it is copied.
+    entries: Vec<Option<Entry>>,
+    files: Vec<FileCopy>,
+    /// The directories created, each after those it holds, and the
+    /// attributes they get once filled.
+    dirs: Vec<(PathBuf, Attrs)>,
+}
+
+/// A file to copy from `from` to `to`; its entry goes to `slot`.
+struct FileCopy {
+    from: PathBuf,
+    to: PathBuf,
+    rel: String,
+    slot: usize,
+}
+
+/// The first pass of [`copy_tree`].
+fn walk_tree(src: &Path, dst: &Path, rel: &str, exclude: &[&str], walk: &mut Walk) -> Result<()> {
     fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
     let mut children: Vec<_> = fs::read_dir(src)
         .with_context(|| format!("reading {}", src.display()))?
@@ -460,48 +505,113 @@ fn copy_tree(
         let child_rel = join_rel(rel, name_str);
         let from = child.path();
         let to = dst.join(&name);
-        let meta = fs::symlink_metadata(&from)?;
-        let ft = meta.file_type();
+        // The type comes with the listing; a file is not stat'ed here: its
+        // copying thread reads its attributes from the file it opened.
+        let ft = child.file_type()?;
         if ft.is_dir() {
-            copy_tree(&from, &to, &child_rel, &[], reuse, entries)?;
-            entries.push(Entry::Dir {
+            // DirEntry::metadata does not follow symlinks.
+            let attrs = attrs_of(&child.metadata()?);
+            walk_tree(&from, &to, &child_rel, &[], walk)?;
+            walk.entries.push(Some(Entry::Dir {
                 path: child_rel,
-                attrs: attrs_of(&meta),
-            });
+                attrs,
+            }));
+            walk.dirs.push((to, attrs));
         } else if ft.is_symlink() {
+            let meta = child.metadata()?;
             let target = fs::read_link(&from)?;
             symlink(&target, &to).with_context(|| format!("creating {}", to.display()))?;
             lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
-            entries.push(Entry::Symlink {
+            walk.entries.push(Some(Entry::Symlink {
                 path: child_rel,
                 target: target.to_string_lossy().into_owned(),
                 uid: meta.uid(),
                 gid: meta.gid(),
-            });
-        } else if let Some(linked) = reuse
-            .filter(|_| ft.is_file())
-            .and_then(|r| r.link(&child_rel, &meta, &to))
-        {
-            // The earlier copy already has these attributes and time.
-            entries.push(linked);
-            continue;
+            }));
         } else if ft.is_file() {
-            let (size, sha256) = copy_file(&from, &to)?;
-            set_mtime(&to, meta.mtime(), meta.mtime_nsec())?;
-            entries.push(Entry::File {
-                path: child_rel,
-                attrs: attrs_of(&meta),
-                size,
-                sha256,
-                mtime: meta.mtime(),
+            walk.files.push(FileCopy {
+                from,
+                to,
+                rel: child_rel,
+                slot: walk.entries.len(),
             });
+            walk.entries.push(None);
         }
         // Sockets and fifos are runtime objects, not state: not copied.
-        if !ft.is_symlink() && (ft.is_dir() || ft.is_file()) {
-            apply_attrs(&to, attrs_of(&meta))?;
-        }
     }
     Ok(())
+}
+
+/// At most this many threads copy files. On the 2-core VMs measured (see
+/// docs/BENCHMARKS.md) one per core was best, a third did not help.
+const MAX_COPY_THREADS: usize = 4;
+
+/// Copies `files` (into the filesystem of `dst`) on a thread per core,
+/// each taking the next file not yet taken, so big and small files spread
+/// evenly; returns each file's slot and entry. Meanwhile this thread starts
+/// the writeback of the small files copied so far, a batch at a time.
+/// Stops at the first error.
+fn copy_files(
+    dst: &Path,
+    files: &[FileCopy],
+    reuse: Option<&Reuse>,
+) -> Result<Vec<(usize, Entry)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_COPY_THREADS)
+        .min(files.len());
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let unflushed = AtomicU64::new(0);
+    let copy = || -> Result<Vec<(usize, Entry)>> {
+        let mut buf = vec![0; COPY_BUFFER];
+        let mut copied = Vec::new();
+        while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            match copy_file(file, reuse, &mut buf, &unflushed) {
+                Ok(entry) => copied.push((file.slot, entry)),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(copied)
+    };
+    let this = std::thread::current();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let copied = copy();
+                    this.unpark();
+                    copied
+                })
+            })
+            .collect();
+        let mut flushed = 0;
+        let mut flush_failed = None;
+        while !threads.iter().all(|t| t.is_finished()) {
+            std::thread::park_timeout(Duration::from_millis(1));
+            let small = unflushed.load(Ordering::Relaxed);
+            if small - flushed >= FLUSH_BATCH && flush_failed.is_none() {
+                flushed = small;
+                // Its error must be reported here: a later syncfs (on a
+                // file opened later) does not report it again.
+                if let Err(e) = sync_filesystem(dst) {
+                    failed.store(true, Ordering::Relaxed);
+                    flush_failed = Some(e);
+                }
+            }
+        }
+        let mut copied = Vec::with_capacity(files.len());
+        for thread in threads {
+            copied.extend(thread.join().expect("a copying thread panicked")?);
+        }
+        flush_failed.map_or(Ok(copied), Err)
+    })
 }
 
 /// Lists what is under `dir` as entries, hashing every file.
@@ -550,27 +660,121 @@ fn join_rel(rel: &str, name: &str) -> String {
     }
 }
 
-/// Copies one file and returns its size and sha256, reading it once.
-fn copy_file(from: &Path, to: &Path) -> Result<(u64, String)> {
-    let mut output = File::create(to).with_context(|| format!("creating {}", to.display()))?;
-    hash_into(from, &mut output).with_context(|| format!("copying to {}", to.display()))
+/// Copies one file, hashing it as it is read (once), and gives the copy the
+/// original's owner, mode and modification time; or links the earlier
+/// snapshot's copy when `reuse` holds the file unchanged.
+fn copy_file(
+    file: &FileCopy,
+    reuse: Option<&Reuse>,
+    buf: &mut [u8],
+    unflushed: &AtomicU64,
+) -> Result<Entry> {
+    let (from, to) = (&file.from, &file.to);
+    // Not following a symlink that replaced the file since the walk.
+    let mut input = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(from)
+        .with_context(|| format!("opening {}", from.display()))?;
+    let meta = input
+        .metadata()
+        .with_context(|| format!("reading {}", from.display()))?;
+    if let Some(linked) = reuse.and_then(|r| r.link(&file.rel, &meta, to)) {
+        // The earlier copy already has these attributes and time.
+        return Ok(linked);
+    }
+    let attrs = attrs_of(&meta);
+    // With its mode less the set-id bits (which must follow the owner) and
+    // what the umask takes: most often right already.
+    let mut output = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(attrs.mode & 0o777)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    let (size, sha256) = hash_into(&mut input, buf, &mut output)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    if size >= EARLY_WRITEBACK {
+        start_writeback(&output).with_context(|| format!("writing {}", to.display()))?;
+    } else {
+        unflushed.fetch_add(size, Ordering::Relaxed);
+    }
+    // Owner and mode set on the open file (no path lookups), and only when
+    // not right already: two syscalls fewer for most files. The owner
+    // first, as chown clears the set-id bits.
+    let made = output
+        .metadata()
+        .with_context(|| format!("reading {}", to.display()))?;
+    if (made.uid(), made.gid()) != (attrs.uid, attrs.gid) {
+        fchown(&output, Some(attrs.uid), Some(attrs.gid))
+            .with_context(|| format!("chown {}", to.display()))?;
+    }
+    if made.mode() & 0o7777 != attrs.mode {
+        output
+            .set_permissions(fs::Permissions::from_mode(attrs.mode))
+            .with_context(|| format!("chmod {}", to.display()))?;
+    }
+    set_mtime(&output, meta.mtime(), meta.mtime_nsec())
+        .with_context(|| format!("setting the time of {}", to.display()))?;
+    Ok(Entry::File {
+        path: file.rel.clone(),
+        attrs,
+        size,
+        sha256,
+        mtime: meta.mtime(),
+    })
+}
+
+/// Files of at least this size start their writeback as soon as they are
+/// copied. Smaller ones are written in batches, by a syncfs once
+/// [`FLUSH_BATCH`] bytes of them were copied: a disk request each (one
+/// `sync_file_range` each) was measured slower, the batches faster than
+/// leaving them all to the final syncfs.
+const EARLY_WRITEBACK: u64 = 64 * 1024;
+/// The small files are flushed each time this many bytes of them were
+/// copied, by the thread that waits for the copying ones: a syncfs flushes
+/// the whole filesystem (other programs' writes too) and waits for it.
+const FLUSH_BATCH: u64 = 8 * 1024 * 1024;
+
+/// Starts writing `file` to disk without waiting for it: the disk works
+/// while the next files are copied, and the final syncfs (which alone makes
+/// the snapshot durable) finds little left to write.
+fn start_writeback(file: &File) -> Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: a valid open file descriptor; no memory is passed.
+    if unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
+        let e = std::io::Error::last_os_error();
+        // A failure to write the data fails the snapshot; any other error
+        // means the call is not available here (a seccomp filter, an odd
+        // filesystem), and the final syncfs writes the file all the same.
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EIO | libc::ENOSPC | libc::EDQUOT)
+        ) {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 /// The size and sha256 of one file.
 fn hash_file(path: &Path) -> Result<(u64, String)> {
-    hash_into(path, &mut std::io::sink())
+    let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    hash_into(&mut input, &mut vec![0; COPY_BUFFER], &mut std::io::sink())
+        .with_context(|| format!("reading {}", path.display()))
 }
 
-/// Reads `path` once, hashing every byte and writing it to `output`.
-fn hash_into(path: &Path, output: &mut dyn Write) -> Result<(u64, String)> {
-    let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// Reads `input` to its end once, through `buf`, hashing every byte and
+/// writing it to `output`; returns the size and sha256.
+fn hash_into(
+    input: &mut File,
+    buf: &mut [u8],
+    output: &mut dyn Write,
+) -> std::io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; COPY_BUFFER];
     let mut size = 0u64;
     loop {
-        let n = input
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let n = input.read(buf)?;
         if n == 0 {
             break;
         }
@@ -582,7 +786,13 @@ fn hash_into(path: &Path, output: &mut dyn Write) -> Result<(u64, String)> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    text
 }
 
 fn attrs_of(meta: &fs::Metadata) -> Attrs {
@@ -600,8 +810,7 @@ fn apply_attrs(path: &Path, attrs: Attrs) -> Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
-fn set_mtime(path: &Path, secs: i64, nsecs: i64) -> Result<()> {
-    let c = cstring(path)?;
+fn set_mtime(file: &File, secs: i64, nsecs: i64) -> std::io::Result<()> {
     let times = [
         libc::timespec {
             tv_sec: 0,
@@ -612,10 +821,9 @@ fn set_mtime(path: &Path, secs: i64, nsecs: i64) -> Result<()> {
             tv_nsec: nsecs,
         },
     ];
-    // SAFETY: `c` is a valid path and `times` two initialized timespecs.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setting the time of {}", path.display()));
+    // SAFETY: a valid open file descriptor and two initialized timespecs.
+    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
