@@ -203,15 +203,16 @@ pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
             r.to_version, r.status
         ));
     }
+    // Asked once: quiescing does not change it, and each ask is a systemctl.
+    let active = c.unit.is_active();
     let was_running = match &earlier {
         Some(r) => r.was_running.unwrap_or(false),
-        None => c.unit.is_active(),
+        None => active,
     };
-    if was_running && c.unit.is_active() {
+    if was_running && active {
         quiesce(&c)?;
     }
-    let active = c.unit.is_active();
-    let result = prepare_steps(&c, incoming, earlier.as_ref(), was_running);
+    let result = prepare_steps(&c, incoming, earlier.as_ref(), was_running, active);
     if let Err(e) = &result {
         c.log.line(&format!("prepare failed, undoing it: {e:#}"));
         undo_prepare(&c, active, earlier.is_none());
@@ -243,6 +244,7 @@ fn prepare_steps(
     incoming: &Incoming,
     earlier: Option<&Record>,
     was_running: bool,
+    active: bool,
 ) -> Result<()> {
     let check = c.agent.check()?;
     if !check.ok {
@@ -260,7 +262,7 @@ fn prepare_steps(
     let keep_running = incoming.protocol >= 2
         && !migrate_down
         && !earlier.is_some_and(|r| r.migrated_down)
-        && c.unit.is_active();
+        && active;
     let mut record = Record {
         status: "preparing".into(),
         fallback: false,
@@ -282,7 +284,7 @@ fn prepare_steps(
         "upgrade of {} from {} to {} in progress",
         c.m.name, c.m.version, incoming.version
     ))?;
-    if !keep_running && c.unit.is_active() {
+    if !keep_running && active {
         c.log
             .line("stopping the agent for upgrade (the machine is not announced as gone)");
         stop_for_upgrade(c)?;
