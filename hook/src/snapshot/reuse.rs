@@ -8,14 +8,15 @@
 //! rename, chmod or chown sets the ctime to the present, so a file changed
 //! while or after the earlier snapshot copied it is always copied again
 //! (git calls such files "racily clean"). A damaged copy in the earlier
-//! snapshot stays damaged in the new one and its restore refuses it.
+//! snapshot stays damaged in the new one and its restore refuses it. An
+//! earlier snapshot checksummed another way (format 1) is not reused.
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{attrs_of, Entry, Manifest, DATA};
+use super::{attrs_of, Checksum, Entry, Manifest, DATA};
 
 /// How long before the earlier snapshot began a file must have last
 /// changed: covers the manifest's whole-second time and the kernel's coarse
@@ -30,8 +31,12 @@ pub struct Reuse {
 }
 
 impl Reuse {
-    /// The snapshot at `earlier`, whose manifest is `manifest`.
-    pub fn new(earlier: &Path, manifest: Manifest) -> Reuse {
+    /// The snapshot at `earlier`, whose manifest is `manifest`; None when
+    /// its checksums are not of the kind new snapshots record.
+    pub fn new(earlier: &Path, manifest: Manifest) -> Option<Reuse> {
+        if manifest.checksum != Checksum::CURRENT {
+            return None;
+        }
         let changed_before = manifest.created_unix as i64 - RACY_SECS;
         let files = manifest
             .entries
@@ -39,11 +44,11 @@ impl Reuse {
             .filter(|e| matches!(e, Entry::File { .. }))
             .map(|e| (e.path().to_string(), e))
             .collect();
-        Reuse {
+        Some(Reuse {
             data: earlier.join(DATA),
             files,
             changed_before,
-        }
+        })
     }
 
     /// Links the earlier copy of `rel` to `to` and returns its entry when the
@@ -51,7 +56,7 @@ impl Reuse {
     pub fn link(&self, rel: &str, meta: &fs::Metadata, to: &Path) -> Option<Entry> {
         let Some(Entry::File {
             size,
-            sha256,
+            digest,
             mtime,
             ..
         }) = self.files.get(rel)
@@ -67,7 +72,7 @@ impl Reuse {
             path: rel.to_string(),
             attrs: attrs_of(meta),
             size: *size,
-            sha256: sha256.clone(),
+            digest: digest.clone(),
             mtime: *mtime,
         })
     }
@@ -75,7 +80,7 @@ impl Reuse {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{label, sample_state, scratch};
+    use super::super::tests::{as_format_1, label, sample_state, scratch};
     use super::super::{
         create, now_unix, read_manifest, restore, retake, verify, write_manifest, Snapshot,
     };
@@ -152,6 +157,22 @@ mod tests {
             inode(&retaken.path.join(&log)),
             "changed within {RACY_SECS} s of the earlier snapshot: copied"
         );
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_format_1_snapshot_is_copied_not_linked() {
+        let (base, state, earlier) = sample_and_snapshot("retake-format-1");
+        as_format_1(&earlier.path);
+        taken_at(&earlier.path, now_unix() + 10);
+        let retaken = retake(&earlier.path, &state, "retaken", &[MARKER]).unwrap();
+        let log = format!("{DATA}/work/vm1/app/out.log");
+        assert_ne!(
+            inode(&earlier.path.join(&log)),
+            inode(&retaken.path.join(&log)),
+            "SHA-256 digests cannot stand for BLAKE3 ones"
+        );
+        assert_eq!(verify(&retaken.path).unwrap().checksum, Checksum::CURRENT);
         fs::remove_dir_all(&base).unwrap();
     }
 
