@@ -74,6 +74,7 @@ const FIND_INSTANCE_PROCESS: &str = "pgrep -f '^[^ ]*sleep 86401$'";
 /// The process the App instance's start recipe spawned (`sleep 86401`),
 /// after checking that it runs in the agent user's own systemd manager,
 /// outside the agent's cgroup: what lets it outlive the agent.
+#[track_caller]
 fn instance_process(host: &Host) -> String {
     let found = host.sh(FIND_INSTANCE_PROCESS);
     let pid = found.stdout.trim().to_string();

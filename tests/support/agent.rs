@@ -7,16 +7,30 @@ use serde_json::Value;
 pub const AGENT: &str = "roboconf-agent";
 pub const STATE: &str = "/var/lib/roboconf-agent";
 
-/// `roboconf-agent ARGS` in the host; its output.
+/// `roboconf-agent ARGS` in the host; its output. A failure panics at the
+/// test's line with what systemd says about the agent and its journal's
+/// tail: an agent that does not answer needs both to be understood.
+#[track_caller]
 pub fn agent(host: &Host, args: &str) -> String {
-    host.sh_ok(&format!("{AGENT} {args}"))
+    let out = host.sh(&format!("{AGENT} {args}"));
+    assert!(
+        out.success(),
+        "in the {} host, `{AGENT} {args}` failed: {out}\n{}\n{}",
+        host.kind().name(),
+        host.sh("systemctl status --no-pager roboconf-agent").stdout,
+        host.sh("journalctl --no-pager -o short-precise -n 40 -u roboconf-agent.service")
+            .stdout
+    );
+    out.stdout
 }
 
+#[track_caller]
 pub fn status(host: &Host) -> Value {
     serde_json::from_str(&agent(host, "ctl status --json")).expect("status JSON")
 }
 
 /// The instance tree as (path, component, state).
+#[track_caller]
 pub fn tree(host: &Host) -> Vec<(String, String, String)> {
     let s = status(host);
     s["instances"]
@@ -35,6 +49,7 @@ pub fn tree(host: &Host) -> Vec<(String, String, String)> {
 
 /// The tree sorted by path, for comparisons that must not depend on the
 /// order status lists it in.
+#[track_caller]
 pub fn sorted_tree(host: &Host) -> Vec<(String, String, String)> {
     let mut t = tree(host);
     t.sort();
@@ -60,6 +75,7 @@ pub fn header(host: &Host) -> Value {
     serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }
 
+#[track_caller]
 pub fn version_running(host: &Host) -> String {
     status(host)["version"].as_str().unwrap().to_string()
 }

@@ -314,6 +314,7 @@ impl Host {
 
     /// Runs a shell script inside the host; panics with its output unless it
     /// succeeds. Returns its standard output.
+    #[track_caller]
     pub fn sh_ok(&self, script: &str) -> String {
         let out = self.sh(script);
         assert!(
