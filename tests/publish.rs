@@ -823,6 +823,43 @@ fn publish_killed_at_random_points_leaves_a_readable_repository() {
     assert_clients_read(&scratch, &repo, "candidate", "5.2.0");
 }
 
+/// A publish or promote killed between its commit point (`ferry-repo.json`
+/// written) and the switch of the channel's symlinks is finished by the same
+/// command run again, although it has nothing left to add. (The random kills
+/// below hit that window only now and then.)
+#[test]
+fn a_change_killed_after_its_commit_is_finished_by_running_it_again() {
+    let scratch = Scratch::new("killed-after-commit");
+    let repo = scratch.path("repo");
+    let packages = build_pair(&scratch.0, "7.0.0", "k");
+    let args = publish_args(&repo, "candidate", packages);
+    publish(&args).unwrap();
+    // As a first publish killed there leaves it: no symlink yet.
+    fs::remove_file(repo.join("apt/dists/candidate")).unwrap();
+    fs::remove_file(repo.join("rpm/candidate")).unwrap();
+    let report = publish(&args).unwrap();
+    assert_eq!(report.unchanged.len(), 2, "{report}");
+    assert_clients_read(&scratch, &repo, "candidate", "7.0.0");
+
+    let promote_args = PromoteArgs {
+        repo: repo.clone(),
+        from: "candidate".to_string(),
+        to: "stable".to_string(),
+        keep: 5,
+        key: None,
+        gnupghome: Some(key().home.clone()),
+        version: "7.0.0".to_string(),
+    };
+    promote(&promote_args).unwrap();
+    fs::remove_file(repo.join("apt/dists/stable")).unwrap();
+    fs::remove_file(repo.join("rpm/stable")).unwrap();
+    let report = promote(&promote_args).unwrap();
+    assert_eq!(report.unchanged.len(), 2, "{report}");
+    fs::remove_dir_all(scratch.path("apt-check-7.0.0")).unwrap();
+    fs::remove_dir_all(scratch.path("dnf-check-7.0.0")).unwrap();
+    assert_clients_read(&scratch, &repo, "stable", "7.0.0");
+}
+
 /// A first publish killed at a random instant leaves either nothing usable
 /// or a complete repository; publishing again then succeeds either way.
 #[test]

@@ -218,6 +218,10 @@ pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
     };
     let (state, mut report) = plan_publish(&before, &inputs, args)?;
     if store.state.as_ref() == Some(&state) {
+        // Nothing to add; but the same publish, killed after its commit
+        // point, may have left the channel's symlinks on the previous
+        // generation (or, on a first publish, none): finish it.
+        store.tidy(&state)?;
         return Ok(report);
     }
     report.generation = Some(apply_publish(&mut store, state, &inputs, args, &signer)?);
@@ -361,10 +365,12 @@ pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
         pruned: change.pruned,
         generation: None,
     };
+    store.tidy(&before)?;
     if state == before {
+        // Already there; the tidy finished the same promote if it was
+        // killed after its commit point.
         return Ok(report);
     }
-    store.tidy(&before)?;
     report.generation = Some(store.commit(state, &args.to, &signer)?);
     store.finish()?;
     Ok(report)
