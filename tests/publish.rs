@@ -176,6 +176,20 @@ fn publish_args(repo: &Path, channel: &str, packages: Vec<PathBuf>) -> PublishAr
     }
 }
 
+/// Promotes `version` from candidate to stable, with the key the
+/// repository records.
+fn promote_to_stable(repo: &Path, version: &str) -> PromoteArgs {
+    PromoteArgs {
+        repo: repo.to_path_buf(),
+        from: "candidate".to_string(),
+        to: "stable".to_string(),
+        keep: 5,
+        key: None,
+        gnupghome: Some(key().home.clone()),
+        version: version.to_string(),
+    }
+}
+
 /// Every path under `dir` with its content hash (or symlink target): a
 /// refused command must leave this unchanged.
 fn snapshot(dir: &Path) -> BTreeMap<String, String> {
@@ -731,15 +745,7 @@ fn promote_copies_the_exact_bytes() {
     let deb = fs::read(pool_deb(&repo, "4.0.0")).unwrap();
     let rpm = fs::read(pool_rpm(&repo, "4.0.0")).unwrap();
 
-    let args = PromoteArgs {
-        repo: repo.clone(),
-        from: "candidate".to_string(),
-        to: "stable".to_string(),
-        keep: 5,
-        key: None,
-        gnupghome: Some(key().home.clone()),
-        version: "4.0.0".to_string(),
-    };
+    let args = promote_to_stable(&repo, "4.0.0");
     let report = promote(&args).unwrap();
     assert_eq!(report.copied.len(), 2, "{report}");
     let json = serde_json::to_value(&report).unwrap();
@@ -841,15 +847,7 @@ fn a_change_killed_after_its_commit_is_finished_by_running_it_again() {
     assert_eq!(report.unchanged.len(), 2, "{report}");
     assert_clients_read(&scratch, &repo, "candidate", "7.0.0");
 
-    let promote_args = PromoteArgs {
-        repo: repo.clone(),
-        from: "candidate".to_string(),
-        to: "stable".to_string(),
-        keep: 5,
-        key: None,
-        gnupghome: Some(key().home.clone()),
-        version: "7.0.0".to_string(),
-    };
+    let promote_args = promote_to_stable(&repo, "7.0.0");
     promote(&promote_args).unwrap();
     fs::remove_file(repo.join("apt/dists/stable")).unwrap();
     fs::remove_file(repo.join("rpm/stable")).unwrap();

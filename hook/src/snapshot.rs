@@ -1016,6 +1016,17 @@ mod tests {
         symlink("state.json", dir.join("link")).unwrap();
     }
 
+    /// A scratch directory, a sample state in it, and a snapshot of that
+    /// (without the marker).
+    pub(super) fn sample_and_snapshot(name: &str) -> (PathBuf, PathBuf, Snapshot) {
+        let base = scratch(name);
+        let state = base.join("state");
+        sample_state(&state);
+        let exclude = ["upgrade-in-progress"];
+        let snapshot = create(&state, &base.join("snaps"), &label(), &exclude).unwrap();
+        (base, state, snapshot)
+    }
+
     #[test]
     fn snapshot_restores_exactly_and_excludes_the_marker() {
         let base = scratch("roundtrip");
@@ -1075,10 +1086,7 @@ mod tests {
 
     #[test]
     fn format_1_snapshots_are_verified_and_restored() {
-        let base = scratch("format-1");
-        let state = base.join("state");
-        sample_state(&state);
-        let snap = create(&state, &base.join("snaps"), &label(), &[]).unwrap();
+        let (base, state, snap) = sample_and_snapshot("format-1");
         as_format_1(&snap.path);
         assert_eq!(verify(&snap.path).unwrap().checksum, Checksum::Sha256);
         fs::write(state.join("state.json"), "changed").unwrap();
@@ -1095,10 +1103,7 @@ mod tests {
 
     #[test]
     fn damaged_snapshot_is_refused_and_state_untouched() {
-        let base = scratch("damaged");
-        let state = base.join("state");
-        sample_state(&state);
-        let snap = create(&state, &base.join("snaps"), &label(), &[]).unwrap();
+        let (base, state, snap) = sample_and_snapshot("damaged");
         fs::write(snap.path.join(DATA).join("state.json"), "{\"schema\":3}\n").unwrap();
         fs::write(state.join("state.json"), "current").unwrap();
         let err = format!("{:#}", restore(&snap.path, &state).unwrap_err());

@@ -80,22 +80,11 @@ impl Reuse {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{as_format_1, label, sample_state, scratch};
-    use super::super::{
-        create, now_unix, read_manifest, restore, retake, verify, write_manifest, Snapshot,
-    };
+    use super::super::tests::{as_format_1, sample_and_snapshot};
+    use super::super::{now_unix, read_manifest, restore, retake, verify, write_manifest};
     use super::*;
 
     const MARKER: &str = "upgrade-in-progress";
-
-    /// A scratch directory, a sample state in it, and a snapshot of that.
-    fn sample_and_snapshot(name: &str) -> (PathBuf, PathBuf, Snapshot) {
-        let base = scratch(name);
-        let state = base.join("state");
-        sample_state(&state);
-        let snapshot = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
-        (base, state, snapshot)
-    }
 
     fn inode(path: &Path) -> u64 {
         fs::metadata(path).unwrap().ino()
