@@ -247,9 +247,9 @@ fn create_reusing(
     copy_tree(
         source,
         &partial.join(DATA),
-        "",
         exclude,
-        (reuse, Checksum::CURRENT),
+        Checksum::CURRENT,
+        reuse,
         &mut entries,
     )
     .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
@@ -355,9 +355,15 @@ pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     remove_if_present(&incoming)?;
     remove_if_present(&outgoing)?;
     let mut copied = Vec::new();
-    let hashing = (None, manifest.checksum);
-    copy_tree(&path.join(DATA), &incoming, "", &[], hashing, &mut copied)
-        .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
+    copy_tree(
+        &path.join(DATA),
+        &incoming,
+        &[],
+        manifest.checksum,
+        None,
+        &mut copied,
+    )
+    .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
     let problems = differences(&manifest.entries, &copied);
     if !problems.is_empty() {
         remove_if_present(&incoming)?;
@@ -500,24 +506,24 @@ fn available_bytes(dir: &Path) -> Result<u64> {
 
 /// Copies `src` to `dst` recursively, hashing files as they are copied with
 /// `checksum` (or linking those `reuse` holds unchanged; its checksums are of
-/// the same kind), and records what it copied under
-/// `rel`, in the order of a sorted walk (a directory after what it holds).
+/// the same kind), and records what it copied, by paths relative to `src`, in
+/// the order of a sorted walk (a directory after what it holds).
 ///
 /// In two passes: the walk creates the directories and symlinks and lists
-/// the files, which [`copy_files`] then copies on a few threads (hashing is
-/// most of the work, and one core hashes about 1 GB/s); the directories get
-/// their modes last, so that a read-only one is filled first.
+/// the files, which [`copy_files`] then copies on a few threads (copying and
+/// hashing are the work); the directories get their modes last, so that a
+/// read-only one is filled first.
 fn copy_tree(
     src: &Path,
     dst: &Path,
-    rel: &str,
     exclude: &[&str],
-    (reuse, checksum): (Option<&Reuse>, Checksum),
+    checksum: Checksum,
+    reuse: Option<&Reuse>,
     entries: &mut Vec<Entry>,
 ) -> Result<()> {
     let mut walk = Walk::default();
-    walk_tree(src, dst, rel, exclude, &mut walk)?;
-    for (slot, entry) in copy_files(dst, &walk.files, reuse, checksum)? {
+    walk_tree(src, dst, "", exclude, &mut walk)?;
+    for (slot, entry) in copy_files(dst, &walk.files, checksum, reuse)? {
         walk.entries[slot] = Some(entry);
     }
     entries.extend(
@@ -617,8 +623,8 @@ const MAX_COPY_THREADS: usize = 4;
 fn copy_files(
     dst: &Path,
     files: &[FileCopy],
-    reuse: Option<&Reuse>,
     checksum: Checksum,
+    reuse: Option<&Reuse>,
 ) -> Result<Vec<(usize, Entry)>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -634,7 +640,7 @@ fn copy_files(
             if failed.load(Ordering::Relaxed) {
                 break;
             }
-            match copy_file(file, (reuse, checksum), &mut buf, &unflushed) {
+            match copy_file(file, checksum, reuse, &mut buf, &unflushed) {
                 Ok(entry) => copied.push((file.slot, entry)),
                 Err(e) => {
                     failed.store(true, Ordering::Relaxed);
@@ -729,7 +735,8 @@ fn join_rel(rel: &str, name: &str) -> String {
 /// snapshot's copy when `reuse` holds the file unchanged.
 fn copy_file(
     file: &FileCopy,
-    (reuse, checksum): (Option<&Reuse>, Checksum),
+    checksum: Checksum,
+    reuse: Option<&Reuse>,
     buf: &mut [u8],
     unflushed: &AtomicU64,
 ) -> Result<Entry> {
