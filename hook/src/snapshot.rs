@@ -243,14 +243,12 @@ fn create_reusing(
         &fs::metadata(source)
             .with_context(|| format!("cannot snapshot {}: cannot read it", source.display()))?,
     );
-    let mut entries = Vec::new();
-    copy_tree(
+    let entries = copy_tree(
         source,
         &partial.join(DATA),
         exclude,
         Checksum::CURRENT,
         reuse,
-        &mut entries,
     )
     .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
     let source_name = source.display().to_string();
@@ -272,8 +270,7 @@ pub fn adopt(path: &Path, label: &Label) -> Result<()> {
         &fs::metadata(&data)
             .with_context(|| format!("{} has no {DATA}/ directory", path.display()))?,
     );
-    let mut entries = Vec::new();
-    scan_tree(&data, "", Checksum::CURRENT, &mut entries)?;
+    let entries = scan_tree(&data, Checksum::CURRENT)?;
     let manifest = Manifest::new(label, now_unix(), String::new(), root, entries);
     write_manifest(path, &manifest)
 }
@@ -282,8 +279,7 @@ pub fn adopt(path: &Path, label: &Label) -> Result<()> {
 /// lists what is damaged.
 pub fn verify(path: &Path) -> Result<Manifest> {
     let manifest = read_manifest(path)?;
-    let mut found = Vec::new();
-    scan_tree(&path.join(DATA), "", manifest.checksum, &mut found)
+    let found = scan_tree(&path.join(DATA), manifest.checksum)
         .with_context(|| format!("snapshot {} is damaged", path.display()))?;
     let problems = differences(&manifest.entries, &found);
     if !problems.is_empty() {
@@ -354,16 +350,8 @@ pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     let outgoing = parent.join(format!(".{base}.ferry-replaced"));
     remove_if_present(&incoming)?;
     remove_if_present(&outgoing)?;
-    let mut copied = Vec::new();
-    copy_tree(
-        &path.join(DATA),
-        &incoming,
-        &[],
-        manifest.checksum,
-        None,
-        &mut copied,
-    )
-    .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
+    let copied = copy_tree(&path.join(DATA), &incoming, &[], manifest.checksum, None)
+        .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
     let problems = differences(&manifest.entries, &copied);
     if !problems.is_empty() {
         remove_if_present(&incoming)?;
@@ -519,22 +507,20 @@ fn copy_tree(
     exclude: &[&str],
     checksum: Checksum,
     reuse: Option<&Reuse>,
-    entries: &mut Vec<Entry>,
-) -> Result<()> {
+) -> Result<Vec<Entry>> {
     let mut walk = Walk::default();
     walk_tree(src, dst, "", exclude, &mut walk)?;
     for (slot, entry) in copy_files(dst, &walk.files, checksum, reuse)? {
         walk.entries[slot] = Some(entry);
     }
-    entries.extend(
-        walk.entries
-            .into_iter()
-            .map(|e| e.expect("every file was copied or linked")),
-    );
-    for (dir, attrs) in walk.dirs {
-        apply_attrs(&dir, attrs)?;
+    for (dir, attrs) in &walk.dirs {
+        apply_attrs(dir, *attrs)?;
     }
-    Ok(())
+    Ok(walk
+        .entries
+        .into_iter()
+        .map(|e| e.expect("every file was copied or linked"))
+        .collect())
 }
 
 /// What the walk of [`copy_tree`] found and made.
@@ -684,8 +670,22 @@ fn copy_files(
     })
 }
 
-/// Lists what is under `dir` as entries, hashing every file with `checksum`.
-fn scan_tree(dir: &Path, rel: &str, checksum: Checksum, entries: &mut Vec<Entry>) -> Result<()> {
+/// Lists what is under `dir` as entries, hashing every file with `checksum`
+/// through one buffer for the whole walk.
+fn scan_tree(dir: &Path, checksum: Checksum) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    scan_into(dir, "", checksum, &mut vec![0; COPY_BUFFER], &mut entries)?;
+    Ok(entries)
+}
+
+/// [`scan_tree`] of `dir`, whose entries are named under `rel`.
+fn scan_into(
+    dir: &Path,
+    rel: &str,
+    checksum: Checksum,
+    buf: &mut [u8],
+    entries: &mut Vec<Entry>,
+) -> Result<()> {
     for child in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let child = child?;
         let name = child.file_name();
@@ -696,7 +696,7 @@ fn scan_tree(dir: &Path, rel: &str, checksum: Checksum, entries: &mut Vec<Entry>
         let meta = fs::symlink_metadata(child.path())?;
         let ft = meta.file_type();
         if ft.is_dir() {
-            scan_tree(&child.path(), &child_rel, checksum, entries)?;
+            scan_into(&child.path(), &child_rel, checksum, buf, entries)?;
             entries.push(Entry::Dir {
                 path: child_rel,
                 attrs: attrs_of(&meta),
@@ -709,7 +709,7 @@ fn scan_tree(dir: &Path, rel: &str, checksum: Checksum, entries: &mut Vec<Entry>
                 gid: meta.gid(),
             });
         } else if ft.is_file() {
-            let (size, digest) = hash_file(&child.path(), checksum)?;
+            let (size, digest) = hash_file(&child.path(), checksum, buf)?;
             entries.push(Entry::File {
                 path: child_rel,
                 attrs: attrs_of(&meta),
@@ -828,10 +828,9 @@ fn start_writeback(file: &File) -> Result<()> {
     Ok(())
 }
 
-/// The size and checksum of one file.
-fn hash_file(path: &Path, checksum: Checksum) -> Result<(u64, String)> {
+/// The size and checksum of one file, read through `buf`.
+fn hash_file(path: &Path, checksum: Checksum, buf: &mut [u8]) -> Result<(u64, String)> {
     let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let buf = &mut vec![0; COPY_BUFFER];
     hash_into(&mut input, checksum, buf, &mut std::io::sink())
         .with_context(|| format!("reading {}", path.display()))
 }
@@ -1076,9 +1075,7 @@ mod tests {
     /// digests in a field named `sha256`, no `checksum` field.
     pub(super) fn as_format_1(snapshot: &Path) {
         let mut manifest = read_manifest(snapshot).unwrap();
-        manifest.entries.clear();
-        let data = snapshot.join(DATA);
-        scan_tree(&data, "", Checksum::Sha256, &mut manifest.entries).unwrap();
+        manifest.entries = scan_tree(&snapshot.join(DATA), Checksum::Sha256).unwrap();
         let mut json = serde_json::to_value(&manifest).unwrap();
         json["format_version"] = 1.into();
         json.as_object_mut().unwrap().remove("checksum");
