@@ -997,6 +997,7 @@ pub fn now_unix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::package::MARKER;
 
     pub(super) fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ferry-hook-{name}-{}", std::process::id()));
@@ -1018,7 +1019,7 @@ mod tests {
         fs::create_dir_all(dir.join("work/vm1/app")).unwrap();
         fs::write(dir.join("state.json"), "{\"schema\":2}\n").unwrap();
         fs::write(dir.join("work/vm1/app/out.log"), vec![7u8; 300_000]).unwrap();
-        fs::write(dir.join("upgrade-in-progress"), "x").unwrap();
+        fs::write(dir.join(MARKER), "x").unwrap();
         symlink("state.json", dir.join("link")).unwrap();
     }
 
@@ -1028,7 +1029,7 @@ mod tests {
         let base = scratch(name);
         let state = base.join("state");
         sample_state(&state);
-        let exclude = ["upgrade-in-progress"];
+        let exclude = [MARKER];
         let snapshot = create(&state, &base.join("snaps"), &label(), &exclude).unwrap();
         (base, state, snapshot)
     }
@@ -1038,14 +1039,8 @@ mod tests {
         let base = scratch("roundtrip");
         let state = base.join("state");
         sample_state(&state);
-        let snap = create(
-            &state,
-            &base.join("snaps"),
-            &label(),
-            &["upgrade-in-progress"],
-        )
-        .unwrap();
-        assert!(!snap.path.join(DATA).join("upgrade-in-progress").exists());
+        let snap = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        assert!(!snap.path.join(DATA).join(MARKER).exists());
         fs::write(state.join("state.json"), "changed").unwrap();
         fs::remove_dir_all(state.join("work")).unwrap();
         let m = restore(&snap.path, &state).unwrap();

@@ -83,8 +83,7 @@ mod tests {
     use super::super::tests::{as_format_1, sample_and_snapshot};
     use super::super::{now_unix, read_manifest, restore, retake, verify, write_manifest};
     use super::*;
-
-    const MARKER: &str = "upgrade-in-progress";
+    use crate::package::MARKER;
 
     fn inode(path: &Path) -> u64 {
         fs::metadata(path).unwrap().ino()
