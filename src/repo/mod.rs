@@ -217,11 +217,14 @@ pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
         None => new_state(&inputs, &signer)?,
     };
     let (state, mut report) = plan_publish(&before, &inputs, args)?;
+    // Finish what an interrupted run left, even when this one adds nothing:
+    // the same publish, killed after its commit point, may have left the
+    // channel's symlinks on the previous generation (or, on a first
+    // publish, none).
+    if let Some(committed) = &store.state {
+        store.tidy(committed)?;
+    }
     if store.state.as_ref() == Some(&state) {
-        // Nothing to add; but the same publish, killed after its commit
-        // point, may have left the channel's symlinks on the previous
-        // generation (or, on a first publish, none): finish it.
-        store.tidy(&state)?;
         return Ok(report);
     }
     report.generation = Some(apply_publish(&mut store, state, &inputs, args, &signer)?);
@@ -264,9 +267,8 @@ fn apply_publish(
 ) -> Result<u64> {
     let first_publish = store.state.is_none();
     let created_dir = !args.repo.exists();
-    match &store.state {
-        None => store.create()?,
-        Some(before) => store.tidy(before)?,
+    if first_publish {
+        store.create()?;
     }
     let mut pool = PoolAdditions::default();
     let committed = pool
