@@ -79,9 +79,12 @@ fn cp(source: &Path, target: &Path, and_sync: bool) -> Duration {
     started.elapsed()
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| {
+        a.partial_cmp(b)
+            .expect("times and their ratios are not NaN")
+    });
+    values[values.len() / 2]
 }
 
 fn load() -> String {
@@ -169,15 +172,14 @@ fn main() {
             )
         };
         let ratio = |a: &Vec<Duration>, b: &Vec<Duration>| {
-            let mut rounds: Vec<f64> = a
+            let rounds: Vec<f64> = a
                 .iter()
                 .zip(b)
                 .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
                 .collect();
-            rounds.sort_by(f64::total_cmp);
             format!(
                 "{:.2} ({:.2})",
-                rounds[rounds.len() / 2],
+                median(rounds),
                 median(a.clone()).as_secs_f64() / median(b.clone()).as_secs_f64()
             )
         };
