@@ -124,7 +124,6 @@ struct TemplateValues<'a> {
     hook_protocol: u32,
     state_dir: &'a str,
     work_dir: String,
-    log_file: String,
 }
 
 /// Quotes `value` for POSIX sh: single quotes, with each embedded single
@@ -176,7 +175,6 @@ pub fn render(v: &Validated) -> Result<Scripts> {
         hook_protocol: ferry_hook::package::HOOK_PROTOCOL,
         state_dir: v.state_dir(),
         work_dir: format!("/var/lib/ferry/{}", d.package.name),
-        log_file: format!("/var/log/{}/upgrades.log", d.package.name),
     };
     let hb = registry()?;
     let render_one = |path: String, text: &str| {

@@ -237,6 +237,8 @@ pub fn package_manifest(v: &Validated) -> Result<PackageManifest> {
         version: v.version.semver.to_string(),
         schema: d.state.schema,
         agent,
+        user: d.service.user.clone(),
+        group: d.service.group.clone(),
         unit,
         state_dir: v.state_dir().to_string(),
         config_dir: format!("/etc/{name}"),

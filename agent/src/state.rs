@@ -161,19 +161,28 @@ pub fn save_model(state_dir: &Path, model: &Model) -> Result<()> {
 
 /// Replaces `dir/name` so that a crash leaves either the old or the new file:
 /// the data reaches the disk before the rename, and the rename reaches the
-/// disk before we return.
+/// disk before we return. The temporary file is always a new one (`O_EXCL`,
+/// which never follows a link left in its place), and the rename replaces
+/// whatever the name was.
 pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let target = dir.join(name);
     let what = || format!("cannot write {}", target.display());
+    refuse_root_in_users_dir(dir)?;
+    // A leftover of a crash, or anything else under that name: its name
+    // goes, whatever it points to stays untouched.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(what),
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .with_context(what)?;
-    own_like_dir(&f, dir).with_context(what)?;
     f.write_all(bytes).with_context(what)?;
     f.sync_all().with_context(what)?;
     drop(f);
@@ -184,16 +193,27 @@ pub fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The package's hooks run `state migrate` as root, while the agent runs as
-/// its own user: a file root creates in the state directory takes the
-/// directory's owner and group, or the agent could no longer use it.
-fn own_like_dir(file: &File, dir: &Path) -> std::io::Result<()> {
+/// The agent's state is written by the agent's user: the package's hook
+/// runs this program as that user. Root writing here would leave files the
+/// agent cannot use, and would act on names the agent's user controls
+/// (docs/SECURITY.md): refused, with the command to use instead.
+fn refuse_root_in_users_dir(dir: &Path) -> Result<()> {
     // SAFETY: geteuid cannot fail and touches no memory.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    let meta = fs::metadata(dir)?;
-    std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+    let owner = match fs::metadata(dir) {
+        Ok(meta) => meta.uid(),
+        Err(_) => return Ok(()),
+    };
+    if owner != 0 {
+        anyhow::bail!(
+            "refusing to write the state in {} as root: it belongs to uid {owner}. Run this as the \
+             agent's user, e.g. `runuser -u roboconf-agent -- roboconf-agent ...`",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Exclusive hold on a state directory: the running agent keeps it for its
@@ -204,17 +224,10 @@ pub struct StateLock {
 }
 
 pub fn lock(state_dir: &Path) -> Result<StateLock> {
+    refuse_root_in_users_dir(state_dir)?;
     let path = state_dir.join(LOCK_FILE);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o640)
-        .open(&path)
+    let mut file = open_lock_file(&path)
         .with_context(|| format!("cannot open the lock file {}", path.display()))?;
-    own_like_dir(&file, state_dir)
-        .with_context(|| format!("cannot set the owner of {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut holder = String::new();
@@ -231,6 +244,35 @@ pub fn lock(state_dir: &Path) -> Result<StateLock> {
         .and_then(|_| write!(file, "{}", std::process::id()))
         .with_context(|| format!("cannot record our pid in {}", path.display()))?;
     Ok(StateLock { _file: file })
+}
+
+/// Opens the lock file, a regular file of its own: never through a link,
+/// never a FIFO (which would block). Anything else under its name is
+/// removed first: the name is ours, what it points to is not.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            fs::remove_file(path)?;
+            open()?
+        }
+        other => other?,
+    };
+    if file.metadata()?.file_type().is_file() {
+        return Ok(file);
+    }
+    drop(file);
+    fs::remove_file(path)?;
+    open()
 }
 
 #[cfg(test)]
@@ -286,6 +328,54 @@ mod tests {
         );
         drop(held);
         lock(&dir).unwrap();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Links and FIFOs the agent's user (or anyone with its rights) left
+    /// under the names the state code writes: nothing is followed or
+    /// blocked on, the state is written, and the link's target is intact.
+    #[test]
+    fn planted_names_are_replaced_not_followed() {
+        let dir = tempdir("planted");
+        let canary = dir.join("canary");
+        fs::write(&canary, "canary").unwrap();
+        let state_dir = dir.join("state");
+        fs::create_dir(&state_dir).unwrap();
+        std::os::unix::fs::symlink(&canary, state_dir.join(".state.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&canary, state_dir.join(LOCK_FILE)).unwrap();
+        save_model(&state_dir, &Model::new()).unwrap();
+        let held = lock(&state_dir).unwrap();
+        assert!(fs::symlink_metadata(state_dir.join(LOCK_FILE))
+            .unwrap()
+            .is_file());
+        drop(held);
+        fs::remove_file(state_dir.join(LOCK_FILE)).unwrap();
+        let fifo = std::ffi::CString::new(state_dir.join(LOCK_FILE).as_os_str().as_encoded_bytes())
+            .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        drop(lock(&state_dir).unwrap());
+        assert_eq!(fs::read_to_string(&canary).unwrap(), "canary");
+        assert!(read(&state_dir).unwrap().is_some());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Root does not write a state directory that belongs to someone else.
+    #[test]
+    fn root_is_refused_in_the_users_directory() {
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "run as root, as ci/test does"
+        );
+        let dir = tempdir("not-roots");
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let err = format!("{:#}", save_model(&dir, &Model::new()).unwrap_err());
+        assert!(err.contains("as root") && err.contains("runuser"), "{err}");
+        let err = format!("{:#}", lock(&dir).err().unwrap());
+        assert!(err.contains("as root"), "{err}");
+        assert!(fs::read_dir(&dir).unwrap().next().is_none());
         fs::remove_dir_all(dir).unwrap();
     }
 }

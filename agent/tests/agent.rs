@@ -504,11 +504,13 @@ fn version_and_schema_report_the_build_settings() {
     assert_eq!(s["steps"].as_array().unwrap().len(), 2);
 }
 
+/// The package's hook runs `state migrate` as the agent's user, never as
+/// root (docs/SECURITY.md): root is refused on a directory the agent's
+/// user owns, and the user's own run leaves files the agent can use.
 #[test]
-fn files_root_writes_in_the_state_dir_keep_the_agent_user_as_owner() {
+fn state_is_written_by_the_agents_user_never_by_root() {
     use std::os::unix::fs::MetadataExt;
-    // The hooks run `state migrate` as root on a directory owned by the
-    // agent's user; CI runs the tests as root, as the hooks do.
+    use std::os::unix::process::CommandExt;
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
@@ -523,8 +525,17 @@ fn files_root_writes_in_the_state_dir_keep_the_agent_user_as_owner() {
         std::os::unix::fs::lchown(entry.unwrap().path(), Some(uid), Some(gid)).unwrap();
     }
     fs::remove_file(env.state.join("agent.lock")).unwrap();
-    std::os::unix::fs::chown(&env.state, Some(uid), Some(gid)).unwrap();
+    for dir in [&env.root, &env.config, &env.state] {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+    }
+    let before = fs::read(env.state.join("state.json")).unwrap();
     let out = env.cmd(&["state", "migrate", "--to", "2"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(describe(&out).contains("runuser"), "{}", describe(&out));
+    assert_eq!(fs::read(env.state.join("state.json")).unwrap(), before);
+    let mut as_user = env.command(&["state", "migrate", "--to", "2"]);
+    as_user.uid(uid).gid(gid);
+    let out = as_user.output().unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     for name in ["state.json", "agent.lock"] {
         let meta = fs::metadata(env.state.join(name)).unwrap();

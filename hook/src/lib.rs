@@ -2,5 +2,9 @@
 //! `/usr/libexec/<name>/ferry-hook`, and the formats it shares with ferry
 //! (the package manifest, snapshots). See docs/UPGRADES.md.
 
+// Tests build their fixtures by path, as the agent's user would.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
+pub mod confined;
 pub mod package;
 pub mod snapshot;

@@ -4,6 +4,10 @@
 //! program's path `/usr/libexec/<name>/ferry-hook`), so it works for any
 //! agent speaking docs/PROTOCOL.md. See docs/UPGRADES.md.
 
+// Tests build their fixtures by path, as the agent's user would.
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
+
+mod account;
 mod steps;
 mod system;
 

@@ -2,11 +2,12 @@
 //! `ferry build` and read by the hook program of the same package, and the
 //! upgrade record the hook keeps between the steps of one upgrade.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::confined::{self, Dir};
 
 /// The hook protocol this program speaks. Version 1: `protocol`,
 /// `prepare --incoming-version V --incoming-schema N`, `abort`; prepare
@@ -29,8 +30,15 @@ pub struct PackageManifest {
     pub version: String,
     /// The state schema this version's agent writes.
     pub schema: u32,
-    /// The agent program (speaks docs/PROTOCOL.md).
+    /// The agent program (speaks docs/PROTOCOL.md). The hook runs it as
+    /// `user` and `group`, never as root (docs/SECURITY.md).
     pub agent: String,
+    /// The agent's system user and group (absent in manifests written
+    /// before ferry ran the agent's program unprivileged).
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub group: String,
     pub unit: String,
     pub state_dir: String,
     pub config_dir: String,
@@ -53,7 +61,8 @@ impl PackageManifest {
     }
 
     pub fn read(path: &Path) -> Result<PackageManifest> {
-        let text = fs::read(path)
+        let text = confined::read_trusted(path)
+            .and_then(|t| t.context("no such file"))
             .with_context(|| format!("cannot read the package manifest {}", path.display()))?;
         let m: PackageManifest = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a valid package manifest", path.display()))?;
@@ -114,33 +123,40 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of `work_dir` (root's alone), if an upgrade left one.
     pub fn load(path: &Path) -> Result<Option<Record>> {
-        match fs::read(path) {
-            Ok(text) => serde_json::from_slice(&text)
+        match confined::read_trusted(path).with_context(|| format!("reading {}", path.display()))? {
+            Some(text) => serde_json::from_slice(&text)
                 .map(Some)
                 .with_context(|| format!("{} is not a valid upgrade record", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            None => Ok(None),
         }
     }
 
     /// Written atomically: a crash leaves the old record or the new one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().context("the record has no directory")?;
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tmp = dir.join(".upgrade.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-        fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+        let (dir, name) = split(path)?;
+        Dir::create_trusted(dir, 0o700)?.replace_file(
+            name,
+            &serde_json::to_vec_pretty(self)?,
+            0o600,
+        )
     }
 
     pub fn remove(path: &Path) -> Result<()> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        let (dir, name) = split(path)?;
+        match Dir::open_trusted_if_present(dir)? {
+            Some(dir) => dir.remove_file(name),
+            None => Ok(()),
         }
+    }
+}
+
+/// The directory and the name of a file path.
+fn split(path: &Path) -> Result<(&Path, &str)> {
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => bail!("{} is not a file path", path.display()),
     }
 }
 

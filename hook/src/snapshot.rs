@@ -12,23 +12,25 @@
 //! (a file missing, added, resized or changed), so a rollback never puts
 //! back part of the data.
 //!
+//! The state directory belongs to the agent's user, who is not trusted
+//! (docs/SECURITY.md): it is read only through [`confined`], so a snapshot
+//! never follows a symlink, crosses a mount point, opens a FIFO or expands
+//! a sparse file, and refuses such a tree naming what it found.
+//!
 //! Format 2 checksums files with BLAKE3; format 1 used SHA-256 and is still
 //! read, verified and restored (see [`Checksum`]).
 
-use std::ffi::CString;
-use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{fchown, lchown, symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::confined::{self, Dir, Found, Kind};
+
+mod copy;
 mod reuse;
 use reuse::Reuse;
 
@@ -40,7 +42,6 @@ const FORMAT: &str = "ferry-snapshot";
 const FORMAT_VERSION: u32 = 2;
 /// Prefix of snapshots being written (or left behind by a crash).
 pub const PARTIAL: &str = ".partial-";
-const COPY_BUFFER: usize = 256 * 1024;
 
 /// What a snapshot records about itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -200,6 +201,8 @@ pub struct Label {
 pub struct Snapshot {
     pub name: String,
     pub path: PathBuf,
+    /// Sockets found in the state and not copied (live endpoints, not state).
+    pub skipped: Vec<String>,
 }
 
 /// Copies `source` into a new snapshot under `dir`, leaving out the
@@ -222,7 +225,7 @@ pub fn retake(earlier: &Path, source: &Path, reason: &str, exclude: &[&str]) -> 
     let dir = earlier
         .parent()
         .with_context(|| format!("{} has no parent directory", earlier.display()))?;
-    let reuse = Reuse::new(earlier, manifest);
+    let reuse = Reuse::new(earlier, manifest)?;
     create_reusing(source, dir, &label, exclude, reuse.as_ref())
 }
 
@@ -233,31 +236,40 @@ fn create_reusing(
     exclude: &[&str],
     reuse: Option<&Reuse>,
 ) -> Result<Snapshot> {
-    make_private_dir(dir)?;
+    let cannot = || format!("cannot snapshot {}", source.display());
+    let state = Dir::open_trusted(source).with_context(cannot)?;
+    let root = attrs_of(&state.fstat()?);
+    let tree = state.walk(exclude).with_context(cannot)?;
+    let snapshots = private_dir(dir)?;
+    check_room(&tree, &snapshots, source)?;
     let created_unix = now_unix();
-    let name = free_name(dir, &format!("{created_unix}-{}", label.version));
-    let partial = dir.join(format!("{PARTIAL}{name}"));
-    remove_if_present(&partial)?;
-    make_private_dir(&partial)?;
-    let root = attrs_of(
-        &fs::metadata(source)
-            .with_context(|| format!("cannot snapshot {}: cannot read it", source.display()))?,
-    );
-    let entries = copy_tree(
-        source,
-        &partial.join(DATA),
-        exclude,
-        Checksum::CURRENT,
-        reuse,
-    )
-    .with_context(|| format!("copying {} into {}", source.display(), partial.display()))?;
+    let name = free_name(&snapshots, &format!("{created_unix}-{}", label.version))?;
+    let partial = format!("{PARTIAL}{name}");
+    snapshots.remove_tree(&partial)?;
+    snapshots.mkdir(&partial, 0o700)?;
+    let part = snapshots.open_dir(&partial)?;
+    // Hard links are accepted only to files of the state's own owner.
+    let owner = Some(root.uid);
+    let copied = copy::copy_tree(&state, &tree, &part, DATA, Checksum::CURRENT, reuse, owner)
+        .with_context(|| {
+            format!(
+                "copying {} into {}",
+                source.display(),
+                part.path().display()
+            )
+        })?;
     let source_name = source.display().to_string();
-    let manifest = Manifest::new(label, created_unix, source_name, root, entries);
-    write_manifest(&partial, &manifest)?;
-    seal(&partial, &dir.join(&name))?;
+    let manifest = Manifest::new(label, created_unix, source_name, root, copied.entries);
+    write_manifest(&part, &manifest)?;
+    // One syncfs for the whole tree, as cheap as it gets, then the rename
+    // that makes it whole.
+    part.sync_filesystem()?;
+    snapshots.rename(&partial, &name)?;
+    snapshots.sync()?;
     Ok(Snapshot {
         path: dir.join(&name),
         name,
+        skipped: copied.skipped,
     })
 }
 
@@ -265,29 +277,28 @@ fn create_reusing(
 /// means (the shell fallback of a package upgrading a version that predates
 /// ferry): from now on it is checked like any other.
 pub fn adopt(path: &Path, label: &Label) -> Result<()> {
-    let data = path.join(DATA);
-    let root = attrs_of(
-        &fs::metadata(&data)
-            .with_context(|| format!("{} has no {DATA}/ directory", path.display()))?,
-    );
-    let entries = scan_tree(&data, Checksum::CURRENT)?;
+    let snapshot = Dir::open_trusted(path)?;
+    let data = snapshot
+        .open_dir(DATA)
+        .with_context(|| format!("{} has no {DATA}/ directory", path.display()))?;
+    let root = attrs_of(&data.fstat()?);
+    let entries = scan(&data, Checksum::CURRENT)?;
     let manifest = Manifest::new(label, now_unix(), String::new(), root, entries);
-    write_manifest(path, &manifest)
+    write_manifest(&snapshot, &manifest)
 }
 
 /// Reads a snapshot's manifest and checks every file against it. The error
 /// lists what is damaged.
 pub fn verify(path: &Path) -> Result<Manifest> {
     let manifest = read_manifest(path)?;
-    let found = scan_tree(&path.join(DATA), manifest.checksum)
-        .with_context(|| format!("snapshot {} is damaged", path.display()))?;
+    let damaged = || format!("snapshot {} is damaged", path.display());
+    let data = Dir::open_trusted(path)
+        .and_then(|s| s.open_dir(DATA))
+        .with_context(damaged)?;
+    let found = scan(&data, manifest.checksum).with_context(damaged)?;
     let problems = differences(&manifest.entries, &found);
     if !problems.is_empty() {
-        bail!(
-            "snapshot {} is damaged: {}",
-            path.display(),
-            problems.join("; ")
-        );
+        bail!("{}: {}", damaged(), problems.join("; "));
     }
     Ok(manifest)
 }
@@ -336,41 +347,63 @@ fn same_content(a: &Entry, b: &Entry) -> bool {
 /// Puts a verified snapshot back as `target`: the copy is made beside it and
 /// swapped in with renames, so `target` is either the old or the restored
 /// tree, never a mix. Refuses a damaged snapshot and changes nothing then.
+/// `target`'s name is root's (its parent directory is); what is under it
+/// is not trusted, and is moved aside whole, never entered.
 pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     let manifest = verify(path).context("refusing to restore it; the state was not touched")?;
-    let parent = target
-        .parent()
-        .with_context(|| format!("{} has no parent directory", target.display()))?;
-    let base = target
-        .file_name()
-        .with_context(|| format!("{} has no name", target.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let incoming = parent.join(format!(".{base}.ferry-restore"));
-    let outgoing = parent.join(format!(".{base}.ferry-replaced"));
-    remove_if_present(&incoming)?;
-    remove_if_present(&outgoing)?;
-    let copied = copy_tree(&path.join(DATA), &incoming, &[], manifest.checksum, None)
-        .with_context(|| format!("copying {} to {}", path.display(), incoming.display()))?;
-    let problems = differences(&manifest.entries, &copied);
+    let (Some(parent_path), Some(base)) = (target.parent(), target.file_name()) else {
+        bail!("{} has no parent directory", target.display());
+    };
+    let base = base.to_string_lossy().into_owned();
+    let parent = Dir::open_trusted(parent_path)?;
+    let incoming = format!(".{base}.ferry-restore");
+    let outgoing = format!(".{base}.ferry-replaced");
+    parent.remove_tree(&incoming)?;
+    parent.remove_tree(&outgoing)?;
+    let data = Dir::open_trusted(path)?.open_dir(DATA)?;
+    let tree = data.walk(&[])?;
+    let copied = copy::copy_tree(
+        &data,
+        &tree,
+        &parent,
+        &incoming,
+        manifest.checksum,
+        None,
+        None,
+    )
+    .with_context(|| {
+        format!(
+            "copying {} to {}",
+            path.display(),
+            parent.show(&incoming).display()
+        )
+    })?;
+    let problems = differences(&manifest.entries, &copied.entries);
     if !problems.is_empty() {
-        remove_if_present(&incoming)?;
+        parent.remove_tree(&incoming)?;
         bail!(
             "snapshot {} changed while it was restored: {}; the state was not touched",
             path.display(),
             problems.join("; ")
         );
     }
-    apply_attrs(&incoming, manifest.root)?;
-    sync_filesystem(&incoming)?;
-    if target.exists() {
-        fs::rename(target, &outgoing)
-            .with_context(|| format!("moving {} aside", target.display()))?;
+    let restored = parent.open_dir(&incoming)?;
+    let Attrs { uid, gid, mode } = manifest.root;
+    restored.set_attrs(uid, gid, mode)?;
+    restored.sync_filesystem()?;
+    if parent.stat(&base)?.is_some() {
+        parent.rename(&base, &outgoing)?;
     }
-    fs::rename(&incoming, target)
-        .with_context(|| format!("moving the restored state into {}", target.display()))?;
-    sync_dir(parent)?;
-    remove_if_present(&outgoing)?;
+    parent.rename(&incoming, &base)?;
+    parent.sync()?;
+    // The state is back; what the agent's software may still write into the
+    // replaced tree can keep it from going now: the next restore removes it.
+    if let Err(e) = parent.remove_tree(&outgoing) {
+        eprintln!(
+            "ferry-hook: warning: the replaced state stays in {}: {e:#}",
+            parent.show(&outgoing).display()
+        );
+    }
     Ok(manifest)
 }
 
@@ -389,7 +422,11 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>> {
             let path = dir.join(&name);
             let verified = verify(&path).map_err(|e| format!("{e:#}"));
             Listed {
-                snapshot: Snapshot { name, path },
+                snapshot: Snapshot {
+                    name,
+                    path,
+                    skipped: Vec::new(),
+                },
                 verified,
             }
         })
@@ -400,20 +437,19 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>> {
 /// `protect` (the snapshot an unfinished upgrade may still need).
 pub fn prune(dir: &Path, keep: usize, protect: Option<&str>) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    if !dir.is_dir() {
+    let Some(snapshots) = Dir::open_trusted_if_present(dir)? else {
         return Ok(removed);
-    }
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
+    };
+    for name in snapshots.names()? {
         if name.starts_with(PARTIAL) {
-            remove_if_present(&dir.join(&name))?;
+            snapshots.remove_tree(&name)?;
         }
     }
-    let all = names(dir)?;
+    let all = names_in(&snapshots)?;
     let excess = all.len().saturating_sub(keep);
     for name in all.into_iter().take(excess) {
         if Some(name.as_str()) != protect {
-            remove_if_present(&dir.join(&name))?;
+            snapshots.remove_tree(&name)?;
             removed.push(name);
         }
     }
@@ -422,14 +458,16 @@ pub fn prune(dir: &Path, keep: usize, protect: Option<&str>) -> Result<Vec<Strin
 
 /// Complete snapshot names, oldest first (names start with the time).
 pub fn names(dir: &Path) -> Result<Vec<String>> {
-    if !dir.is_dir() {
-        return Ok(Vec::new());
+    match Dir::open_trusted_if_present(dir)? {
+        Some(snapshots) => names_in(&snapshots),
+        None => Ok(Vec::new()),
     }
+}
+
+fn names_in(snapshots: &Dir) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.file_type()?.is_dir() {
+    for name in snapshots.names()? {
+        if !name.starts_with('.') && snapshots.stat(&name)?.is_some_and(|st| is_dir(&st)) {
             names.push(name);
         }
     }
@@ -442,22 +480,43 @@ pub fn names(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Room kept free beyond the snapshot itself.
+const MARGIN: u64 = 16 * 1024 * 1024;
+
 /// Refuses when the filesystem holding `dir` has less room than `source`
 /// takes, plus a margin, so a snapshot never fills the disk mid-upgrade.
+/// Also refuses, naming it, anything in `source` a snapshot would refuse.
 pub fn check_free_space(source: &Path, dir: &Path) -> Result<()> {
-    let needed = tree_size(source)? + 16 * 1024 * 1024;
+    let Some(state) = Dir::open_trusted_if_present(source)? else {
+        return Ok(());
+    };
+    let tree = state
+        .walk(&[])
+        .with_context(|| format!("cannot snapshot {}", source.display()))?;
     // The snapshot directory may not exist yet: its filesystem is that of
     // its nearest existing ancestor.
-    let existing = dir
-        .ancestors()
-        .find(|d| d.is_dir())
-        .unwrap_or(Path::new("/"));
-    let available = available_bytes(existing)?;
+    for ancestor in dir.ancestors() {
+        if let Some(existing) = Dir::open_trusted_if_present(ancestor)? {
+            return check_room(&tree, &existing, source);
+        }
+    }
+    bail!("none of {}'s parent directories exists", dir.display())
+}
+
+/// What the copy of `tree` takes on disk: the blocks its files hold, so a
+/// sparse file counts for what it holds (it is refused, not expanded).
+fn check_room(tree: &[Found], dir: &Dir, source: &Path) -> Result<()> {
+    let needed = tree
+        .iter()
+        .map(|f| u64::try_from(f.stat.st_blocks).unwrap_or(0) * 512)
+        .sum::<u64>()
+        + MARGIN;
+    let available = dir.available_bytes()?;
     if available < needed {
         bail!(
             "not enough free space for a snapshot of {} in {}: {} MiB needed, {} MiB available; free some space and retry",
             source.display(),
-            dir.display(),
+            dir.path().display(),
             needed / (1024 * 1024) + 1,
             available / (1024 * 1024)
         );
@@ -465,396 +524,45 @@ pub fn check_free_space(source: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn tree_size(path: &Path) -> Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    if !meta.is_dir() {
-        return Ok(meta.len());
-    }
-    let mut total = 0;
-    for entry in fs::read_dir(path).with_context(|| format!("reading {}", path.display()))? {
-        total += tree_size(&entry?.path())?;
-    }
-    Ok(total)
-}
-
-fn available_bytes(dir: &Path) -> Result<u64> {
-    let c = cstring(dir)?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statvfs {}", dir.display()));
-    }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// Copies `src` to `dst` recursively, hashing files as they are copied with
-/// `checksum` (or linking those `reuse` holds unchanged; its checksums are of
-/// the same kind), and records what it copied, by paths relative to `src`, in
-/// the order of a sorted walk (a directory after what it holds).
-///
-/// In two passes: the walk creates the directories and symlinks and lists
-/// the files, which [`copy_files`] then copies on a few threads (copying and
-/// hashing are the work); the directories get their modes last, so that a
-/// read-only one is filled first.
-fn copy_tree(
-    src: &Path,
-    dst: &Path,
-    exclude: &[&str],
-    checksum: Checksum,
-    reuse: Option<&Reuse>,
-) -> Result<Vec<Entry>> {
-    let mut walk = Walk::default();
-    walk_tree(src, dst, "", exclude, &mut walk)?;
-    for (slot, entry) in copy_files(dst, &walk.files, checksum, reuse)? {
-        walk.entries[slot] = Some(entry);
-    }
-    for (dir, attrs) in &walk.dirs {
-        apply_attrs(dir, *attrs)?;
-    }
-    Ok(walk
-        .entries
-        .into_iter()
-        .map(|e| e.expect("every file was copied or linked"))
-        .collect())
-}
-
-/// What the walk of [`copy_tree`] found and made.
-#[derive(Default)]
-struct Walk {
-    /// The entries in manifest order, a file's empty until it is copied.
-    entries: Vec<Option<Entry>>,
-    files: Vec<FileCopy>,
-    /// The directories created, each after those it holds, and the
-    /// attributes they get once filled.
-    dirs: Vec<(PathBuf, Attrs)>,
-}
-
-/// A file to copy from `from` to `to`; its entry goes to `slot`.
-struct FileCopy {
-    from: PathBuf,
-    to: PathBuf,
-    rel: String,
-    slot: usize,
-}
-
-/// The first pass of [`copy_tree`].
-fn walk_tree(src: &Path, dst: &Path, rel: &str, exclude: &[&str], walk: &mut Walk) -> Result<()> {
-    fs::create_dir(dst).with_context(|| format!("creating {}", dst.display()))?;
-    let mut children: Vec<_> = fs::read_dir(src)
-        .with_context(|| format!("reading {}", src.display()))?
-        .collect::<std::io::Result<_>>()?;
-    children.sort_by_key(|e| e.file_name());
-    for child in children {
-        let name = child.file_name();
-        let name_str = name
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", child.path().display()))?;
-        if rel.is_empty() && exclude.contains(&name_str) {
-            continue;
-        }
-        let child_rel = join_rel(rel, name_str);
-        let from = child.path();
-        let to = dst.join(&name);
-        // The type comes with the listing; a file is not stat'ed here: its
-        // copying thread reads its attributes from the file it opened.
-        let ft = child.file_type()?;
-        if ft.is_dir() {
-            // DirEntry::metadata does not follow symlinks.
-            let attrs = attrs_of(&child.metadata()?);
-            walk_tree(&from, &to, &child_rel, &[], walk)?;
-            walk.entries.push(Some(Entry::Dir {
-                path: child_rel,
-                attrs,
-            }));
-            walk.dirs.push((to, attrs));
-        } else if ft.is_symlink() {
-            let meta = child.metadata()?;
-            let target = fs::read_link(&from)?;
-            symlink(&target, &to).with_context(|| format!("creating {}", to.display()))?;
-            lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
-            walk.entries.push(Some(Entry::Symlink {
-                path: child_rel,
-                target: target.to_string_lossy().into_owned(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-            }));
-        } else if ft.is_file() {
-            walk.files.push(FileCopy {
-                from,
-                to,
-                rel: child_rel,
-                slot: walk.entries.len(),
-            });
-            walk.entries.push(None);
-        }
-        // Sockets and fifos are runtime objects, not state: not copied.
-    }
-    Ok(())
-}
-
-/// At most this many threads copy files. On the 2-core VMs measured (see
-/// docs/BENCHMARKS.md) one per core was best, a third did not help.
-const MAX_COPY_THREADS: usize = 4;
-
-/// Copies `files` (into the filesystem of `dst`) on a thread per core,
-/// each taking the next file not yet taken, so big and small files spread
-/// evenly; returns each file's slot and entry. Meanwhile this thread starts
-/// the writeback of the small files copied so far, a batch at a time.
-/// Stops at the first error.
-fn copy_files(
-    dst: &Path,
-    files: &[FileCopy],
-    checksum: Checksum,
-    reuse: Option<&Reuse>,
-) -> Result<Vec<(usize, Entry)>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_COPY_THREADS)
-        .min(files.len());
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let unflushed = AtomicU64::new(0);
-    let copy = || -> Result<Vec<(usize, Entry)>> {
-        let mut buf = vec![0; COPY_BUFFER];
-        let mut copied = Vec::new();
-        while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-            if failed.load(Ordering::Relaxed) {
-                break;
-            }
-            match copy_file(file, checksum, reuse, &mut buf, &unflushed) {
-                Ok(entry) => copied.push((file.slot, entry)),
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(copied)
-    };
-    let this = std::thread::current();
-    std::thread::scope(|s| {
-        let threads: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let copied = copy();
-                    this.unpark();
-                    copied
-                })
-            })
-            .collect();
-        let mut flushed = 0;
-        let mut flush_failed = None;
-        while !threads.iter().all(|t| t.is_finished()) {
-            std::thread::park_timeout(Duration::from_millis(1));
-            let small = unflushed.load(Ordering::Relaxed);
-            if small - flushed >= FLUSH_BATCH && flush_failed.is_none() {
-                flushed = small;
-                // Its error must be reported here: a later syncfs (on a
-                // file opened later) does not report it again.
-                if let Err(e) = sync_filesystem(dst) {
-                    failed.store(true, Ordering::Relaxed);
-                    flush_failed = Some(e);
-                }
-            }
-        }
-        let mut copied = Vec::with_capacity(files.len());
-        for thread in threads {
-            copied.extend(thread.join().expect("a copying thread panicked")?);
-        }
-        flush_failed.map_or(Ok(copied), Err)
-    })
-}
-
 /// Lists what is under `dir` as entries, hashing every file with `checksum`
 /// through one buffer for the whole walk.
-fn scan_tree(dir: &Path, checksum: Checksum) -> Result<Vec<Entry>> {
+fn scan(dir: &Dir, checksum: Checksum) -> Result<Vec<Entry>> {
+    let mut buf = vec![0; copy::COPY_BUFFER];
     let mut entries = Vec::new();
-    scan_into(dir, "", checksum, &mut vec![0; COPY_BUFFER], &mut entries)?;
+    for found in dir.walk(&[])? {
+        let Found { rel, stat, kind } = found;
+        entries.push(match kind {
+            Kind::Dir => Entry::Dir {
+                path: rel,
+                attrs: attrs_of(&stat),
+            },
+            Kind::Symlink { target } => Entry::Symlink {
+                path: rel,
+                target,
+                uid: stat.st_uid,
+                gid: stat.st_gid,
+            },
+            Kind::File => {
+                let (file, stat) = dir.open_file(&rel, None)?;
+                let (size, digest) = copy::hash_into(
+                    &mut (&file).take(file_size(&stat)),
+                    checksum,
+                    &mut buf,
+                    &mut std::io::sink(),
+                )
+                .with_context(|| format!("reading {:?}", dir.show(&rel)))?;
+                Entry::File {
+                    path: rel,
+                    attrs: attrs_of(&stat),
+                    size,
+                    digest,
+                    mtime: stat.st_mtime,
+                }
+            }
+            Kind::Socket => continue,
+        });
+    }
     Ok(entries)
-}
-
-/// [`scan_tree`] of `dir`, whose entries are named under `rel`.
-fn scan_into(
-    dir: &Path,
-    rel: &str,
-    checksum: Checksum,
-    buf: &mut [u8],
-    entries: &mut Vec<Entry>,
-) -> Result<()> {
-    for child in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let child = child?;
-        let name = child.file_name();
-        let name = name
-            .to_str()
-            .with_context(|| format!("{} is not UTF-8", child.path().display()))?;
-        let child_rel = join_rel(rel, name);
-        let meta = fs::symlink_metadata(child.path())?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            scan_into(&child.path(), &child_rel, checksum, buf, entries)?;
-            entries.push(Entry::Dir {
-                path: child_rel,
-                attrs: attrs_of(&meta),
-            });
-        } else if ft.is_symlink() {
-            entries.push(Entry::Symlink {
-                path: child_rel,
-                target: fs::read_link(child.path())?.to_string_lossy().into_owned(),
-                uid: meta.uid(),
-                gid: meta.gid(),
-            });
-        } else if ft.is_file() {
-            let (size, digest) = hash_file(&child.path(), checksum, buf)?;
-            entries.push(Entry::File {
-                path: child_rel,
-                attrs: attrs_of(&meta),
-                size,
-                digest,
-                mtime: meta.mtime(),
-            });
-        }
-    }
-    Ok(())
-}
-
-fn join_rel(rel: &str, name: &str) -> String {
-    if rel.is_empty() {
-        name.to_string()
-    } else {
-        format!("{rel}/{name}")
-    }
-}
-
-/// Copies one file, hashing it as it is read (once), and gives the copy the
-/// original's owner, mode and modification time; or links the earlier
-/// snapshot's copy when `reuse` holds the file unchanged.
-fn copy_file(
-    file: &FileCopy,
-    checksum: Checksum,
-    reuse: Option<&Reuse>,
-    buf: &mut [u8],
-    unflushed: &AtomicU64,
-) -> Result<Entry> {
-    let (from, to) = (&file.from, &file.to);
-    // Not following a symlink that replaced the file since the walk.
-    let mut input = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(from)
-        .with_context(|| format!("opening {}", from.display()))?;
-    let meta = input
-        .metadata()
-        .with_context(|| format!("reading {}", from.display()))?;
-    if let Some(linked) = reuse.and_then(|r| r.link(&file.rel, &meta, to)) {
-        // The earlier copy already has these attributes and time.
-        return Ok(linked);
-    }
-    let attrs = attrs_of(&meta);
-    // With its mode less the set-id bits (which must follow the owner) and
-    // what the umask takes: most often right already.
-    let mut output = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(attrs.mode & 0o777)
-        .open(to)
-        .with_context(|| format!("creating {}", to.display()))?;
-    let (size, digest) = hash_into(&mut input, checksum, buf, &mut output)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    if size >= EARLY_WRITEBACK {
-        start_writeback(&output).with_context(|| format!("writing {}", to.display()))?;
-    } else {
-        unflushed.fetch_add(size, Ordering::Relaxed);
-    }
-    // Owner and mode set on the open file (no path lookups), and only when
-    // not right already: two syscalls fewer for most files. The owner
-    // first, as chown clears the set-id bits.
-    let made = output
-        .metadata()
-        .with_context(|| format!("reading {}", to.display()))?;
-    if (made.uid(), made.gid()) != (attrs.uid, attrs.gid) {
-        fchown(&output, Some(attrs.uid), Some(attrs.gid))
-            .with_context(|| format!("chown {}", to.display()))?;
-    }
-    if made.mode() & 0o7777 != attrs.mode {
-        output
-            .set_permissions(fs::Permissions::from_mode(attrs.mode))
-            .with_context(|| format!("chmod {}", to.display()))?;
-    }
-    set_mtime(&output, meta.mtime(), meta.mtime_nsec())
-        .with_context(|| format!("setting the time of {}", to.display()))?;
-    Ok(Entry::File {
-        path: file.rel.clone(),
-        attrs,
-        size,
-        digest,
-        mtime: meta.mtime(),
-    })
-}
-
-/// Files of at least this size start their writeback as soon as they are
-/// copied. Smaller ones are written in batches, by a syncfs once
-/// [`FLUSH_BATCH`] bytes of them were copied: a disk request each (one
-/// `sync_file_range` each) was measured slower, the batches faster than
-/// leaving them all to the final syncfs.
-const EARLY_WRITEBACK: u64 = 64 * 1024;
-/// The small files are flushed each time this many bytes of them were
-/// copied, by the thread that waits for the copying ones: a syncfs flushes
-/// the whole filesystem (other programs' writes too) and waits for it.
-const FLUSH_BATCH: u64 = 8 * 1024 * 1024;
-
-/// Starts writing `file` to disk without waiting for it: the disk works
-/// while the next files are copied, and the final syncfs (which alone makes
-/// the snapshot durable) finds little left to write.
-fn start_writeback(file: &File) -> Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: a valid open file descriptor; no memory is passed.
-    if unsafe { libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
-        let e = std::io::Error::last_os_error();
-        // A failure to write the data fails the snapshot; any other error
-        // means the call is not available here (a seccomp filter, an odd
-        // filesystem), and the final syncfs writes the file all the same.
-        if matches!(
-            e.raw_os_error(),
-            Some(libc::EIO | libc::ENOSPC | libc::EDQUOT)
-        ) {
-            return Err(e.into());
-        }
-    }
-    Ok(())
-}
-
-/// The size and checksum of one file, read through `buf`.
-fn hash_file(path: &Path, checksum: Checksum, buf: &mut [u8]) -> Result<(u64, String)> {
-    let mut input = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    hash_into(&mut input, checksum, buf, &mut std::io::sink())
-        .with_context(|| format!("reading {}", path.display()))
-}
-
-/// Reads `input` to its end once, through `buf`, hashing every byte and
-/// writing it to `output`; returns the size and checksum.
-fn hash_into(
-    input: &mut File,
-    checksum: Checksum,
-    buf: &mut [u8],
-    output: &mut dyn Write,
-) -> std::io::Result<(u64, String)> {
-    let mut hasher = checksum.hasher();
-    let mut size = 0u64;
-    loop {
-        let n = input.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
-        size += n as u64;
-    }
-    Ok((size, hasher.finish()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -867,60 +575,35 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-fn attrs_of(meta: &fs::Metadata) -> Attrs {
+fn attrs_of(st: &Stat) -> Attrs {
     Attrs {
-        mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
     }
 }
 
-fn apply_attrs(path: &Path, attrs: Attrs) -> Result<()> {
-    lchown(path, Some(attrs.uid), Some(attrs.gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(attrs.mode))
-        .with_context(|| format!("chmod {}", path.display()))
+fn is_dir(st: &Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
 }
 
-fn set_mtime(file: &File, secs: i64, nsecs: i64) -> std::io::Result<()> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nsecs,
-        },
-    ];
-    // SAFETY: a valid open file descriptor and two initialized timespecs.
-    if unsafe { libc::futimens(file.as_raw_fd(), times.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+fn file_size(st: &Stat) -> u64 {
+    u64::try_from(st.st_size).unwrap_or(0)
 }
 
-fn write_manifest(snapshot: &Path, manifest: &Manifest) -> Result<()> {
-    let path = snapshot.join(MANIFEST);
+fn write_manifest(snapshot: &Dir, manifest: &Manifest) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(manifest)?;
     text.push(b'\n');
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    snapshot.replace_file(MANIFEST, &text, 0o600)
 }
 
 fn read_manifest(snapshot: &Path) -> Result<Manifest> {
-    let path = snapshot.join(MANIFEST);
-    let text = fs::read(&path).with_context(|| {
-        format!(
-            "snapshot {} is damaged: cannot read its manifest {MANIFEST}",
-            snapshot.display()
-        )
-    })?;
-    let manifest: Manifest = serde_json::from_slice(&text).with_context(|| {
-        format!(
-            "snapshot {} is damaged: its manifest is not valid",
-            snapshot.display()
-        )
-    })?;
+    let damaged = |why: &str| format!("snapshot {} is damaged: {why}", snapshot.display());
+    let text = confined::read_trusted(&snapshot.join(MANIFEST))
+        .with_context(|| damaged(&format!("cannot read its manifest {MANIFEST}")))?
+        .with_context(|| damaged(&format!("it has no manifest {MANIFEST}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).with_context(|| damaged("its manifest is not valid"))?;
     if manifest.format != FORMAT || manifest.format_version > FORMAT_VERSION {
         bail!(
             "snapshot {} has format {} version {}, this program reads {FORMAT} version {FORMAT_VERSION} or older",
@@ -932,59 +615,33 @@ fn read_manifest(snapshot: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Flushes the snapshot (one syncfs for the whole tree, as cheap as it gets)
-/// and renames it to its final name.
-fn seal(partial: &Path, done: &Path) -> Result<()> {
-    sync_filesystem(partial)?;
-    fs::rename(partial, done)
-        .with_context(|| format!("renaming {} to {}", partial.display(), done.display()))?;
-    sync_dir(done.parent().unwrap_or(Path::new("/")))
+/// `dir`, created if needed, root's alone (0700).
+fn private_dir(dir: &Path) -> Result<Dir> {
+    let snapshots = Dir::create_trusted(dir, 0o700)?;
+    snapshots.set_mode(0o700)?;
+    Ok(snapshots)
 }
 
-fn sync_filesystem(path: &Path) -> Result<()> {
-    let dir = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("syncfs {}", path.display()));
-    }
-    Ok(())
-}
-
-fn sync_dir(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync {}", path.display()))
-}
-
-fn make_private_dir(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod 0700 {}", dir.display()))
-}
-
+/// Removes the snapshot (or anything) at `path`; fine if it is not there.
 pub fn remove_if_present(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("{} has no parent directory", path.display());
+    };
+    match Dir::open_trusted_if_present(parent)? {
+        Some(dir) => dir.remove_tree(&name.to_string_lossy()),
+        None => Ok(()),
     }
 }
 
 /// A name not yet taken under `dir` (two snapshots in one second).
-fn free_name(dir: &Path, wanted: &str) -> String {
+fn free_name(dir: &Dir, wanted: &str) -> Result<String> {
     let mut name = wanted.to_string();
     let mut n = 2;
-    while dir.join(&name).exists() {
+    while dir.stat(&name)?.is_some() {
         name = format!("{wanted}.{n}");
         n += 1;
     }
-    name
-}
-
-fn cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .with_context(|| format!("{} contains a NUL byte", path.display()))
+    Ok(name)
 }
 
 /// Seconds since the epoch.
@@ -998,6 +655,8 @@ pub fn now_unix() -> u64 {
 mod tests {
     use super::*;
     use crate::package::MARKER;
+    use std::fs;
+    use std::os::unix::fs::symlink;
 
     pub(super) fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ferry-hook-{name}-{}", std::process::id()));
@@ -1070,7 +729,8 @@ mod tests {
     /// digests in a field named `sha256`, no `checksum` field.
     pub(super) fn as_format_1(snapshot: &Path) {
         let mut manifest = read_manifest(snapshot).unwrap();
-        manifest.entries = scan_tree(&snapshot.join(DATA), Checksum::Sha256).unwrap();
+        let data = Dir::open_trusted(&snapshot.join(DATA)).unwrap();
+        manifest.entries = scan(&data, Checksum::Sha256).unwrap();
         let mut json = serde_json::to_value(&manifest).unwrap();
         json["format_version"] = 1.into();
         json.as_object_mut().unwrap().remove("checksum");
@@ -1116,6 +776,161 @@ mod tests {
         );
         let listed = list(&base.join("snaps")).unwrap();
         assert!(listed[0].verified.is_err());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Every entry under `dir` with its kind, mode, owner, time and
+    /// content (a symlink's target), by relative path.
+    fn listing(dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let path = e.unwrap().path();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let content = if meta.is_dir() {
+                    stack.push(path.clone());
+                    String::new()
+                } else if meta.file_type().is_symlink() {
+                    fs::read_link(&path).unwrap().display().to_string()
+                } else {
+                    blake3::hash(&fs::read(&path).unwrap()).to_hex().to_string()
+                };
+                use std::os::unix::fs::MetadataExt;
+                let mtime = if meta.is_dir() { 0 } else { meta.mtime() };
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                let what = format!(
+                    "{:o} {}:{} {mtime} {content}",
+                    meta.mode(),
+                    meta.uid(),
+                    meta.gid()
+                );
+                out.push((rel, what));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn round_trip_keeps_modes_owners_times_and_contents() {
+        let base = scratch("exact");
+        let state = base.join("state");
+        sample_state(&state);
+        fs::remove_file(state.join(MARKER)).unwrap();
+        let odd = state.join("work/vm1/app/out.log");
+        std::os::unix::fs::chown(&odd, Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(&odd, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        fs::set_permissions(
+            state.join("work/vm1"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o710),
+        )
+        .unwrap();
+        std::os::unix::fs::lchown(state.join("link"), Some(65534), Some(65534)).unwrap();
+        let before = listing(&state);
+        let snap = create(&state, &base.join("snaps"), &label(), &[]).unwrap();
+        fs::remove_dir_all(&state).unwrap();
+        fs::create_dir(&state).unwrap();
+        restore(&snap.path, &state).unwrap();
+        assert_eq!(listing(&state), before);
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A FIFO, a sparse file and a hard link to someone else's file make a
+    /// snapshot refuse, naming them, at once; the state is not changed.
+    #[test]
+    fn hostile_objects_are_refused_by_name() {
+        let base = scratch("hostile");
+        let state = base.join("state");
+        type Plant<'a> = &'a dyn Fn(&Path);
+        let cases: [(&str, Plant); 3] = [
+            ("a FIFO", &|p| {
+                let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a valid NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            }),
+            ("a sparse file", &|p| {
+                fs::File::create(p).unwrap().set_len(100 << 30).unwrap();
+            }),
+            ("a hard link to a file owned by uid 0", &|p| {
+                fs::hard_link(base.join("root-only"), p).unwrap();
+            }),
+        ];
+        fs::write(base.join("root-only"), "secret").unwrap();
+        for (what, plant) in cases {
+            let _ = fs::remove_dir_all(&state);
+            sample_state(&state);
+            // The state's owner is the agent's user, here nobody.
+            std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+            let planted = state.join("work/vm1/planted");
+            plant(&planted);
+            let started = std::time::Instant::now();
+            let err = format!(
+                "{:#}",
+                create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap_err()
+            );
+            assert!(
+                err.contains(&format!("{planted:?}"))
+                    && err.contains(what.split(' ').nth(1).unwrap()),
+                "{what}: {err}"
+            );
+            assert!(
+                started.elapsed().as_secs() < 5,
+                "{what} took {:?}",
+                started.elapsed()
+            );
+            assert!(names(&base.join("snaps")).unwrap().is_empty());
+        }
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// Symlinks are copied as symlinks; a directory swapped for a symlink
+    /// to somewhere else while snapshots are taken is never entered: each
+    /// snapshot is refused naming it, or holds the link itself.
+    #[test]
+    fn symlinks_are_copied_never_followed_even_in_a_race() {
+        let base = scratch("links");
+        let (state, outside) = (base.join("state"), base.join("outside"));
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("canary"), "CANARY-CONTENT").unwrap();
+        sample_state(&state);
+        symlink(outside.join("canary"), state.join("state.json.tmp")).unwrap();
+        let snap = create(&state, &base.join("snaps"), &label(), &[MARKER]).unwrap();
+        let copied = snap.path.join(DATA).join("state.json.tmp");
+        assert_eq!(fs::read_link(&copied).unwrap(), outside.join("canary"));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let swapped = state.join("work/vm1/app");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let aside = state.join("work/vm1/aside");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fs::rename(&swapped, &aside).unwrap();
+                    symlink(&outside, &swapped).unwrap();
+                    fs::remove_file(&swapped).unwrap();
+                    fs::rename(&aside, &swapped).unwrap();
+                }
+            });
+            for _ in 0..50 {
+                match create(&state, &base.join("snaps"), &label(), &[MARKER]) {
+                    Ok(snap) => remove_if_present(&snap.path).unwrap(),
+                    Err(e) => {
+                        let err = format!("{e:#}");
+                        assert!(err.contains("work/vm1"), "{err}");
+                    }
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let found = std::process::Command::new("grep")
+            .args(["-r", "CANARY-CONTENT"])
+            .arg(base.join("snaps"))
+            .output()
+            .unwrap();
+        assert!(
+            found.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&found.stdout)
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 

@@ -3,11 +3,11 @@
 //! the incoming version once its files are in place; `abort`, run by the
 //! outgoing version when the package manager unwinds.
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use ferry_hook::confined::{self, Dir};
 use ferry_hook::package::{compare_versions, PackageManifest, Record, MARKER};
 use ferry_hook::snapshot::{self, Label};
 
@@ -24,18 +24,20 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(m: &'a PackageManifest, step: &'static str) -> Ctx<'a> {
-        Ctx {
+    fn new(m: &'a PackageManifest, step: &'static str) -> Result<Ctx<'a>> {
+        let log = Log::new(m, step);
+        let agent = Agent::new(m).inspect_err(|e| log.line(&format!("{e:#}")))?;
+        Ok(Ctx {
             m,
-            log: Log::new(m, step),
-            agent: Agent::new(m),
+            log,
+            agent,
             unit: Systemd::new(&m.unit),
-        }
+        })
     }
 
     /// Whether the admin asked to skip automatic migration; said in the log.
     fn skip_migration(&self) -> bool {
-        let skip = Path::new(&self.m.skip_migration_file).exists();
+        let skip = confined::trusted_exists(Path::new(&self.m.skip_migration_file));
         if skip {
             self.log.line(&format!(
                 "{} exists: the state is NOT migrated (escape hatch); remove it to migrate again",
@@ -45,19 +47,27 @@ impl<'a> Ctx<'a> {
         skip
     }
 
+    /// The state directory, if there is one yet. Its name is root's; what
+    /// is in it is the agent's user's, reached only through the handle.
+    fn state(&self) -> Result<Option<Dir>> {
+        Dir::open_trusted_if_present(Path::new(&self.m.state_dir))
+    }
+
+    /// Sets the marker by renaming a new file over whatever has the name
+    /// (the agent's user may have put a link there): nothing is followed.
     fn write_marker(&self, text: &str) -> Result<()> {
-        let path = self.m.marker_path();
-        if !Path::new(&self.m.state_dir).is_dir() {
-            return Ok(());
+        match self.state()? {
+            Some(dir) => dir.replace_file(MARKER, format!("{text}\n").as_bytes(), 0o644),
+            None => Ok(()),
         }
-        fs::write(&path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))
     }
 
     fn remove_marker(&self) -> Result<()> {
-        match fs::remove_file(self.m.marker_path()) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).context("removing the upgrade marker"),
+        match self.state()? {
+            Some(dir) => dir
+                .remove_file(MARKER)
+                .context("removing the upgrade marker"),
+            None => Ok(()),
         }
     }
 
@@ -73,11 +83,10 @@ impl<'a> Ctx<'a> {
         reason: &str,
     ) -> Result<Option<String>> {
         let state = Path::new(&self.m.state_dir);
-        if !state.is_dir() {
+        if self.state()?.is_none() {
             self.log.line("no state directory yet: nothing to snapshot");
             return Ok(None);
         }
-        snapshot::check_free_space(state, &self.m.snapshots_dir())?;
         let started = Instant::now();
         let label = Label {
             package: self.m.name.clone(),
@@ -91,7 +100,17 @@ impl<'a> Ctx<'a> {
             snap.path.display(),
             started.elapsed()
         ));
+        self.log_skipped(&snap);
         Ok(Some(snap.name))
+    }
+
+    fn log_skipped(&self, snap: &snapshot::Snapshot) {
+        if !snap.skipped.is_empty() {
+            self.log.line(&format!(
+                "not copied (sockets are live endpoints, not state): {}",
+                snap.skipped.join(", ")
+            ));
+        }
     }
 
     /// Retakes the snapshot of an upgrade that was taken while the agent
@@ -113,6 +132,7 @@ impl<'a> Ctx<'a> {
             snap.path.display(),
             started.elapsed()
         ));
+        self.log_skipped(&snap);
         Ok(Some(snap.name))
     }
 
@@ -186,7 +206,7 @@ pub struct Incoming {
 /// migrate down if the incoming schema is older. Undone on any failure, so
 /// a refused upgrade leaves the agent as it was.
 pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
-    let c = Ctx::new(m, "prepare");
+    let c = Ctx::new(m, "prepare")?;
     let direction = match compare_versions(&incoming.version, &m.version) {
         std::cmp::Ordering::Greater => "upgrade",
         std::cmp::Ordering::Less => "downgrade",
@@ -390,7 +410,7 @@ fn undo_prepare(c: &Ctx, was_active: bool, own_record: bool) {
 /// check health; on failure restore the snapshot and leave the agent
 /// stopped behind the marker, with the cause in the log and the error.
 pub fn finish(m: &PackageManifest, previous: Option<&str>) -> Result<()> {
-    let c = Ctx::new(m, "finish");
+    let c = Ctx::new(m, "finish")?;
     let mut record = Record::load(&m.record_path())?;
     let start = match &record {
         Some(r) => {
@@ -431,7 +451,7 @@ fn adopt_fallback_snapshot(c: &Ctx, r: &Record) {
         return;
     };
     let path = c.m.snapshots_dir().join(name);
-    if path.join(snapshot::MANIFEST).exists() {
+    if confined::trusted_exists(&path.join(snapshot::MANIFEST)) {
         return;
     }
     let label = Label {
@@ -579,7 +599,7 @@ fn roll_back(
 /// and the agent takes work again if it was left running, or starts again
 /// if it ran.
 pub fn abort(m: &PackageManifest) -> Result<()> {
-    let c = Ctx::new(m, "abort");
+    let c = Ctx::new(m, "abort")?;
     let Some(record) = Record::load(&m.record_path())? else {
         c.log.line("no upgrade was prepared: nothing to undo");
         return Ok(());

@@ -1,31 +1,37 @@
 //! What the hook asks of the world: the agent (through its command line,
 //! docs/PROTOCOL.md), systemd (only when it runs), and the upgrade log.
 
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ferry_hook::confined::{self, Dir};
 use ferry_hook::package::PackageManifest;
+
+use crate::account::Account;
 use serde_json::Value;
 
 /// Appends a line to the package's upgrade log and echoes it to stderr,
-/// where dpkg, apt and dnf show it to whoever runs them.
+/// where dpkg, apt and dnf show it to whoever runs them. The log's
+/// directory belongs to the agent's user: the file is appended to only
+/// through [`Dir::append`], which refuses a link or a FIFO in its place
+/// (then the line reaches stderr alone, with a warning naming the file).
 pub struct Log {
-    file: String,
+    dir: PathBuf,
+    name: String,
     step: &'static str,
 }
 
 impl Log {
     pub fn new(m: &PackageManifest, step: &'static str) -> Log {
-        if let Some(dir) = Path::new(&m.log_file).parent() {
-            // The log directory is a state directory the package creates; the
-            // first install runs the hook before it may exist.
-            let _ = std::fs::create_dir_all(dir);
-        }
+        let path = Path::new(&m.log_file);
         Log {
-            file: m.log_file.clone(),
+            dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             step,
         }
     }
@@ -35,6 +41,8 @@ impl Log {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
+        // One line per message, whatever names it quotes.
+        let message = message.replace('\n', "\\n");
         let line = format!(
             "{}.{:03} ferry-hook[{}] {}: {message}\n",
             now.as_secs(),
@@ -43,20 +51,22 @@ impl Log {
             self.step
         );
         eprintln!("ferry-hook: {}: {message}", self.step);
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.file)
-            .and_then(|mut f| f.write_all(line.as_bytes()));
+        // The log directory is a state directory the package creates; the
+        // first install runs the hook before it may exist (root's until the
+        // package hands it over).
+        let appended = Dir::create_trusted(&self.dir, 0o755)
+            .and_then(|dir| dir.append(&self.name, line.as_bytes(), 0o640));
         if let Err(e) = appended {
-            eprintln!("ferry-hook: warning: cannot write {}: {e}", self.file);
+            eprintln!("ferry-hook: warning: the upgrade log is not written: {e:#}");
         }
     }
 }
 
-/// The agent's command line, pointed at the package's directories.
+/// The agent's command line, pointed at the package's directories, run as
+/// the agent's own user.
 pub struct Agent<'a> {
     m: &'a PackageManifest,
+    account: Account,
 }
 
 /// What `state check --json` says.
@@ -68,18 +78,29 @@ pub struct StateCheck {
 }
 
 impl<'a> Agent<'a> {
-    pub fn new(m: &'a PackageManifest) -> Agent<'a> {
-        Agent { m }
+    pub fn new(m: &'a PackageManifest) -> Result<Agent<'a>> {
+        if m.user.is_empty() {
+            bail!(
+                "the package manifest names no user for {}: rebuild the package with this ferry",
+                m.agent
+            );
+        }
+        let account = Account::lookup(&m.user, &m.group)
+            .with_context(|| format!("{} runs as its own user", m.agent))?;
+        Ok(Agent { m, account })
     }
 
     fn run(&self, args: &[&str]) -> Result<Output> {
-        Command::new(&self.m.agent)
+        let mut command = Command::new(&self.m.agent);
+        command
             .args(["--config-dir", &self.m.config_dir])
             .args(["--state-dir", &self.m.state_dir])
             .args(["--runtime-dir", &self.m.runtime_dir])
-            .args(args)
+            .args(args);
+        self.account.run_as(&mut command);
+        command
             .output()
-            .with_context(|| format!("cannot run {}", self.m.agent))
+            .with_context(|| format!("cannot run {} as {}", self.m.agent, self.account.name))
     }
 
     /// Runs a command that must succeed; the error carries the agent's words.
@@ -149,7 +170,7 @@ impl<'a> Systemd<'a> {
     }
 
     pub fn running() -> bool {
-        Path::new("/run/systemd/system").is_dir()
+        confined::trusted_exists(Path::new("/run/systemd/system"))
     }
 
     fn systemctl(&self, args: &[&str]) -> Result<Output> {

@@ -12,11 +12,13 @@
 //! earlier snapshot checksummed another way (format 1) is not reused.
 
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use anyhow::Result;
+use rustix::fs::Stat;
 
 use super::{attrs_of, Checksum, Entry, Manifest, DATA};
+use crate::confined::Dir;
 
 /// How long before the earlier snapshot began a file must have last
 /// changed: covers the manifest's whole-second time and the kernel's coarse
@@ -25,7 +27,7 @@ pub const RACY_SECS: i64 = 2;
 
 /// The earlier snapshot's files, by path.
 pub struct Reuse {
-    data: PathBuf,
+    data: Dir,
     files: HashMap<String, Entry>,
     changed_before: i64,
 }
@@ -33,9 +35,9 @@ pub struct Reuse {
 impl Reuse {
     /// The snapshot at `earlier`, whose manifest is `manifest`; None when
     /// its checksums are not of the kind new snapshots record.
-    pub fn new(earlier: &Path, manifest: Manifest) -> Option<Reuse> {
+    pub fn new(earlier: &Path, manifest: Manifest) -> Result<Option<Reuse>> {
         if manifest.checksum != Checksum::CURRENT {
-            return None;
+            return Ok(None);
         }
         let changed_before = manifest.created_unix as i64 - RACY_SECS;
         let files = manifest
@@ -44,16 +46,16 @@ impl Reuse {
             .filter(|e| matches!(e, Entry::File { .. }))
             .map(|e| (e.path().to_string(), e))
             .collect();
-        Some(Reuse {
-            data: earlier.join(DATA),
+        Ok(Some(Reuse {
+            data: Dir::open_trusted(earlier)?.open_dir(DATA)?,
             files,
             changed_before,
-        })
+        }))
     }
 
-    /// Links the earlier copy of `rel` to `to` and returns its entry when the
-    /// live file (`meta`) did not change since; None when it must be copied.
-    pub fn link(&self, rel: &str, meta: &fs::Metadata, to: &Path) -> Option<Entry> {
+    /// Links the earlier copy of `rel` into `to` and returns its entry when
+    /// the live file (`st`) did not change since; None when it must be copied.
+    pub fn link(&self, rel: &str, st: &Stat, to: &Dir) -> Option<Entry> {
         let Some(Entry::File {
             size,
             digest,
@@ -63,14 +65,15 @@ impl Reuse {
         else {
             return None;
         };
-        let unchanged =
-            meta.len() == *size && meta.mtime() == *mtime && meta.ctime() < self.changed_before;
-        if !unchanged || fs::hard_link(self.data.join(rel), to).is_err() {
+        let unchanged = u64::try_from(st.st_size) == Ok(*size)
+            && st.st_mtime == *mtime
+            && st.st_ctime < self.changed_before;
+        if !unchanged || !to.link_from(&self.data, rel) {
             return None;
         }
         Some(Entry::File {
             path: rel.to_string(),
-            attrs: attrs_of(meta),
+            attrs: attrs_of(st),
             size: *size,
             digest: digest.clone(),
             mtime: *mtime,
@@ -84,6 +87,8 @@ mod tests {
     use super::super::{now_unix, read_manifest, restore, retake, verify, write_manifest};
     use super::*;
     use crate::package::MARKER;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     fn inode(path: &Path) -> u64 {
         fs::metadata(path).unwrap().ino()
@@ -94,7 +99,7 @@ mod tests {
     fn taken_at(snapshot: &Path, unix: u64) {
         let mut manifest = read_manifest(snapshot).unwrap();
         manifest.created_unix = unix;
-        write_manifest(snapshot, &manifest).unwrap();
+        write_manifest(&Dir::open_trusted(snapshot).unwrap(), &manifest).unwrap();
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! The agent's system account, and running its program as that account:
+//! what the agent does to its own state it does with its own rights, never
+//! root's (docs/SECURITY.md), so the files it writes are its own without
+//! any `chown` by root, and a link it planted leads it nowhere it could not
+//! already go.
+
+use std::ffi::{CStr, CString};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// A user, its group and its supplementary groups, as `initgroups(3)` and
+/// systemd's `User=`/`Group=` give them to the agent's service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+impl Account {
+    /// Looks up `user` and `group` in the system's databases (NSS).
+    pub fn lookup(user: &str, group: &str) -> Result<Account> {
+        let c_user = CString::new(user).context("a user name holds a NUL byte")?;
+        let c_group = CString::new(group).context("a group name holds a NUL byte")?;
+        let (uid, primary, home) = passwd(&c_user)?
+            .with_context(|| format!("the agent's user `{user}` does not exist"))?;
+        let gid = if group.is_empty() {
+            primary
+        } else {
+            group_id(&c_group)?
+                .with_context(|| format!("the agent's group `{group}` does not exist"))?
+        };
+        Ok(Account {
+            name: user.to_string(),
+            uid,
+            gid,
+            groups: group_list(&c_user, gid)?,
+            home,
+        })
+    }
+
+    /// Makes `command` run as this account: supplementary groups, group,
+    /// then user, in that order (each step needs the rights the next one
+    /// drops), in the child between fork and exec. Only root can do it;
+    /// anyone else runs the command as they are.
+    pub fn run_as(&self, command: &mut Command) {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (uid, gid, groups) = (self.uid, self.gid, self.groups.clone());
+        command
+            .env("HOME", &self.home)
+            .env("USER", &self.name)
+            .env("LOGNAME", &self.name)
+            // The package manager's directory may be closed to the user.
+            .current_dir("/");
+        // SAFETY: the closure runs in the forked child and calls only
+        // async-signal-safe functions (setgroups, setgid, setuid) on memory
+        // allocated before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// Size of the buffer for the `_r` lookups; grown when too small.
+const BUFFER: usize = 4096;
+
+/// The uid, primary gid and home of `user`; None if there is no such user.
+fn passwd(user: &CStr) -> Result<Option<(u32, u32, String)>> {
+    let mut buf = vec![0 as libc::c_char; BUFFER];
+    loop {
+        // SAFETY: zeroed is a valid passwd (pointers null, numbers 0).
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, buf for buf.len().
+        let rc = unsafe {
+            libc::getpwnam_r(
+                user.as_ptr(),
+                &mut pw,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            // SAFETY: pw_dir points into buf, NUL-terminated, set by getpwnam_r.
+            0 => {
+                let home = unsafe { CStr::from_ptr(pw.pw_dir) }
+                    .to_string_lossy()
+                    .into_owned();
+                return Ok(Some((pw.pw_uid, pw.pw_gid, home)));
+            }
+            libc::ERANGE => buf.resize(buf.len() * 2, 0),
+            e => {
+                return Err(std::io::Error::from_raw_os_error(e))
+                    .with_context(|| format!("looking up the user {user:?}"))
+            }
+        }
+    }
+}
+
+/// The gid of `group`; None if there is no such group.
+fn group_id(group: &CStr) -> Result<Option<u32>> {
+    let mut buf = vec![0 as libc::c_char; BUFFER];
+    loop {
+        // SAFETY: zeroed is a valid group (pointers null, numbers 0).
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, buf for buf.len().
+        let rc = unsafe {
+            libc::getgrnam_r(
+                group.as_ptr(),
+                &mut gr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        match rc {
+            0 if found.is_null() => return Ok(None),
+            0 => return Ok(Some(gr.gr_gid)),
+            libc::ERANGE => buf.resize(buf.len() * 2, 0),
+            e => {
+                return Err(std::io::Error::from_raw_os_error(e))
+                    .with_context(|| format!("looking up the group {group:?}"))
+            }
+        }
+    }
+}
+
+/// The groups `user` is a member of, `gid` included.
+fn group_list(user: &CStr, gid: u32) -> Result<Vec<u32>> {
+    let mut count: libc::c_int = 32;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; count as usize];
+        let asked = count;
+        // SAFETY: groups holds `count` entries; getgrouplist writes at most
+        // that many and sets count to how many there are.
+        let rc = unsafe { libc::getgrouplist(user.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count as usize);
+            return Ok(groups);
+        }
+        if count <= asked {
+            bail!("cannot list the groups of {user:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_with_its_groups() {
+        let root = Account::lookup("root", "root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert!(root.groups.contains(&0), "{:?}", root.groups);
+    }
+
+    #[test]
+    fn an_unknown_user_is_named() {
+        let err = Account::lookup("no-such-ferry-user", "").unwrap_err();
+        assert!(format!("{err:#}").contains("`no-such-ferry-user` does not exist"));
+    }
+
+    /// The command runs with the account's ids, all of them (real,
+    /// effective, saved) and no other group.
+    #[test]
+    fn a_command_runs_as_the_account() {
+        let nobody = Account::lookup("nobody", "nogroup").unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "id -u; id -g; id -G; echo $HOME"]);
+        nobody.run_as(&mut command);
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "run as root, as ci/test does"
+        );
+        let out = command.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], nobody.uid.to_string(), "{text}");
+        assert_eq!(lines[1], nobody.gid.to_string(), "{text}");
+        assert!(!lines[2].split(' ').any(|g| g == "0"), "{text}");
+        assert_eq!(lines[3], nobody.home, "{text}");
+    }
+}
