@@ -447,7 +447,17 @@ pub fn finish(m: &PackageManifest, previous: Option<&str>) -> Result<()> {
 }
 
 fn adopt_fallback_snapshot(c: &Ctx, r: &Record) {
-    let Some(name) = r.snapshot.as_deref().filter(|_| r.fallback) else {
+    if !r.fallback {
+        return;
+    }
+    // The shell fallback cannot append to the log safely (the log's
+    // directory is the agent's user's): its step is written here.
+    c.log.line(&format!(
+        "fallback prepare for {} (no hook program was installed): the package scripts stopped the agent and copied the state to snapshot {}",
+        c.m.version,
+        r.snapshot.as_deref().unwrap_or("(none: there was no state directory)")
+    ));
+    let Some(name) = r.snapshot.as_deref() else {
         return;
     };
     let path = c.m.snapshots_dir().join(name);
