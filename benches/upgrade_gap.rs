@@ -29,7 +29,7 @@ use support::agent::{log_len, log_since};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 
-const RUNS: usize = 5;
+const RUNS: usize = 10;
 const SOCKET: &str = "/run/roboconf-agent/control.sock";
 const POLL: Duration = Duration::from_millis(5);
 /// systemd refuses a sixth start within 10 s (StartLimitBurst): runs are
