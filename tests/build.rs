@@ -352,3 +352,25 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
         assert_refused(&dir, field, words);
     }
 }
+
+/// The reference agent's unit is sandboxed (docs/SECURITY.md, "The unit's
+/// sandbox"): `systemd-analyze security` rates its exposure at most 2.0.
+/// Offline, the rating counts only what the file says; a booted lab host
+/// rates the installed unit the same (0.3 with systemd 252).
+#[test]
+fn the_agents_unit_is_exposed_at_most_2_0() {
+    let unit = repo().join("pkg/roboconf-agent.service");
+    let o = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(&unit));
+    let all = text(&o);
+    let exposure: f64 = all
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for roboconf-agent.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in {all}"));
+    eprintln!("exposure of {}: {exposure}", unit.display());
+    assert!(exposure <= 2.0, "exposure {exposure} is above 2.0: {all}");
+    assert!(o.status.success(), "above --threshold=20: {all}");
+}
