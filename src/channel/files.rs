@@ -53,7 +53,8 @@ pub struct Record {
     pub dirs: Vec<String>,
     /// The `gpg-pubkey-…` rpm package ferry imported (dnf hosts), if ferry
     /// imported it (a key that was already there is not ferry's to remove):
-    /// NAME-VERSION-RELEASE (records written before 0.1 hold NAME-VERSION).
+    /// NAME-VERSION-RELEASE (older records hold NAME-VERSION; `rpm -e` takes
+    /// either).
     pub rpm_key: Option<String>,
     /// The version pinned by `ferry channel pin`, if any.
     pub pinned: Option<String>,
