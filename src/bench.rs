@@ -275,13 +275,13 @@ fn bench_ferry(
     for (format, name) in [(Format::Deb, "deb"), (Format::Rpm, "rpm")] {
         let r = best_of(opts.runs, || {
             let a = build::build(&build_opts(vec![format]), &mut |_| {})?;
-            Ok(a.iter().map(|a| a.bytes).sum())
+            Ok(a.packages.iter().map(|a| a.bytes).sum())
         })?;
         results.push(measurement(&label, name, r));
     }
     let both = best_of(opts.runs, || {
         let a = build::build(&build_opts(vec![Format::Deb, Format::Rpm]), &mut |_| {})?;
-        Ok(a.iter().map(|a| a.bytes).sum())
+        Ok(a.packages.iter().map(|a| a.bytes).sum())
     })?;
     results.push(measurement(&label, "both", both));
     Ok(results)

@@ -195,6 +195,143 @@ impl fmt::Display for DescriptorError {
 
 impl std::error::Error for DescriptorError {}
 
+/// Something a descriptor should do better, which does not stop the build:
+/// which file, what, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DescriptorWarning {
+    pub file: PathBuf,
+    pub problem: String,
+    /// The directives (or fields) concerned.
+    pub missing: Vec<String>,
+    pub fix: String,
+}
+
+impl fmt::Display for DescriptorWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: warning: {}\n  fix: {}",
+            self.file.display(),
+            self.problem,
+            self.fix
+        )
+    }
+}
+
+/// The hardening set ferry expects of an agent's unit, with the value it
+/// suggests for each: the list in docs/SECURITY.md ("The unit's sandbox"),
+/// kept here once. `ferry build` warns when the unit lacks any of them.
+pub const HARDENING: &[(&str, &str)] = &[
+    ("NoNewPrivileges", "yes"),
+    ("CapabilityBoundingSet", ""),
+    ("RestrictSUIDSGID", "yes"),
+    ("ProtectSystem", "strict"),
+    ("PrivateTmp", "yes"),
+    ("ProtectHome", "read-only"),
+    ("PrivateMounts", "yes"),
+    ("UMask", "0027"),
+    ("PrivateDevices", "yes"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("LockPersonality", "yes"),
+    ("RemoveIPC", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("SystemCallFilter", "@system-service"),
+    ("RestrictAddressFamilies", "AF_UNIX"),
+];
+
+/// The last value each key of the unit's `[Service]` section is assigned
+/// (`Key=value`, spaces around `=` allowed, `\` continuations joined).
+fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
+    let mut settings = std::collections::BTreeMap::new();
+    let mut in_service = false;
+    let mut pending = String::new();
+    for raw in unit.lines() {
+        let line = raw.trim();
+        if pending.is_empty() && (line.starts_with('#') || line.starts_with(';')) {
+            continue;
+        }
+        if let Some(rest) = line.strip_suffix('\\') {
+            pending.push_str(rest);
+            pending.push(' ');
+            continue;
+        }
+        let line = std::mem::take(&mut pending) + line;
+        if line.starts_with('[') {
+            in_service = line == "[Service]";
+        } else if let (true, Some((key, value))) = (in_service, line.split_once('=')) {
+            settings.insert(key.trim().to_string(), value.trim().to_string());
+        }
+    }
+    settings
+}
+
+/// Whether `value` leaves `directive` off: not set, reset (empty, but for
+/// CapabilityBoundingSet, where empty keeps no capability), turned off, or a
+/// UMask that lets others read.
+fn weak_setting(directive: &str, value: Option<&String>) -> bool {
+    let Some(value) = value else {
+        return true;
+    };
+    if value.is_empty() {
+        return directive != "CapabilityBoundingSet";
+    }
+    if ["no", "false", "off", "0", "default"].contains(&value.to_ascii_lowercase().as_str()) {
+        return true;
+    }
+    directive == "UMask" && u32::from_str_radix(value, 8).map_or(true, |m| m & 0o007 != 0o007)
+}
+
+/// The directives of [`HARDENING`] the unit lacks (or turns off).
+pub fn missing_hardening(unit: &str) -> Vec<&'static str> {
+    let settings = service_settings(unit);
+    HARDENING
+        .iter()
+        .filter(|(directive, _)| weak_setting(directive, settings.get(*directive)))
+        .map(|(directive, _)| *directive)
+        .collect()
+}
+
+/// The warning for a unit that lacks part of the hardening set, if it does.
+pub fn hardening_warning(unit_file: &Path, unit: &str) -> Option<DescriptorWarning> {
+    let missing = missing_hardening(unit);
+    if missing.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|m| {
+            let value = HARDENING
+                .iter()
+                .find(|(d, _)| d == m)
+                .map_or("", |(_, v)| *v);
+            format!("{m}={value}")
+        })
+        .collect();
+    Some(DescriptorWarning {
+        file: unit_file.to_path_buf(),
+        problem: format!(
+            "the unit lacks {} of ferry's hardening set: {}",
+            missing.len(),
+            missing.join(", ")
+        ),
+        missing: missing.iter().map(|m| m.to_string()).collect(),
+        fix: format!(
+            "add to its [Service] section {} (ferry's docs/SECURITY.md, \"The unit's sandbox\", \
+             says what each forbids the agent and its recipes; RestrictAddressFamilies= lists \
+             AF_INET AF_INET6 too if the agent talks to the network)",
+            lines.join(" ")
+        ),
+    })
+}
+
 /// Architecture names of both formats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Architecture {
@@ -226,6 +363,8 @@ pub struct Validated {
     pub file: PathBuf,
     pub version: PackageVersion,
     pub architecture: Architecture,
+    /// What the descriptor should do better; the build goes on.
+    pub warnings: Vec<DescriptorWarning>,
 }
 
 impl Validated {
@@ -300,12 +439,13 @@ pub fn load(file: &Path, version_override: Option<&str>) -> Result<Validated, De
         d: &descriptor,
     }
     .check(version_override)
-    .map(|(version, architecture)| Validated {
+    .map(|(version, architecture, warnings)| Validated {
         descriptor: descriptor.clone(),
         root: root.clone(),
         file: file.to_path_buf(),
         version,
         architecture,
+        warnings,
     })
 }
 
@@ -420,16 +560,16 @@ impl Checker<'_> {
     fn check(
         &self,
         version_override: Option<&str>,
-    ) -> Result<(PackageVersion, Architecture), DescriptorError> {
+    ) -> Result<(PackageVersion, Architecture, Vec<DescriptorWarning>), DescriptorError> {
         self.check_name()?;
         self.check_texts()?;
         let version = self.check_version(version_override)?;
         let architecture = self.check_architecture()?;
         self.check_assets()?;
-        self.check_service()?;
+        let warnings = self.check_service()?;
         self.check_state()?;
         self.check_hooks()?;
-        Ok((version, architecture))
+        Ok((version, architecture, warnings))
     }
 
     fn check_name(&self) -> Result<(), DescriptorError> {
@@ -624,7 +764,8 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_service(&self) -> Result<(), DescriptorError> {
+    /// Refuses a bad `[service]`; warns about a unit without the hardening set.
+    fn check_service(&self) -> Result<Vec<DescriptorWarning>, DescriptorError> {
         let s = &self.d.service;
         for (field, value) in [("service.user", &s.user), ("service.group", &s.group)] {
             let valid = !value.is_empty()
@@ -674,7 +815,8 @@ impl Checker<'_> {
                 "name the unit file NAME.service",
             ));
         }
-        self.check_unit_text(&text)
+        self.check_unit_text(&text)?;
+        Ok(hardening_warning(&unit, &text).into_iter().collect())
     }
 
     /// The unit must run as the declared user and let the agent write its
@@ -819,6 +961,113 @@ mod tests {
         assert!(parse_mode("0799").is_err());
         assert!(parse_mode("0777").is_err());
         assert!(parse_mode("4755").is_err());
+    }
+
+    const REFERENCE_UNIT: &str = include_str!("../pkg/roboconf-agent.service");
+
+    /// A unit with exactly the hardening set, as ferry suggests it.
+    fn hardened_unit() -> String {
+        let mut unit = String::from("[Unit]\nDescription=x\n\n[Service]\nUser=agent\n");
+        for (directive, value) in HARDENING {
+            unit.push_str(&format!("{directive}={value}\n"));
+        }
+        unit
+    }
+
+    #[test]
+    fn a_unit_with_the_hardening_set_gets_no_warning() {
+        // hardened_unit() has `CapabilityBoundingSet=`: empty keeps no
+        // capability, which is the hardening, not a reset.
+        assert_eq!(missing_hardening(&hardened_unit()), Vec::<&str>::new());
+        assert_eq!(missing_hardening(REFERENCE_UNIT), Vec::<&str>::new());
+        assert_eq!(
+            hardening_warning(Path::new("pkg/roboconf-agent.service"), REFERENCE_UNIT),
+            None
+        );
+        // Spaces around `=`, continuation lines, several lines of a list.
+        let spaced = hardened_unit()
+            .replace("ProtectClock=yes", "ProtectClock = yes")
+            .replace(
+                "SystemCallFilter=@system-service",
+                "SystemCallFilter=\nSystemCallFilter=@system-service \\\n  @network-io",
+            );
+        assert_eq!(missing_hardening(&spaced), Vec::<&str>::new(), "{spaced}");
+    }
+
+    #[test]
+    fn a_unit_missing_a_directive_is_warned_about_by_name() {
+        let unit = hardened_unit().replace("ProtectClock=yes\n", "");
+        let w = hardening_warning(Path::new("pkg/agent.service"), &unit).expect("a warning");
+        assert_eq!(w.missing, vec!["ProtectClock"]);
+        assert_eq!(w.file, Path::new("pkg/agent.service"));
+        let shown = w.to_string();
+        assert!(shown.starts_with("pkg/agent.service: warning: "), "{shown}");
+        assert!(
+            shown.contains("lacks 1 of ferry's hardening set: ProtectClock"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("fix: add to its [Service] section ProtectClock=yes "),
+            "{shown}"
+        );
+        assert!(shown.contains("docs/SECURITY.md"), "{shown}");
+        // Turned off, reset, or in another section: missing too.
+        for (from, to, missing) in [
+            (
+                "ProtectHostname=yes",
+                "ProtectHostname=no",
+                "ProtectHostname",
+            ),
+            (
+                "NoNewPrivileges=yes",
+                "NoNewPrivileges=false",
+                "NoNewPrivileges",
+            ),
+            (
+                "ProtectProc=invisible",
+                "ProtectProc=default",
+                "ProtectProc",
+            ),
+            ("UMask=0027", "UMask=0022", "UMask"),
+            (
+                "RestrictAddressFamilies=AF_UNIX",
+                "RestrictAddressFamilies=AF_UNIX\nRestrictAddressFamilies=",
+                "RestrictAddressFamilies",
+            ),
+            (
+                "LockPersonality=yes",
+                "#LockPersonality=yes",
+                "LockPersonality",
+            ),
+        ] {
+            let unit = hardened_unit().replace(from, to);
+            assert_eq!(missing_hardening(&unit), vec![missing], "{unit}");
+        }
+        let moved = hardened_unit()
+            .replace("RemoveIPC=yes\n", "")
+            .replace("[Unit]\n", "[Unit]\nRemoveIPC=yes\n");
+        assert_eq!(missing_hardening(&moved), vec!["RemoveIPC"]);
+        // A bare unit lacks all of it, in the table's order.
+        let all: Vec<&str> = HARDENING.iter().map(|(d, _)| *d).collect();
+        assert_eq!(missing_hardening("[Service]\nUser=agent\n"), all);
+    }
+
+    /// docs/SECURITY.md lists exactly the set the code checks.
+    #[test]
+    fn the_documented_hardening_set_is_the_checked_one() {
+        let doc = include_str!("../docs/SECURITY.md");
+        let table = doc
+            .split("### The hardening set ferry expects")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("docs/SECURITY.md has the hardening set's section");
+        let documented: Vec<String> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(d, _)| d.to_string()))
+            .collect();
+        let checked: Vec<String> = HARDENING.iter().map(|(d, v)| format!("{d}={v}")).collect();
+        assert_eq!(documented, checked);
     }
 
     #[test]

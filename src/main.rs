@@ -163,7 +163,9 @@ struct BuildArgs {
     /// Do not run the descriptor's [build] command; package what exists.
     #[arg(long)]
     no_build_command: bool,
-    /// Print what was written as JSON.
+    /// Print what was written, and the descriptor's warnings, as JSON:
+    /// `{"packages": [{"format", "path", "bytes"}…], "warnings": [{"file",
+    /// "problem", "missing", "fix"}…]}`.
     #[arg(long)]
     json: bool,
 }
@@ -298,6 +300,9 @@ fn run(cli: Cli) -> Result<()> {
             out,
         }) => {
             let validated = ferry::descriptor::load(&descriptor, version.as_deref())?;
+            for w in &validated.warnings {
+                eprintln!("ferry: {w}");
+            }
             let scripts = ferry::hooks::render(&validated)?;
             let manifest = ferry::plan::package_manifest_json(&validated)?;
             for path in ferry::hooks::write_for_cargo_tools(&scripts, &manifest, &out)? {
@@ -332,16 +337,19 @@ fn run_build(args: BuildArgs) -> Result<()> {
         run_build_command: !args.no_build_command,
     };
     let started = std::time::Instant::now();
-    let artifacts = build::build(&opts, &mut |step| eprintln!("ferry: {step}"))?;
+    let built = build::build(&opts, &mut |step| eprintln!("ferry: {step}"))?;
+    for w in &built.warnings {
+        eprintln!("ferry: {w}");
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&artifacts)?);
+        println!("{}", serde_json::to_string_pretty(&built)?);
     } else {
-        for a in &artifacts {
+        for a in &built.packages {
             println!("{}  ({} bytes)", a.path.display(), a.bytes);
         }
         eprintln!(
             "ferry: built {} package(s) in {:.1?}",
-            artifacts.len(),
+            built.packages.len(),
             started.elapsed()
         );
     }

@@ -40,6 +40,8 @@ fn tempdir(name: &str) -> PathBuf {
 struct Built {
     deb: PathBuf,
     rpm: PathBuf,
+    /// What `ferry build` printed.
+    output: String,
 }
 
 fn built() -> &'static Built {
@@ -55,6 +57,7 @@ fn built() -> &'static Built {
         ]);
         assert!(o.status.success(), "{}", text(&o));
         Built {
+            output: text(&o),
             deb: out.join(format!("roboconf-agent_1.2.0~rc.1-1_{}.deb", deb_arch())),
             rpm: out.join(format!(
                 "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
@@ -226,21 +229,29 @@ fn rendered_scripts_pass_shellcheck() {
     }
 }
 
-/// A copy of pkg/ with the descriptor edited, for the refusal tests.
-fn broken_descriptor(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+/// A copy of pkg/ with `file` (the descriptor or the unit) edited.
+fn edited_pkg(name: &str, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     let dir = tempdir(name);
     for entry in std::fs::read_dir(repo().join("pkg")).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
-    let file = dir.join("ferry.toml");
-    let original = std::fs::read_to_string(&file).unwrap();
+    let path = dir.join(file);
+    let original = std::fs::read_to_string(&path).unwrap();
     let edited = edit(&original);
     assert_ne!(edited, original, "the edit for {name} changed nothing");
+    std::fs::write(&path, edited).unwrap();
     // The payload already exists; point at it without rebuilding.
-    let edited = edited.replace("\"../", &format!("\"{}/", repo().display()));
-    std::fs::write(&file, edited).unwrap();
+    let descriptor = dir.join("ferry.toml");
+    let text = std::fs::read_to_string(&descriptor).unwrap();
+    let text = text.replace("\"../", &format!("\"{}/", repo().display()));
+    std::fs::write(&descriptor, text).unwrap();
     dir
+}
+
+/// A copy of pkg/ with the descriptor edited, for the refusal tests.
+fn broken_descriptor(name: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    edited_pkg(name, "ferry.toml", edit)
 }
 
 fn assert_refused(dir: &Path, field: &str, words: &[&str]) {
@@ -351,4 +362,87 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
         let dir = broken_descriptor(name, |s| s.replacen(from, to, 1));
         assert_refused(&dir, field, words);
     }
+}
+
+/// The reference agent's unit is sandboxed (docs/SECURITY.md, "The unit's
+/// sandbox"): `systemd-analyze security` rates its exposure at most 2.0.
+/// Offline, the rating counts only what the file says; a booted lab host
+/// rates the installed unit the same (0.3 with systemd 252).
+#[test]
+fn the_agents_unit_is_exposed_at_most_2_0() {
+    let unit = repo().join("pkg/roboconf-agent.service");
+    let o = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(&unit));
+    let all = text(&o);
+    let exposure: f64 = all
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for roboconf-agent.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in {all}"));
+    eprintln!("exposure of {}: {exposure}", unit.display());
+    assert!(exposure <= 2.0, "exposure {exposure} is above 2.0: {all}");
+    assert!(o.status.success(), "above --threshold=20: {all}");
+}
+
+/// The reference agent's unit has ferry's whole hardening set: its build
+/// warns about nothing.
+#[test]
+fn the_reference_build_warns_about_nothing() {
+    let output = &built().output;
+    assert!(output.contains("ferry: packaging"), "{output}");
+    // The [build] command (cargo) prints to the same stream: only ferry's
+    // own lines count.
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("ferry: ") && l.contains("warning"))
+        .collect();
+    assert!(warnings.is_empty(), "{output}");
+}
+
+/// A unit without part of the hardening set is built, with a warning that
+/// names the file, the directive and the fix, on stderr and in --json.
+#[test]
+fn a_unit_without_the_hardening_set_is_built_with_a_warning() {
+    let _ = built();
+    let dir = edited_pkg("unhardened", "roboconf-agent.service", |unit| {
+        unit.replace("ProtectClock=yes\n", "")
+    });
+    let o = ferry(&[
+        "build",
+        "--no-build-command",
+        "--format",
+        "deb",
+        "--json",
+        "--descriptor",
+        dir.join("ferry.toml").to_str().unwrap(),
+        "--out",
+        dir.join("dist").to_str().unwrap(),
+    ]);
+    let all = text(&o);
+    assert!(o.status.success(), "a warning stopped the build: {all}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("roboconf-agent.service: warning: the unit lacks 1 of ferry's hardening set: ProtectClock")
+            && stderr.contains("fix: add to its [Service] section ProtectClock=yes"),
+        "{all}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON on stdout");
+    assert_eq!(
+        json["packages"].as_array().map(Vec::len),
+        Some(1),
+        "{json:#}"
+    );
+    let warnings = json["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{json:#}");
+    assert_eq!(warnings[0]["missing"], serde_json::json!(["ProtectClock"]));
+    assert_eq!(
+        warnings[0]["file"],
+        dir.join("roboconf-agent.service").to_str().unwrap()
+    );
+    assert!(warnings[0]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("ProtectClock=yes"));
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::descriptor::{self, Validated};
+use crate::descriptor::{self, DescriptorWarning, Validated};
 use crate::plan::{self, Format, Plan};
 
 /// One package format's writer.
@@ -57,6 +57,13 @@ pub struct Artifact {
     pub bytes: u64,
 }
 
+/// What a build wrote, and what the descriptor should do better.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Built {
+    pub packages: Vec<Artifact>,
+    pub warnings: Vec<DescriptorWarning>,
+}
+
 /// The timestamp reproducible builds agree on: SOURCE_DATE_EPOCH when set,
 /// otherwise now.
 pub fn source_date_from_env() -> Result<u64> {
@@ -76,8 +83,9 @@ pub fn threads() -> u32 {
 }
 
 /// Validates the descriptor, runs its build command, and writes every
-/// requested package into `opts.out`.
-pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<Artifact>> {
+/// requested package into `opts.out`. The descriptor's warnings are
+/// returned with the packages (and never stop the build).
+pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Built> {
     let validated = descriptor::load(&opts.descriptor, opts.version.as_deref())?;
     if opts.run_build_command {
         run_build_command(&validated, progress)?;
@@ -97,7 +105,11 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Vec<
     let packagers = packagers(&opts.formats, opts.profile);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating the output directory {}", opts.out.display()))?;
-    write_all(&plan, &packagers, &opts.out)
+    let packages = write_all(&plan, &packagers, &opts.out)?;
+    Ok(Built {
+        packages,
+        warnings: validated.warnings,
+    })
 }
 
 fn packagers(formats: &[Format], profile: Profile) -> Vec<Box<dyn Packager>> {

@@ -10,7 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use super::files::{Planned, Record};
 use super::window::Window;
-use super::{output, require_channel, EnableArgs, Host, Status, TempGpg};
+use super::{
+    normalize_fingerprint, output, require_channel, same_fingerprint, EnableArgs, Host, Status,
+    TempGpg,
+};
 
 pub fn key_path(pkg: &str) -> String {
     format!("/etc/pki/rpm-gpg/ferry-{pkg}.asc")
@@ -138,39 +141,89 @@ fn dnf(host: &Host) -> Command {
     c
 }
 
-/// `rpm --import` of the checked key, unless rpm has it already.
+/// The keys rpm trusts: each `gpg-pubkey` package (as NAME-VERSION-RELEASE)
+/// with the full fingerprint of the key it holds. rpm 4.18 names these
+/// packages after the key's short id alone (VERSION: its last 8 hex digits)
+/// and has no `rpmkeys --list`; the key itself is the package's DESCRIPTION,
+/// armored, which gpg reads.
+fn installed_keys(host: &Host, gpg: &TempGpg) -> Result<Vec<(String, String)>> {
+    let names = output(rpm(host).args([
+        "-qa",
+        "gpg-pubkey",
+        "--qf",
+        "%{NAME}-%{VERSION}-%{RELEASE}\n",
+    ]))?;
+    let mut keys = Vec::new();
+    for (i, nvr) in names
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let armored = output(rpm(host).args(["-q", nvr, "--qf", "%{DESCRIPTION}"]))?;
+        let file = gpg.home.join(format!("rpm-key-{i}.asc"));
+        fs::write(&file, armored).with_context(|| format!("cannot write {}", file.display()))?;
+        // A key gpg cannot read cannot be the checked one: skip it.
+        for fpr in gpg.show_keys(&file).unwrap_or_default() {
+            keys.push((nvr.to_string(), fpr));
+        }
+    }
+    Ok(keys)
+}
+
+/// The `gpg-pubkey` package holding the key with fingerprint `want`, if rpm
+/// has it: the full fingerprints are compared, never the short id the
+/// package is named after.
+fn find_key<'a>(keys: &'a [(String, String)], want: &str) -> Option<&'a str> {
+    keys.iter()
+        .find(|(_, fpr)| same_fingerprint(fpr, want))
+        .map(|(nvr, _)| nvr.as_str())
+}
+
+/// `rpm --import` of the checked key, unless rpm has it already (same full
+/// fingerprint). The file imported must hold that key alone: it is listed
+/// with gpg and compared with `fingerprint` in full before rpm reads it.
 pub fn import_key(
     host: &Host,
+    gpg: &TempGpg,
     fingerprint: &str,
-    _armored: &str,
+    armored: &str,
     rec: &mut Record,
     dry_run: bool,
     out: &mut String,
 ) -> Result<bool> {
-    let fpr = fingerprint.replace(' ', "").to_ascii_lowercase();
-    let name = format!("gpg-pubkey-{}", &fpr[fpr.len() - 8..]);
-    if rpm(host)
-        .args(["-q", &name])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    let want = normalize_fingerprint(fingerprint);
+    if find_key(&installed_keys(host, gpg)?, &want).is_some() {
         return Ok(false);
     }
+    let path = key_path(&host.package);
+    // A dry run has not written the key file: check what it would write.
+    let file = if dry_run {
+        let file = gpg.home.join("to-import.asc");
+        fs::write(&file, armored).with_context(|| format!("cannot write {}", file.display()))?;
+        file
+    } else {
+        host.path(&path)
+    };
+    match gpg.show_keys(&file)?.as_slice() {
+        [one] if same_fingerprint(one, &want) => {}
+        found => bail!(
+            "{path} holds the key(s) {}, not the one with fingerprint {want}: refusing to import it into rpm",
+            found.join(", ")
+        ),
+    }
     if dry_run {
-        let _ = writeln!(
-            out,
-            "would rpm --import {} ({name})",
-            key_path(&host.package)
-        );
+        let _ = writeln!(out, "would rpm --import {path} (fingerprint {want})");
         return Ok(true);
     }
-    output(
-        rpm(host)
-            .arg("--import")
-            .arg(host.path(&key_path(&host.package))),
-    )?;
+    output(rpm(host).arg("--import").arg(&file))?;
+    let name = find_key(&installed_keys(host, gpg)?, &want)
+        .with_context(|| {
+            format!("rpm --import {path} succeeded, but rpm lists no key with fingerprint {want}")
+        })?
+        .to_string();
     rec.rpm_key = Some(name.clone());
-    let _ = writeln!(out, "imported {name} into rpm");
+    let _ = writeln!(out, "imported {name} (fingerprint {want}) into rpm");
     Ok(true)
 }
 
@@ -445,6 +498,7 @@ pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::{primary_fingerprints, Family};
 
     #[test]
     fn history_rows_read_as_date_action_and_command() {
@@ -455,5 +509,119 @@ mod tests {
             "2026-11-26 01:39: Downgrade (dnf transaction 5: -q -y --disableplugin=ve)"
         );
         assert_eq!(history_row("garbled"), "garbled");
+    }
+
+    /// Another key whose fingerprint ends in the same 8 (or 16) digits.
+    fn same_short_id(fpr: &str) -> String {
+        let first = if fpr.starts_with('0') { "1" } else { "0" };
+        format!("{first}{}", &fpr[1..])
+    }
+
+    #[test]
+    fn keys_are_compared_by_full_fingerprint_not_short_id() {
+        let fpr = "BA3B96BBB528E89CEDA7681440DB1EFC176DC986";
+        let keys = vec![("gpg-pubkey-176dc986-6b1616d5".to_string(), fpr.to_string())];
+        assert_eq!(find_key(&keys, fpr), Some("gpg-pubkey-176dc986-6b1616d5"));
+        assert_eq!(
+            find_key(&keys, "ba3b 96bb b528 e89c eda7  6814 40db 1efc 176d c986"),
+            Some("gpg-pubkey-176dc986-6b1616d5"),
+            "spacing and case are the admin's"
+        );
+        // Same short id (176DC986) and long id (40DB1EFC176DC986): another key.
+        assert_eq!(find_key(&keys, &same_short_id(fpr)), None);
+        assert_eq!(
+            find_key(&keys, "176DC986"),
+            None,
+            "a short id is no fingerprint"
+        );
+        assert_eq!(find_key(&keys, "40DB1EFC176DC986"), None);
+        assert!(!same_fingerprint("176DC986", "176dc986"));
+    }
+
+    /// A root with an rpm database (for `rpm --root`) and /usr/bin/dnf.
+    fn rpm_root(name: &str) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("etc/pki/rpm-gpg")).unwrap();
+        fs::write(root.join("usr/bin/dnf"), "").unwrap();
+        output(Command::new("rpm").arg("--root").arg(&root).arg("--initdb")).unwrap();
+        root
+    }
+
+    /// With real rpm and gpg: a key rpm already has is not imported again;
+    /// one whose fingerprint shares only the short id with it is not taken
+    /// for it (the key file, which holds the other key, is refused); a new
+    /// key is imported, recorded by its full package name and removed.
+    #[test]
+    fn rpm_import_checks_full_fingerprints() {
+        let keys = TempGpg::new().unwrap();
+        output(keys.gpg().args([
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "ferry test <test@example.org>",
+            "ed25519",
+            "sign",
+            "never",
+        ]))
+        .unwrap();
+        let listing = output(keys.gpg().args(["--with-colons", "--list-keys"])).unwrap();
+        let fpr = primary_fingerprints(&listing).remove(0);
+        let armored = output(keys.gpg().args(["--armor", "--export", &fpr])).unwrap();
+        let pkg = "ferry-test-agent";
+
+        // rpm already trusts the key.
+        let root = rpm_root("rpm-key-present");
+        let host = Host::open(&root, pkg, Some(Family::Dnf)).unwrap();
+        fs::write(host.path(&key_path(pkg)), &armored).unwrap();
+        output(rpm(&host).arg("--import").arg(host.path(&key_path(pkg)))).unwrap();
+        let gpg = TempGpg::new().unwrap();
+        let mut rec = Record::default();
+        let mut out = String::new();
+        assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+        assert_eq!(
+            rec.rpm_key, None,
+            "a key ferry did not import is not ferry's"
+        );
+        // The admin's fingerprint shares the short id only: not that key,
+        // and the key file (the same key) is refused, not imported.
+        let other = same_short_id(&fpr);
+        let err = import_key(&host, &gpg, &other, &armored, &mut rec, false, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("not the one with fingerprint {other}")),
+            "{err}"
+        );
+        assert_eq!(rec.rpm_key, None);
+        fs::remove_dir_all(&root).unwrap();
+
+        // rpm does not have it: dry run, import, remove.
+        let root = rpm_root("rpm-key-absent");
+        let host = Host::open(&root, pkg, Some(Family::Dnf)).unwrap();
+        let mut out = String::new();
+        assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, true, &mut out).unwrap());
+        assert!(
+            out.contains(&format!("would rpm --import {}", key_path(pkg))),
+            "{out}"
+        );
+        assert!(
+            installed_keys(&host, &gpg).unwrap().is_empty(),
+            "a dry run imported"
+        );
+        fs::write(host.path(&key_path(pkg)), &armored).unwrap();
+        assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+        let short = fpr[fpr.len() - 8..].to_ascii_lowercase();
+        let name = rec.rpm_key.clone().unwrap();
+        assert!(name.starts_with(&format!("gpg-pubkey-{short}-")), "{name}");
+        assert_eq!(
+            installed_keys(&host, &gpg).unwrap(),
+            vec![(name.clone(), fpr.clone())]
+        );
+        assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+        remove_key(&host, &mut rec, false, &mut out).unwrap();
+        assert!(installed_keys(&host, &gpg).unwrap().is_empty(), "{out}");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -52,7 +52,9 @@ pub struct Record {
     /// Directories ferry created (removed by `disable` when empty).
     pub dirs: Vec<String>,
     /// The `gpg-pubkey-…` rpm package ferry imported (dnf hosts), if ferry
-    /// imported it (a key that was already there is not ferry's to remove).
+    /// imported it (a key that was already there is not ferry's to remove):
+    /// NAME-VERSION-RELEASE (older records hold NAME-VERSION; `rpm -e` takes
+    /// either).
     pub rpm_key: Option<String>,
     /// The version pinned by `ferry channel pin`, if any.
     pub pinned: Option<String>,

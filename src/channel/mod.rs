@@ -265,6 +265,52 @@ impl TempGpg {
             format!("{what} is not signed by the checked key: the repository or the key is wrong")
         })
     }
+
+    /// The primary fingerprints of the keys in `file`, as gpg prints them
+    /// (upper-case hex, in full), without importing anything.
+    pub fn show_keys(&self, file: &Path) -> Result<Vec<String>> {
+        let listing = output(self.gpg().args(["--with-colons", "--show-keys"]).arg(file))
+            .with_context(|| format!("{} is not an OpenPGP public key", file.display()))?;
+        Ok(primary_fingerprints(&listing))
+    }
+}
+
+/// The primary keys' fingerprints in a `gpg --with-colons` listing: the
+/// `fpr:` record right after each `pub:` (subkeys' follow `sub:`).
+pub(crate) fn primary_fingerprints(listing: &str) -> Vec<String> {
+    let mut primaries = Vec::new();
+    let mut after_pub = false;
+    for line in listing.lines() {
+        if line.starts_with("pub:") {
+            after_pub = true;
+        } else if after_pub && line.starts_with("fpr:") {
+            primaries.push(line.split(':').nth(9).unwrap_or("").to_string());
+            after_pub = false;
+        }
+    }
+    primaries
+}
+
+/// A fingerprint as gpg prints it: hex digits in upper case, no spaces.
+pub(crate) fn normalize_fingerprint(fingerprint: &str) -> String {
+    fingerprint
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
+/// A whole fingerprint (40 hex digits for a v4 key, 64 for v5 and v6), not
+/// a key id: ids of 8 or 16 digits are cheap to collide.
+pub(crate) fn is_full_fingerprint(fingerprint: &str) -> bool {
+    fingerprint.len() >= 40 && fingerprint.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Whether two fingerprints name the same key: every digit compared, so a
+/// key that shares only its short (last 8 digits) or long id is another key.
+pub(crate) fn same_fingerprint(a: &str, b: &str) -> bool {
+    let (a, b) = (normalize_fingerprint(a), normalize_fingerprint(b));
+    is_full_fingerprint(&a) && a == b
 }
 
 impl Drop for TempGpg {
@@ -281,12 +327,8 @@ impl Drop for TempGpg {
 /// Checks that FILE holds exactly one key whose primary fingerprint is
 /// `fingerprint`; returns a keyring holding it and its armored export.
 pub(crate) fn checked_key(key: &Path, fingerprint: &str) -> Result<(TempGpg, String)> {
-    let want: String = fingerprint
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    if want.len() < 40 || !want.chars().all(|c| c.is_ascii_hexdigit()) {
+    let want = normalize_fingerprint(fingerprint);
+    if !is_full_fingerprint(&want) {
         bail!(
             "--fingerprint {fingerprint:?} is not a full fingerprint (40 or more hex digits); \
              `gpg --show-keys {}` prints it: compare it with the one the repository's owner published",
@@ -297,20 +339,9 @@ pub(crate) fn checked_key(key: &Path, fingerprint: &str) -> Result<(TempGpg, Str
         bail!("key file {} does not exist", key.display())
     }
     let gpg = TempGpg::new()?;
-    let listing = output(gpg.gpg().args(["--with-colons", "--show-keys"]).arg(key))
-        .with_context(|| format!("{} is not an OpenPGP public key", key.display()))?;
-    let mut primaries = Vec::new();
-    let mut after_pub = false;
-    for line in listing.lines() {
-        if line.starts_with("pub:") {
-            after_pub = true;
-        } else if after_pub && line.starts_with("fpr:") {
-            primaries.push(line.split(':').nth(9).unwrap_or("").to_string());
-            after_pub = false;
-        }
-    }
+    let primaries = gpg.show_keys(key)?;
     match primaries.as_slice() {
-        [one] if *one == want => {}
+        [one] if same_fingerprint(one, &want) => {}
         [one] => bail!(
             "the key in {} has fingerprint {one}, not {want}: refusing to trust it. \
              Get the right key (the repository's signing-key.asc) or check the fingerprint you were given",
@@ -562,6 +593,7 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
     let key_changed = match host.family {
         Family::Dnf => dnf::import_key(
             host,
+            &gpg,
             &args.fingerprint,
             &armored,
             &mut rec,
