@@ -25,7 +25,7 @@
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +39,9 @@ use rustix::io::Errno;
 /// The flags every open here adds: close on exec, and no controlling
 /// terminal from a planted tty.
 const BASE: OFlags = OFlags::CLOEXEC.union(OFlags::NOCTTY);
+
+/// Set once openat2 is known to be missing (or forced off by a test).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// How deep a tree the walks follow: far deeper than any agent's state, and
 /// shallow enough that the descriptors held on the way stay few.
@@ -153,7 +156,6 @@ impl Dir {
     /// Opens `rel` beneath this directory, following no link and crossing
     /// no mount point on the way.
     fn resolve(&self, rel: &str, flags: OFlags, mode: u32) -> std::io::Result<OwnedFd> {
-        static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
         let flags = flags | BASE | OFlags::NOFOLLOW;
         let mode = Mode::from_raw_mode(mode);
         if !NO_OPENAT2.load(Ordering::Relaxed) {
@@ -174,7 +176,8 @@ impl Dir {
     }
 
     /// [`Dir::resolve`] without openat2: one `openat(O_NOFOLLOW)` per
-    /// component, each directory checked to be on this directory's device.
+    /// component, each checked not to be a mount point (its device, and
+    /// `STATX_ATTR_MOUNT_ROOT` where the kernel reports it).
     fn resolve_by_components(
         &self,
         rel: &str,
@@ -183,34 +186,28 @@ impl Dir {
     ) -> std::io::Result<OwnedFd> {
         let device = rustix::fs::fstat(&self.fd)?.st_dev;
         let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
-        let Some((last, parents)) = parts.split_last() else {
-            return Err(Errno::INVAL.into());
-        };
+        let walk_flags = BASE | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::RDONLY;
         let mut dir: Option<OwnedFd> = None;
-        for part in parents.iter().chain(std::iter::once(last)) {
+        for (n, part) in parts.iter().enumerate() {
             if *part == ".." || *part == "." {
                 return Err(Errno::XDEV.into());
             }
             let at = dir.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
-            let is_last = std::ptr::eq(part, last);
-            let fd = if is_last {
+            let last = n + 1 == parts.len();
+            if mount_root(at, part) {
+                return Err(Errno::XDEV.into());
+            }
+            let fd = if last {
                 rustix::fs::openat(at, *part, flags, mode)?
             } else {
-                rustix::fs::openat(
-                    at,
-                    *part,
-                    BASE | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::RDONLY,
-                    Mode::empty(),
-                )?
+                rustix::fs::openat(at, *part, walk_flags, Mode::empty())?
             };
-            if (!is_last || flags.contains(OFlags::DIRECTORY))
-                && rustix::fs::fstat(&fd)?.st_dev != device
-            {
+            if rustix::fs::fstat(&fd)?.st_dev != device {
                 return Err(Errno::XDEV.into());
             }
             dir = Some(fd);
         }
-        Ok(dir.expect("at least one component"))
+        dir.ok_or_else(|| Errno::INVAL.into())
     }
 
     /// An error for `rel` that says what happened in words an admin acts on.
@@ -567,16 +564,7 @@ impl Dir {
     /// Whether `name` is the root of a mount (a bind mount of the same
     /// filesystem has the same device number, so that alone is not enough).
     fn is_mount_root(&self, name: &str) -> bool {
-        rustix::fs::statx(
-            &self.fd,
-            name,
-            AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
-            StatxFlags::empty(),
-        )
-        .is_ok_and(|st| {
-            st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-                && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
-        })
+        mount_root(self.fd.as_fd(), name)
     }
 
     fn read_link(&self, name: &str) -> Result<String> {
@@ -593,6 +581,21 @@ impl Clone for Dir {
             path: self.path.clone(),
         }
     }
+}
+
+/// Whether `name` in `dir` is the root of a mount, as far as the kernel
+/// tells (5.8 and later).
+fn mount_root(dir: BorrowedFd, name: &str) -> bool {
+    rustix::fs::statx(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT,
+        StatxFlags::empty(),
+    )
+    .is_ok_and(|st| {
+        st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+            && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    })
 }
 
 fn utf8(dir: &Path, name: &CStr) -> Result<String> {
@@ -749,7 +752,7 @@ mod tests {
         for err in [
             message(dir.open_file("work/canary", None).unwrap_err()),
             message(dir.open_dir("work").unwrap_err()),
-            dir.create_file("work/new", 0o644).unwrap_err().to_string(),
+            message(dir.refusal("work/new", dir.create_file("work/new", 0o644).unwrap_err())),
             message(dir.remove_file("work/canary").unwrap_err()),
         ] {
             assert!(
@@ -824,6 +827,35 @@ mod tests {
         std::fs::remove_dir_all(&base).unwrap();
     }
 
+    /// The same, and a bind mount, with the resolution kernels before 5.6
+    /// get (one component at a time): the two paths refuse alike. Run in a
+    /// child process, where switching openat2 off touches no other test.
+    #[test]
+    fn hostile_objects_without_openat2() {
+        const CHILD: &str = "FERRY_CONFINED_NO_OPENAT2";
+        if std::env::var_os(CHILD).is_some() {
+            NO_OPENAT2.store(true, Ordering::Relaxed);
+            let base = scratch("no-openat2");
+            hostile_cases(&base);
+            std::fs::remove_dir_all(&base).unwrap();
+            return mount_case("no-openat2-mount");
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "confined::tests::hostile_objects_without_openat2",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The same cases in a child process that runs as `nobody`, in a
     /// directory of its own: the helpers need no privilege.
     #[test]
@@ -869,7 +901,11 @@ mod tests {
     /// A bind mount inside the walked tree is refused, not crossed.
     #[test]
     fn a_mount_point_is_not_crossed() {
-        let base = scratch("mount");
+        mount_case("mount");
+    }
+
+    fn mount_case(name: &str) {
+        let base = scratch(name);
         let (tree, elsewhere) = (base.join("tree"), base.join("elsewhere"));
         std::fs::create_dir_all(tree.join("mnt")).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
