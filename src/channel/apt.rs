@@ -526,8 +526,11 @@ mod tests {
             "[Timer]\nOnCalendar=\nOnCalendar=Mon..Fri *-*-* 02:00:00\nRandomizedDelaySec=6300\n"
         ));
         assert!(plans.iter().all(|p| p.mode == 0o644));
-        // The periodic drop-in sorts before the admin's 20auto-upgrades.
-        assert!("19ferry-roboconf-agent-periodic" < "20auto-upgrades");
+        // The periodic drop-in sorts before the admin's 20auto-upgrades
+        // (apt reads apt.conf.d in name order; the admin's file wins).
+        let periodic = periodic_path("roboconf-agent");
+        let name = periodic.rsplit('/').next().unwrap();
+        assert!(name < "20auto-upgrades", "{name}");
         let pin = plan_pin("roboconf-agent", "1.0.0-1");
         assert!(String::from_utf8_lossy(&pin[0].contents)
             .contains("Package: roboconf-agent\nPin: version 1.0.0-1\nPin-Priority: 1001\n"));
