@@ -26,7 +26,7 @@
 //! | `step1_upgrade_state_json_symlink` | the same, with the agent stopped beforehand | `state.json` → `/root/canary-state`, a root-only file that is a valid state (schema 2) holding a secret |
 //! | `step1_upgrade_fifo` | the same (the agent runs) | a FIFO in the state directory |
 //! | `step1_upgrade_sparse_100g_file` | the same | a 100 GiB sparse file (`truncate -s 100G`; twice the free space if that is more) |
-//! | `step1_upgrade_dir_symlink_race` | the same | a directory mirroring `/root`'s names (empty files) and a symlink to `/root`, swapped atomically (renameat2 `RENAME_EXCHANGE`) every 0.2 ms by a background process of the user for the whole step |
+//! | `step1_upgrade_dir_symlink_race` | the same | a directory mirroring `/root`'s names (empty files) and a symlink to `/root`, swapped atomically (renameat2 `RENAME_EXCHANGE`) as often as it can by a background process of the user for the whole step, stopped after it; 2000 small files of the agent's before them in the walk give it time to swap between the listing and the copy |
 //! | `step2_downgrade_symlinks_newline_deep_tree` | 1.2.0 → 1.1.0, the outgoing agent migrates 3 → 2 | the "should complete" set |
 //! | `step3_failed_upgrade_symlinks_newline_deep_tree` | 1.1.0 → 1.3.0: migrates 2 → 3, cannot start, restores the snapshot; then 1.1.0 again | the "should complete" set |
 //! | `step4_restore_by_hand_symlinks_newline_deep_tree` | agent stopped: `ferry-hook snapshot restore NAME`, then (planted again) `ferry state restore NAME` | the "should complete" set |
@@ -107,14 +107,14 @@ const STATE_CANARY: &str = "/root/canary-state";
 const RACE_PID: &str = "/run/ferry-hostile-race.pid";
 const RACE_SCRIPT: &str = "/usr/local/lib/ferry-hostile-race.pl";
 /// Swaps `hostile-race` (a directory) and `hostile-race.swap` (a symlink to
-/// /root) atomically, 5000 times a second, as the agent's user.
+/// /root) atomically, as often as it can, as the agent's user.
 const RACE_PERL: &str = r#"chdir "/var/lib/roboconf-agent" or die "chdir: $!";
 # Variables, not literals: syscall may write to its string arguments.
 my ($dir, $link) = ("hostile-race", "hostile-race.swap");
 while (1) {
     # renameat2 (316 on x86_64), AT_FDCWD, RENAME_EXCHANGE
     syscall(316, -100, $dir, -100, $link, 2) == 0 or die "renameat2: $!";
-    select(undef, undef, undef, 0.0002);
+    select(undef, undef, undef, 0.00005);
 }
 "#;
 
@@ -506,10 +506,20 @@ impl Lab {
                 // The directory holds an empty file or directory for every
                 // name under /root, so that whichever of the two a path
                 // resolves through when root opens it, the open succeeds.
+                // Before it in the walk, 2000 small files of the agent's:
+                // copying them takes long enough for the swapper to run
+                // between the walk that lists the race's files and the
+                // threads that open them.
                 let listing = self
                     .host
                     .sh_ok("cd /root && find . -mindepth 1 -printf '%y %P\\n'");
-                let mut mirror = format!("cd {STATE}\nmkdir hostile-race\nln -s /root hostile-race.swap\ncd hostile-race\n");
+                let mut mirror = format!(
+                    "cd {STATE}
+                     mkdir hostile-bulk hostile-race
+                     i=0; while [ $i -lt 2000 ]; do echo \"agent's own file $i\" > hostile-bulk/$i; i=$((i + 1)); done
+                     ln -s /root hostile-race.swap
+                     cd hostile-race\n"
+                );
                 for line in listing.lines() {
                     match line.split_once(' ') {
                         Some(("d", name)) => mirror += &format!("mkdir -p {}\n", shell_quote(name)),
