@@ -12,14 +12,12 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::agent::{
-    agent, header, log_len, log_since, sorted_tree, status, tree, version_running, wait_answering,
-    AGENT, STATE,
+    agent, deploy_tree, header, install, log_len, log_since, sorted_tree, status, tree,
+    version_running, wait_answering, AGENT, MARKER, RECORD, SNAPSHOTS, STATE,
 };
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 use support::run;
-
-const SNAPSHOTS: &str = "/var/lib/ferry/roboconf-agent/snapshots";
 
 fn starts(host: &Host) -> usize {
     host.sh("journalctl --no-pager -o cat -u roboconf-agent.service")
@@ -27,44 +25,6 @@ fn starts(host: &Host) -> usize {
         .lines()
         .filter(|l| l.starts_with("Started "))
         .count()
-}
-
-/// Installs a package file with the host's package manager: apt-get with
-/// `extra` options (unattended-upgrades' conffile policy), or dnf with
-/// `extra` as its command (install, downgrade, reinstall).
-fn install(host: &Host, package: &Path, extra: &str) -> support::lab::Output {
-    let name = package.file_name().unwrap().to_string_lossy().into_owned();
-    host.copy_in(package, &format!("/root/{name}"));
-    if name.ends_with(".rpm") {
-        host.sh(&format!("dnf -y {extra} /root/{name}"))
-    } else {
-        host.sh(&format!(
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y {extra} \
-             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /root/{name}"
-        ))
-    }
-}
-
-/// A tree with a deployed and started application whose deploy recipe wrote
-/// a file in its work directory, and a recipe that waits on a gate (busy).
-fn deploy_tree(host: &Host) {
-    host.sh_ok(&format!(
-        "mkdir -p {STATE}/recipes/App {STATE}/recipes/Slow
-         printf '#!/bin/sh\\necho deployed > made-by-recipe\\n' > {STATE}/recipes/App/deploy
-         printf '#!/bin/sh\\nexec \"$ROBOCONF_AGENT\" spawn start --name \"$ROBOCONF_INSTANCE_NAME\" -- sleep 86401\\n' > {STATE}/recipes/App/start
-         printf '#!/bin/sh\\nwhile [ ! -e {STATE}/gate ]; do sleep 0.2; done\\n' > {STATE}/recipes/Slow/deploy
-         chmod 0755 {STATE}/recipes/App/deploy {STATE}/recipes/App/start {STATE}/recipes/Slow/deploy"
-    ));
-    for step in [
-        "add --name vm --component VM",
-        "add --name app --component App --parent /vm",
-        "deploy /vm",
-        "deploy /vm/app",
-        "start /vm",
-        "start /vm/app",
-    ] {
-        agent(host, &format!("ctl apply --wait 30 {step}"));
-    }
 }
 
 /// Finds the App instance's process by its command line, whether systemd
@@ -177,7 +137,6 @@ fn assert_prepare_left_running(host: &Host, from: usize, running: bool) {
 }
 
 const CONFFILE: &str = "/etc/roboconf-agent/agent.toml";
-const RECORD: &str = "/var/lib/ferry/roboconf-agent/upgrade.json";
 /// A file of the state that no upgrade step changes (a recipe), by its
 /// path in the state directory: the snapshot retaken once the agent stopped
 /// keeps it from the one taken while it ran.
@@ -190,7 +149,6 @@ const UNCHANGED_FILE: &str = "recipes/App/deploy";
 fn let_restored_files_age() {
     std::thread::sleep(std::time::Duration::from_secs(3));
 }
-const MARKER: &str = "/var/lib/roboconf-agent/upgrade-in-progress";
 
 /// The admin's change to the conffile, made before an upgrade that ships a
 /// different one.

@@ -1,11 +1,72 @@
 //! The reference agent inside a lab host, seen through its own client
-//! (`roboconf-agent ctl`) and its state file.
+//! (`roboconf-agent ctl`) and its state file; its packages installed with
+//! the host's package manager.
 
-use super::lab::Host;
+use super::lab::{Host, Output};
 use serde_json::Value;
+use std::path::Path;
 
 pub const AGENT: &str = "roboconf-agent";
 pub const STATE: &str = "/var/lib/roboconf-agent";
+/// Where ferry-hook keeps the package's snapshots.
+pub const SNAPSHOTS: &str = "/var/lib/ferry/roboconf-agent/snapshots";
+/// The record of an upgrade under way (or failed).
+pub const RECORD: &str = "/var/lib/ferry/roboconf-agent/upgrade.json";
+/// The upgrade marker in the state directory.
+pub const MARKER: &str = "/var/lib/roboconf-agent/upgrade-in-progress";
+
+/// Copies a package file into the host's /root; its path there.
+pub fn copy_package(host: &Host, package: &Path) -> String {
+    let name = package.file_name().unwrap().to_string_lossy().into_owned();
+    let guest = format!("/root/{name}");
+    host.copy_in(package, &guest);
+    guest
+}
+
+/// The command that installs the package file `guest` of the host with its
+/// package manager: apt-get with `extra` options (unattended-upgrades'
+/// conffile policy), or dnf with `extra` as its command (install,
+/// downgrade, reinstall). A command, not a script: `timeout` may run it.
+pub fn install_command(guest: &str, extra: &str) -> String {
+    if guest.ends_with(".rpm") {
+        format!("dnf -y {extra} {guest}")
+    } else {
+        format!(
+            "env DEBIAN_FRONTEND=noninteractive apt-get install -y {extra} \
+             -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold {guest}"
+        )
+    }
+}
+
+/// Installs a package file with the host's package manager (see
+/// `install_command`).
+pub fn install(host: &Host, package: &Path, extra: &str) -> Output {
+    let guest = copy_package(host, package);
+    host.sh(&install_command(&guest, extra))
+}
+
+/// A tree with a deployed and started application whose deploy recipe wrote
+/// a file in its work directory (`work/vm/app/made-by-recipe`), and a
+/// recipe that waits on a gate (`Slow`, busy until `STATE/gate` exists).
+pub fn deploy_tree(host: &Host) {
+    host.sh_ok(&format!(
+        "mkdir -p {STATE}/recipes/App {STATE}/recipes/Slow
+         printf '#!/bin/sh\\necho deployed > made-by-recipe\\n' > {STATE}/recipes/App/deploy
+         printf '#!/bin/sh\\nexec \"$ROBOCONF_AGENT\" spawn start --name \"$ROBOCONF_INSTANCE_NAME\" -- sleep 86401\\n' > {STATE}/recipes/App/start
+         printf '#!/bin/sh\\nwhile [ ! -e {STATE}/gate ]; do sleep 0.2; done\\n' > {STATE}/recipes/Slow/deploy
+         chmod 0755 {STATE}/recipes/App/deploy {STATE}/recipes/App/start {STATE}/recipes/Slow/deploy"
+    ));
+    for step in [
+        "add --name vm --component VM",
+        "add --name app --component App --parent /vm",
+        "deploy /vm",
+        "deploy /vm/app",
+        "start /vm",
+        "start /vm/app",
+    ] {
+        agent(host, &format!("ctl apply --wait 30 {step}"));
+    }
+}
 
 /// `roboconf-agent ARGS` in the host; its output. A failure panics at the
 /// test's line with what systemd says about the agent and its journal's
