@@ -31,8 +31,9 @@
 //! | `step3_failed_upgrade_symlinks_newline_deep_tree` | 1.1.0 → 1.3.0: migrates 2 → 3, cannot start, restores the snapshot; then 1.1.0 again | the "should complete" set |
 //! | `step4_restore_by_hand_symlinks_newline_deep_tree` | agent stopped: `ferry-hook snapshot restore NAME`, then (planted again) `ferry state restore NAME` | the "should complete" set |
 //!
-//! The "should complete" set, planted right before the step (the running
-//! agent rewrites none of it while idle or quiesced): symlinks
+//! The "should complete" set (a step may still refuse it, naming a plant),
+//! planted right before the step (the running agent rewrites none of it
+//! while idle or quiesced): symlinks
 //! `agent.lock` → `/root/canary-lock`, `.state.json.tmp` →
 //! `/root/canary-tmp`, `upgrade-in-progress` → `/root/canary-marker`,
 //! `last-stop.json` → `/var/lib/ferry/roboconf-agent/canary` in
@@ -57,12 +58,14 @@
 //!   upgrade record: *completed* (the incoming version is installed, no
 //!   marker, no record; the agent answers with that version, with the
 //!   instance tree made before the case, its recipe's file and the incoming
-//!   schema), or *refused* (the outgoing version is still installed and
-//!   answers) or *failed* (the incoming version is installed but did not
-//!   finish), the last two with output (the package manager's, or
-//!   `upgrades.log` if it is still a file) that names a planted path (its
-//!   full path, or its name inside the state directory). Step 3 fails by
-//!   design: there the failure may name the way out instead.
+//!   schema), or *refused* (the outgoing version is still installed and,
+//!   started again once the plants are gone, answers with its tree) or
+//!   *failed* (the incoming version is installed but did not finish), the
+//!   last two with output (the package manager's, or `upgrades.log` if it
+//!   is still a file) that names a planted path (its full path, or its name
+//!   inside the state directory; for `state.json` only the full path).
+//!   Step 3 fails by design: there the failure may name the way out
+//!   instead. Step 4: each command succeeds, or fails naming a plant.
 //! - **Snapshots**: no file under `/var/lib/ferry/roboconf-agent/snapshots`
 //!   holds a canary's unique text, and no regular file there has the content
 //!   of a file outside the state directory (`/root`, `/etc/shadow`,
@@ -73,8 +76,9 @@
 //!
 //! Each case prints how long its step took (to stderr, also when it passes).
 //! Hosts are shared between the cases of a format (one boot, one install,
-//! one tree); a failed case drops its host, and the next one boots afresh.
-//! Root is required.
+//! one tree; a case installs the version it starts from, without plants, if
+//! another is installed); a failed case drops its host, and the next one
+//! boots afresh (about 15 s). Root is required.
 
 mod support;
 
@@ -788,8 +792,9 @@ fn package_case(lab: &Lab, step: Step, plants: Plants, findings: &mut Vec<String
     lab.unplant();
     match outcome {
         Outcome::Completed if step == Step::FailedUpgrade => findings.push(format!(
-            "{} completed although its unit cannot start: {out}",
-            to.semver
+            "{} completed although its unit cannot start; it said, at the end:\n{}",
+            to.semver,
+            tail(&said, 30)
         )),
         Outcome::Completed => check(findings, "completed, but", || {
             lab.start_agent();
