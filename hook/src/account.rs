@@ -4,11 +4,12 @@
 //! any `chown` by root, and a link it planted leads it nowhere it could not
 //! already go.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use nix::unistd::{getgrouplist, Group, User};
 
 /// A user, its group and its supplementary groups, as `initgroups(3)` and
 /// systemd's `User=`/`Group=` give them to the agent's service.
@@ -24,22 +25,26 @@ pub struct Account {
 impl Account {
     /// Looks up `user` and `group` in the system's databases (NSS).
     pub fn lookup(user: &str, group: &str) -> Result<Account> {
-        let c_user = CString::new(user).context("a user name holds a NUL byte")?;
-        let c_group = CString::new(group).context("a group name holds a NUL byte")?;
-        let (uid, primary, home) = passwd(&c_user)?
+        let found = User::from_name(user)
+            .with_context(|| format!("looking up the user `{user}`"))?
             .with_context(|| format!("the agent's user `{user}` does not exist"))?;
         let gid = if group.is_empty() {
-            primary
+            found.gid
         } else {
-            group_id(&c_group)?
+            Group::from_name(group)
+                .with_context(|| format!("looking up the group `{group}`"))?
                 .with_context(|| format!("the agent's group `{group}` does not exist"))?
+                .gid
         };
+        let c_user = CString::new(user).context("a user name holds a NUL byte")?;
+        let groups = getgrouplist(&c_user, gid)
+            .with_context(|| format!("listing the groups of `{user}`"))?;
         Ok(Account {
             name: user.to_string(),
-            uid,
-            gid,
-            groups: group_list(&c_user, gid)?,
-            home,
+            uid: found.uid.as_raw(),
+            gid: gid.as_raw(),
+            groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+            home: found.dir.display().to_string(),
         })
     }
 
@@ -72,92 +77,6 @@ impl Account {
                 }
                 Ok(())
             });
-        }
-    }
-}
-
-/// Size of the buffer for the `_r` lookups; grown when too small.
-const BUFFER: usize = 4096;
-
-/// The uid, primary gid and home of `user`; None if there is no such user.
-fn passwd(user: &CStr) -> Result<Option<(u32, u32, String)>> {
-    let mut buf = vec![0 as libc::c_char; BUFFER];
-    loop {
-        // SAFETY: zeroed is a valid passwd (pointers null, numbers 0).
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call, buf for buf.len().
-        let rc = unsafe {
-            libc::getpwnam_r(
-                user.as_ptr(),
-                &mut pw,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut found,
-            )
-        };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            // SAFETY: pw_dir points into buf, NUL-terminated, set by getpwnam_r.
-            0 => {
-                let home = unsafe { CStr::from_ptr(pw.pw_dir) }
-                    .to_string_lossy()
-                    .into_owned();
-                return Ok(Some((pw.pw_uid, pw.pw_gid, home)));
-            }
-            libc::ERANGE => buf.resize(buf.len() * 2, 0),
-            e => {
-                return Err(std::io::Error::from_raw_os_error(e))
-                    .with_context(|| format!("looking up the user {user:?}"))
-            }
-        }
-    }
-}
-
-/// The gid of `group`; None if there is no such group.
-fn group_id(group: &CStr) -> Result<Option<u32>> {
-    let mut buf = vec![0 as libc::c_char; BUFFER];
-    loop {
-        // SAFETY: zeroed is a valid group (pointers null, numbers 0).
-        let mut gr: libc::group = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call, buf for buf.len().
-        let rc = unsafe {
-            libc::getgrnam_r(
-                group.as_ptr(),
-                &mut gr,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut found,
-            )
-        };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            0 => return Ok(Some(gr.gr_gid)),
-            libc::ERANGE => buf.resize(buf.len() * 2, 0),
-            e => {
-                return Err(std::io::Error::from_raw_os_error(e))
-                    .with_context(|| format!("looking up the group {group:?}"))
-            }
-        }
-    }
-}
-
-/// The groups `user` is a member of, `gid` included.
-fn group_list(user: &CStr, gid: u32) -> Result<Vec<u32>> {
-    let mut count: libc::c_int = 32;
-    loop {
-        let mut groups = vec![0 as libc::gid_t; count as usize];
-        let asked = count;
-        // SAFETY: groups holds `count` entries; getgrouplist writes at most
-        // that many and sets count to how many there are.
-        let rc = unsafe { libc::getgrouplist(user.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
-        if rc >= 0 {
-            groups.truncate(count as usize);
-            return Ok(groups);
-        }
-        if count <= asked {
-            bail!("cannot list the groups of {user:?}");
         }
     }
 }
