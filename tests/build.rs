@@ -446,3 +446,41 @@ fn a_unit_without_the_hardening_set_is_built_with_a_warning() {
         .unwrap()
         .contains("ProtectClock=yes"));
 }
+
+/// Debian's piuparts installs, removes and purges the .deb in a clean
+/// bookworm chroot (debootstrapped from the Debian mirror, with the
+/// package's dependencies) and fails on anything left behind. Ignored:
+/// only what systemd itself leaves in any chroot where it is installed
+/// (its coredump, pstore and DynamicUser directories, and the .ssh
+/// directory of root's home its tmpfiles create).
+#[test]
+fn piuparts_installs_removes_and_purges_cleanly() {
+    const SYSTEMD_LEAVES: [&str; 6] = [
+        "/var/lib/systemd/coredump/",
+        "/var/lib/systemd/pstore/",
+        "/var/cache/private/",
+        "/var/lib/private/",
+        "/var/log/private/",
+        "/root/.ssh/",
+    ];
+    let mirror =
+        std::env::var("FERRY_LAB_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".into());
+    let mut piuparts = Command::new("piuparts");
+    piuparts.args(["-d", "bookworm", "-m", &mirror, "--no-upgrade-test"]);
+    piuparts.arg("--tmpdir=/var/tmp");
+    for ignored in SYSTEMD_LEAVES {
+        piuparts.args(["-i", ignored]);
+    }
+    let o = run(piuparts.arg(&built().deb));
+    let log = text(&o);
+    let failures: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.contains("FAIL"))
+        .take(20)
+        .collect();
+    assert!(
+        o.status.success() && log.contains("PASS: All tests."),
+        "piuparts failed:\n{}",
+        failures.join("\n")
+    );
+}

@@ -829,3 +829,36 @@ fn rpm_pre_ferry_upgrade() {
     upgrade_from_pre_ferry(&host, &v090, &v110, "install");
     host.poweroff();
 }
+
+/// A start of the new version that fails once (a drop-in whose
+/// `ExecStartPre` fails the first time, as a transient failure would) is
+/// restarted by systemd (`Restart=on-failure`) and waited through: the
+/// upgrade completes instead of rolling back on one failure (SPEC §13), and
+/// the log says what happened.
+#[test]
+fn debian_a_start_that_fails_once_is_waited_through() {
+    let v110 = probe::agent_variant("1.1.0", 2, Variant::Good).deb;
+    let v120 = probe::agent_variant("1.2.0", 3, Variant::Good).deb;
+    let mut host = Host::new(HostKind::Debian);
+    assert!(matches!(host.boot().as_str(), "running" | "degraded"));
+    let out = install(&host, &v110, "");
+    assert!(out.success(), "{out}");
+    host.sh_ok(
+        "mkdir -p /etc/systemd/system/roboconf-agent.service.d
+         printf '[Service]\\nExecStartPre=+/bin/sh -c \"[ -e /run/failed-once ] || { touch /run/failed-once; exit 1; }\"\\n' \
+             > /etc/systemd/system/roboconf-agent.service.d/fail-once.conf
+         systemctl daemon-reload",
+    );
+    let from = log_len(&host);
+    let out = install(&host, &v120, "");
+    let log = log_since(&host, from);
+    assert!(out.success(), "{out}\n{log}");
+    let journal = host.sh_ok("journalctl --no-pager -o cat -u roboconf-agent.service");
+    assert!(
+        journal.contains("Scheduled restart job"),
+        "the first start failed and systemd restarted it: {journal}"
+    );
+    assert_eq!(version_running(&host), "1.2.0");
+    assert!(log.contains("did not come up at once"), "{log}");
+    assert!(!log.contains("FAILED"), "{log}");
+}

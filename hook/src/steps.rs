@@ -162,9 +162,22 @@ impl<'a> Ctx<'a> {
 
     /// Starts the unit and waits until the agent answers `status` with this
     /// package's version; the error says why not.
+    ///
+    /// A start that fails while systemd restarts the unit (`Restart=`, in
+    /// `activating`) is waited through, up to the health timeout: one
+    /// transient failure is not a reason to roll back (SPEC §13). The unit
+    /// gives up by itself on a status `RestartPreventExitStatus=` names or
+    /// at its start limit, and then so does this.
     fn start_and_check(&self) -> Result<()> {
-        self.unit.restart()?;
+        if let Err(e) = self.unit.restart() {
+            // A start job that failed (ExecStartPre=, say) but that systemd
+            // retries is waited on below; any other failure is final.
+            if self.unit.active_state() != "activating" {
+                return Err(e);
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(self.m.health_timeout_secs);
+        let mut said_restarting = false;
         loop {
             let last = match self.agent.status() {
                 Ok(s) if s["version"].as_str() == Some(self.m.version.as_str()) => {
@@ -177,7 +190,17 @@ impl<'a> Ctx<'a> {
                 Ok(s) => format!("it reports version {}", s["version"]),
                 Err(e) => format!("{e:#}"),
             };
-            if Instant::now() > deadline || !self.unit.is_active() {
+            let state = self.unit.active_state();
+            if state == "activating" && !said_restarting {
+                said_restarting = true;
+                self.log.line(&format!(
+                    "{} did not come up at once ({}); systemd restarts it: waiting up to {} s",
+                    self.m.unit,
+                    self.unit.describe(),
+                    self.m.health_timeout_secs
+                ));
+            }
+            if Instant::now() > deadline || !matches!(state.as_str(), "active" | "activating") {
                 bail!(
                     "{} is not healthy after start ({}; last answer: {last}; journal: {})",
                     self.m.unit,

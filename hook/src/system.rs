@@ -188,6 +188,15 @@ impl<'a> Systemd<'a> {
                 .is_ok_and(|o| o.status.success())
     }
 
+    /// systemd's ActiveState of the unit (`active`, `activating` while it
+    /// starts or waits to restart, `failed`, `inactive`, …); empty if
+    /// systemd cannot be asked.
+    pub fn active_state(&self) -> String {
+        self.systemctl(&["show", "--property=ActiveState", "--value"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
     pub fn is_enabled(&self) -> bool {
         Self::running()
             && self
