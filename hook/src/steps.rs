@@ -169,12 +169,15 @@ impl<'a> Ctx<'a> {
     /// gives up by itself on a status `RestartPreventExitStatus=` names or
     /// at its start limit, and then so does this.
     fn start_and_check(&self) -> Result<()> {
+        // A start job that failed (ExecStartPre=, say) but that systemd
+        // retries is waited on below; any other failure is final. Its words
+        // stay in the error if the retries do not help either.
+        let mut first_failure = String::new();
         if let Err(e) = self.unit.restart() {
-            // A start job that failed (ExecStartPre=, say) but that systemd
-            // retries is waited on below; any other failure is final.
             if self.unit.active_state() != "activating" {
                 return Err(e);
             }
+            first_failure = format!("{e:#}; ");
         }
         let deadline = Instant::now() + Duration::from_secs(self.m.health_timeout_secs);
         let mut said_restarting = false;
@@ -202,7 +205,7 @@ impl<'a> Ctx<'a> {
             }
             if Instant::now() > deadline || !matches!(state.as_str(), "active" | "activating") {
                 bail!(
-                    "{} is not healthy after start ({}; last answer: {last}; journal: {})",
+                    "{first_failure}{} is not healthy after start ({}; last answer: {last}; journal: {})",
                     self.m.unit,
                     self.unit.describe(),
                     self.unit.journal_tail()
