@@ -247,10 +247,11 @@ pub const HARDENING: &[(&str, &str)] = &[
     ("RestrictAddressFamilies", "AF_UNIX"),
 ];
 
-/// The last value each key of the unit's `[Service]` section is assigned
-/// (`Key=value`, spaces around `=` allowed, `\` continuations joined).
-fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
-    let mut settings = std::collections::BTreeMap::new();
+/// Every assignment of the unit's `[Service]` section, in order
+/// (`Key=value`, spaces around `=` allowed, `\` continuations joined,
+/// comments left out).
+fn service_assignments(unit: &str) -> Vec<(String, String)> {
+    let mut assignments = Vec::new();
     let mut in_service = false;
     let mut pending = String::new();
     for raw in unit.lines() {
@@ -267,10 +268,15 @@ fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
         if line.starts_with('[') {
             in_service = line == "[Service]";
         } else if let (true, Some((key, value))) = (in_service, line.split_once('=')) {
-            settings.insert(key.trim().to_string(), value.trim().to_string());
+            assignments.push((key.trim().to_string(), value.trim().to_string()));
         }
     }
-    settings
+    assignments
+}
+
+/// The last value each key of the unit's `[Service]` section is assigned.
+fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
+    service_assignments(unit).into_iter().collect()
 }
 
 /// Whether `value` leaves `directive` off: not set, reset (empty, but for
@@ -822,10 +828,13 @@ impl Checker<'_> {
     /// The unit must run as the declared user and let the agent write its
     /// state directories under `ProtectSystem=strict`.
     fn check_unit_text(&self, text: &str) -> Result<(), DescriptorError> {
+        let assignments = service_assignments(text);
+        // Every word of every assignment of `key` (list settings add up).
         let values = |key: &str| -> Vec<String> {
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::trim))
-                .flat_map(|v| {
+            assignments
+                .iter()
+                .filter(|(k, _)| k == key)
+                .flat_map(|(_, v)| {
                     v.split_whitespace()
                         .map(|w| w.trim_start_matches('-').to_string())
                 })
