@@ -608,7 +608,7 @@ fn utf8(dir: &Path, name: &CStr) -> Result<String> {
 }
 
 /// True when the error chain holds "not found".
-pub fn is_not_found(e: &anyhow::Error) -> bool {
+fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == ErrorKind::NotFound)
@@ -662,13 +662,20 @@ pub fn trusted_exists(path: &Path) -> bool {
 
 /// Reads a file root alone controls (the package manifest); None if absent.
 pub fn read_trusted(path: &Path) -> Result<Option<Vec<u8>>> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        bail!("{} is not a file path", path.display());
-    };
+    let (dir, name) = split(path)?;
     let Some(dir) = Dir::open_trusted_if_present(dir)? else {
         return Ok(None);
     };
-    dir.read(&name.to_string_lossy())
+    dir.read(name)
+}
+
+/// The directory and the name of `path`, to reach the name through a
+/// handle of the directory.
+pub fn split(path: &Path) -> Result<(&Path, &str)> {
+    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => bail!("{} is not a path to a name in a directory", path.display()),
+    }
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl Record {
 
     /// Written atomically: a crash leaves the old record or the new one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let (dir, name) = split(path)?;
+        let (dir, name) = confined::split(path)?;
         Dir::create_trusted(dir, 0o700)?.replace_file(
             name,
             &serde_json::to_vec_pretty(self)?,
@@ -144,19 +144,11 @@ impl Record {
     }
 
     pub fn remove(path: &Path) -> Result<()> {
-        let (dir, name) = split(path)?;
+        let (dir, name) = confined::split(path)?;
         match Dir::open_trusted_if_present(dir)? {
             Some(dir) => dir.remove_file(name),
             None => Ok(()),
         }
-    }
-}
-
-/// The directory and the name of a file path.
-fn split(path: &Path) -> Result<(&Path, &str)> {
-    match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
-        (Some(dir), Some(name)) => Ok((dir, name)),
-        _ => bail!("{} is not a file path", path.display()),
     }
 }
 

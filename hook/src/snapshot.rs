@@ -351,10 +351,7 @@ fn same_content(a: &Entry, b: &Entry) -> bool {
 /// is not trusted, and is moved aside whole, never entered.
 pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     let manifest = verify(path).context("refusing to restore it; the state was not touched")?;
-    let (Some(parent_path), Some(base)) = (target.parent(), target.file_name()) else {
-        bail!("{} has no parent directory", target.display());
-    };
-    let base = base.to_string_lossy().into_owned();
+    let (parent_path, base) = confined::split(target)?;
     let parent = Dir::open_trusted(parent_path)?;
     let incoming = format!(".{base}.ferry-restore");
     let outgoing = format!(".{base}.ferry-replaced");
@@ -391,10 +388,10 @@ pub fn restore(path: &Path, target: &Path) -> Result<Manifest> {
     let Attrs { uid, gid, mode } = manifest.root;
     restored.set_attrs(uid, gid, mode)?;
     restored.sync_filesystem()?;
-    if parent.stat(&base)?.is_some() {
-        parent.rename(&base, &outgoing)?;
+    if parent.stat(base)?.is_some() {
+        parent.rename(base, &outgoing)?;
     }
-    parent.rename(&incoming, &base)?;
+    parent.rename(&incoming, base)?;
     parent.sync()?;
     // The state is back; what the agent's software may still write into the
     // replaced tree can keep it from going now: the next restore removes it.
@@ -624,11 +621,9 @@ fn private_dir(dir: &Path) -> Result<Dir> {
 
 /// Removes the snapshot (or anything) at `path`; fine if it is not there.
 pub fn remove_if_present(path: &Path) -> Result<()> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        bail!("{} has no parent directory", path.display());
-    };
+    let (parent, name) = confined::split(path)?;
     match Dir::open_trusted_if_present(parent)? {
-        Some(dir) => dir.remove_tree(&name.to_string_lossy()),
+        Some(dir) => dir.remove_tree(name),
         None => Ok(()),
     }
 }

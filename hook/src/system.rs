@@ -1,7 +1,7 @@
 //! What the hook asks of the world: the agent (through its command line,
 //! docs/PROTOCOL.md), systemd (only when it runs), and the upgrade log.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -18,22 +18,25 @@ use serde_json::Value;
 /// through [`Dir::append`], which refuses a link or a FIFO in its place
 /// (then the line reaches stderr alone, with a warning naming the file).
 pub struct Log {
-    dir: PathBuf,
+    /// The log's directory, opened (created if missing) once; or why not.
+    dir: Result<Dir, String>,
     name: String,
     step: &'static str,
 }
 
 impl Log {
     pub fn new(m: &PackageManifest, step: &'static str) -> Log {
-        let path = Path::new(&m.log_file);
-        Log {
-            dir: path.parent().unwrap_or(Path::new("/")).to_path_buf(),
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            step,
-        }
+        // The log directory is a state directory the package creates; the
+        // first install runs the hook before it may exist (root's until the
+        // package hands it over).
+        let (dir, name) = match confined::split(Path::new(&m.log_file)) {
+            Ok((dir, name)) => (
+                Dir::create_trusted(dir, 0o755).map_err(|e| format!("{e:#}")),
+                name.to_string(),
+            ),
+            Err(e) => (Err(format!("{e:#}")), String::new()),
+        };
+        Log { dir, name, step }
     }
 
     pub fn line(&self, message: &str) {
@@ -51,13 +54,14 @@ impl Log {
             self.step
         );
         eprintln!("ferry-hook: {}: {message}", self.step);
-        // The log directory is a state directory the package creates; the
-        // first install runs the hook before it may exist (root's until the
-        // package hands it over).
-        let appended = Dir::create_trusted(&self.dir, 0o755)
-            .and_then(|dir| dir.append(&self.name, line.as_bytes(), 0o640));
+        let appended = match &self.dir {
+            Ok(dir) => dir
+                .append(&self.name, line.as_bytes(), 0o640)
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.clone()),
+        };
         if let Err(e) = appended {
-            eprintln!("ferry-hook: warning: the upgrade log is not written: {e:#}");
+            eprintln!("ferry-hook: warning: the upgrade log is not written: {e}");
         }
     }
 }
