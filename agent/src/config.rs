@@ -35,6 +35,7 @@ struct File {
     messaging_endpoint: String,
     recipes_dir: Option<PathBuf>,
     recipe_timeout_secs: Option<u64>,
+    migrate_on_start: Option<bool>,
 }
 
 /// The configuration the daemon runs with.
@@ -46,6 +47,10 @@ pub struct Config {
     pub recipes_dir: PathBuf,
     pub recipe_timeout: Duration,
     pub has_credentials: bool,
+    /// Whether `run` may migrate an older state up by itself (the default).
+    /// Off, it refuses to start on an older schema: only the package's
+    /// upgrade hook (or the admin, with `state migrate`) migrates.
+    pub migrate_on_start: bool,
 }
 
 pub fn load(paths: &Paths) -> Result<Config> {
@@ -80,6 +85,7 @@ pub fn load(paths: &Paths) -> Result<Config> {
                 .unwrap_or(DEFAULT_RECIPE_TIMEOUT_SECS),
         ),
         has_credentials,
+        migrate_on_start: file.migrate_on_start.unwrap_or(true),
     })
 }
 

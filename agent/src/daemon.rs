@@ -2,7 +2,7 @@
 //! worker, the control socket, and the wait for a stop signal.
 use crate::agent::{Agent, StopKind};
 use crate::config::{self, Paths};
-use crate::exit::{Exit, UPGRADE_IN_PROGRESS};
+use crate::exit::{Exit, BAD_STATE, UPGRADE_IN_PROGRESS};
 use crate::migrate::WRITES;
 use crate::{control, log, state};
 use anyhow::{Context, Result};
@@ -42,7 +42,26 @@ pub fn run(paths: &Paths) -> Result<()> {
             )
         })?;
     let _lock = state::lock(&paths.state_dir)?;
+    let config = config::load(paths)?;
     let (mut model, stored) = state::load_model(&paths.state_dir)?;
+    if let Some(s) = stored.as_ref().filter(|s| s.schema < WRITES) {
+        if !config.migrate_on_start {
+            return Err(Exit::new(
+                BAD_STATE,
+                format!(
+                    "refusing to start: the state in {} has schema {} (written by roboconf-agent {}) and \
+                     this agent writes {WRITES}, but migrate_on_start = false in {}: the package's upgrade \
+                     step migrates it; by hand, run `roboconf-agent state migrate --to {WRITES}` as the \
+                     agent's user, or set migrate_on_start = true",
+                    paths.state_dir.display(),
+                    s.schema,
+                    s.written_by,
+                    paths.config_dir.join(config::CONFIG_FILE).display()
+                ),
+            )
+            .into());
+        }
+    }
     match &stored {
         None => log::info(&format!(
             "no state in {}: starting empty",
@@ -57,7 +76,6 @@ pub fn run(paths: &Paths) -> Result<()> {
             s.schema, s.written_by
         )),
     }
-    let config = config::load(paths)?;
     if !config.has_credentials {
         log::warn(&format!(
             "no credentials file in {}: messaging would be unauthenticated",

@@ -3,7 +3,7 @@
 //! says, and migrates back to the very same payload.
 mod common;
 
-use common::{instance, Env};
+use common::{describe, instance, Env};
 use serde_json::{json, Value};
 use std::fs;
 
@@ -103,4 +103,31 @@ fn the_agent_runs_on_older_state_and_resumes_its_queue() {
         3,
         "the agent writes its own schema"
     );
+}
+
+/// With `migrate_on_start = false` the agent leaves migration to the
+/// package's upgrade hook: on an older schema it refuses to start (78),
+/// naming the way out, and leaves the file as it was.
+#[test]
+fn the_agent_refuses_older_state_when_told_not_to_migrate_it() {
+    let env = env_with(SCHEMA2);
+    let config = env.config.join("agent.toml");
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{text}migrate_on_start = false\n")).unwrap();
+    let out = env.cmd(&["run"]);
+    assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("has schema 2") && said.contains("state migrate --to 3"),
+        "{said}"
+    );
+    assert_eq!(
+        fs::read_to_string(env.state.join("state.json")).unwrap(),
+        SCHEMA2
+    );
+    // Once migrated (as the hook does), it starts.
+    assert!(env.cmd(&["state", "migrate", "--to", "3"]).status.success());
+    let mut env = env;
+    let pid = env.start();
+    assert_eq!(env.status()["pid"], pid);
 }
