@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry::repo::{promote, publish, PromoteArgs, PublishArgs, PUBLIC_KEY_FILE};
 
@@ -804,22 +804,42 @@ fn publish_killed_at_random_points_leaves_a_readable_repository() {
     // so that most rounds are cut short.
     let full = started.elapsed();
 
-    let mut random = seed();
-    for round in 0..8 {
+    let seed = seed("publish_killed_at_random_points");
+    let mut random = seed;
+    let mut landed = 0;
+    let mut bound = full.mul_f64(0.6);
+    // Rounds until four kills landed inside a publish, or sixteen rounds.
+    for round in 0..16 {
+        if landed == 4 {
+            break;
+        }
         random = random
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let delay = full.mul_f64(0.6 * (random >> 11) as f64 / (1u64 << 53) as f64);
+        let delay = bound.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64);
         let version = format!("5.1.{round}");
         let mut child = publish_process(&repo, build_pair(&scratch.0, &version, "c"));
         std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().unwrap();
-        eprintln!("round {round}: killed after {delay:?} of {full:?}: {status}");
+        let inside = killed_while_writing(status, &repo, &version);
+        landed += usize::from(inside);
+        if status.success() {
+            // Too late: the publish had finished; draw later kills earlier.
+            bound = bound.mul_f64(0.7);
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?} of {full:?}: {status}{}",
+            if inside { ", inside the publish" } else { "" }
+        );
         assert_clients_read(&scratch, &repo, "candidate", "5.0.0");
         fs::remove_dir_all(scratch.path("apt-check-5.0.0")).unwrap();
         fs::remove_dir_all(scratch.path("dnf-check-5.0.0")).unwrap();
     }
+    assert!(
+        landed > 0,
+        "no kill landed inside a publish (seed {seed}): the test proved nothing"
+    );
     publish(&publish_args(
         &repo,
         "candidate",
@@ -863,32 +883,100 @@ fn a_change_killed_after_its_commit_is_finished_by_running_it_again() {
 #[test]
 fn first_publish_killed_can_be_done_again() {
     let scratch = Scratch::new("first-crash");
-    let mut random = seed();
-    for round in 0..3 {
+    // How long a first publish takes here, uninterrupted: kills are drawn
+    // within it.
+    let packages = build_pair(&scratch.0, "6.0.0", "full");
+    let started = Instant::now();
+    let mut child = publish_process(&scratch.path("repo-full"), packages);
+    assert!(child.wait().unwrap().success(), "a first publish works");
+    let full = started.elapsed();
+    let seed = seed("first_publish_killed");
+    let mut random = seed;
+    let mut landed = 0;
+    let mut bound = full;
+    // Rounds until three kills landed inside a publish, or twelve rounds.
+    for round in 0..12 {
+        if landed == 3 {
+            break;
+        }
         random = random
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let delay = Duration::from_millis(random % 250);
+        let delay = bound.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64);
         let repo = scratch.path(&format!("repo-{round}"));
         let packages = build_pair(&scratch.0, "6.0.0", &format!("f{round}"));
         let mut child = publish_process(&repo, packages.clone());
         std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().unwrap();
-        eprintln!("round {round}: killed after {delay:?}: {status}");
+        let inside = killed_while_writing(status, &repo, "6.0.0");
+        landed += usize::from(inside);
+        if status.success() {
+            // Too late: the publish had finished (the first, cold one is
+            // slower than the next), so draw later kills earlier.
+            bound = bound.mul_f64(0.7);
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?} of {full:?}: {status}{}",
+            if inside { ", inside the publish" } else { "" }
+        );
         publish(&publish_args(&repo, "candidate", packages)).unwrap();
         assert_clients_read(&scratch, &repo, "candidate", "6.0.0");
         fs::remove_dir_all(scratch.path("apt-check-6.0.0")).unwrap();
         fs::remove_dir_all(scratch.path("dnf-check-6.0.0")).unwrap();
     }
+    assert!(
+        landed > 0,
+        "no kill landed inside a first publish (seed {seed}): the test proved nothing"
+    );
 }
 
-fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1
+/// The seed of a random-kill test: `FERRY_SEED` replays one, else the
+/// clock picks it; printed either way, so a failure can be replayed.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FERRY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("{test}: seed {seed} (FERRY_SEED={seed} replays it)");
+    seed
+}
+
+/// Whether a kill landed inside the publish of `version`, where it can
+/// break something: the process died of the signal (it had not finished),
+/// after it began writing the version's files into the pool, before it
+/// committed the version to `ferry-repo.json`.
+fn killed_while_writing(status: std::process::ExitStatus, repo: &Path, version: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let committed = fs::read_to_string(repo.join(ferry::repo::STATE_FILE))
+        .is_ok_and(|record| record.contains(&format!("/{version}")));
+    let pool_files = ["apt/pool", "rpm/pool"].iter().any(|pool| {
+        walk(&repo.join(pool)).iter().any(|file| {
+            let name = file.file_name().unwrap().to_string_lossy();
+            name.contains(&format!("_{version}")) || name.contains(&format!("-{version}"))
+        })
+    });
+    status.signal() == Some(libc::SIGKILL) && pool_files && !committed
+}
+
+/// Every file under `dir` (none if it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 /// The real `ferry publish`, as a process a test can SIGKILL mid-publish.

@@ -138,6 +138,12 @@ fn sigkill_at_random_points_never_leaves_a_broken_state() {
          was stored {unacked_stored} times, not yet {unacked_lost} times",
         started.elapsed().as_secs_f64()
     );
+    // The kills are meant to interrupt writes: if none did, nothing above
+    // was tested.
+    assert!(
+        mid_write > 0,
+        "none of {kills} kills landed inside a write (seed {seed}): the test proved nothing"
+    );
     assert!(
         kills >= 100,
         "only {kills} kills fit in {BUDGET:?}: the machine is too slow for this test to mean much"
