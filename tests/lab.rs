@@ -25,14 +25,19 @@ fn rpm_version(host: &Host, package: &str) -> String {
     ))
 }
 
-/// Informational: whether the agent's service runs (the hooks suites assert it).
-fn report_service(host: &Host) {
-    let state = host.sh("systemctl is-active roboconf-agent.service");
-    eprintln!(
-        "lab: {} host: roboconf-agent.service is {}",
+/// After the unattended updater installed the agent's `version`: its unit
+/// runs and the agent answers as `version` (the hook's finish started it).
+fn assert_agent_runs(host: &Host, version: &str) {
+    let active = host.sh("systemctl is-active roboconf-agent.service");
+    assert_eq!(
+        active.stdout.trim(),
+        "active",
+        "in the {} host, roboconf-agent.service after the upgrade: {}",
         host.kind().name(),
-        state.stdout.trim()
+        host.sh("journalctl --no-pager -o cat -n 30 -u roboconf-agent.service")
+            .stdout
     );
+    assert_eq!(support::agent::version_running(host), version);
 }
 
 /// Powers off and checks, independently of `poweroff`'s own check, that
@@ -103,7 +108,7 @@ fn debian_unattended_upgrade(up: Upgrade) {
         "not upgraded by unattended-upgrades: {log}"
     );
     if up.name == AGENT {
-        report_service(&host);
+        assert_agent_runs(&host, up.new_version.split('-').next().unwrap());
     }
     power_off_clean(host);
 }
@@ -145,7 +150,7 @@ fn rpm_automatic_upgrade(up: Upgrade) {
         "dnf-automatic: {journal}"
     );
     if up.name == AGENT {
-        report_service(&host);
+        assert_agent_runs(&host, up.new_version.split('-').next().unwrap());
     }
     power_off_clean(host);
 }

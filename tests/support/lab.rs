@@ -181,11 +181,40 @@ impl Host {
             .collect()
     }
 
+    /// Stop timeouts of 15 s instead of 90 s (120 s for user managers):
+    /// with two hosts booted on two cores, a user manager stopping the
+    /// processes a recipe spawned sometimes hangs at power-off (its
+    /// `cgroup.kill` fails with EIO in the nested cgroup), and would
+    /// outlast the power-off deadline. What the tests check happens before
+    /// power-off; `poweroff` still checks that nothing is left behind.
+    fn shorten_stop_timeouts(&self) {
+        let drop_ins = [
+            (
+                "etc/systemd/system.conf.d/ferry-lab.conf",
+                "[Manager]\nDefaultTimeoutStopSec=15s\n",
+            ),
+            (
+                "etc/systemd/user.conf.d/ferry-lab.conf",
+                "[Manager]\nDefaultTimeoutStopSec=15s\n",
+            ),
+            (
+                "etc/systemd/system/user@.service.d/ferry-lab.conf",
+                "[Service]\nTimeoutStopSec=15s\n",
+            ),
+        ];
+        for (path, text) in drop_ins {
+            let path = self.root.join(path);
+            fs::create_dir_all(path.parent().unwrap()).expect("lab drop-in directory");
+            fs::write(&path, text).expect("lab drop-in");
+        }
+    }
+
     /// Boots the host with systemd-nspawn and waits until systemd has
     /// finished starting up. Returns what `systemctl is-system-running` says:
     /// "running", or "degraded" (the failed units are printed).
     pub fn boot(&mut self) -> String {
         assert!(self.nspawn.is_none(), "already booted");
+        self.shorten_stop_timeouts();
         let console = fs::File::create(self.console_log()).expect("console log");
         let child = Command::new("systemd-nspawn")
             .args([
