@@ -2,8 +2,12 @@
 //! (`lab`), the reference agent inside them (`agent`), a throwaway signing key (`signing`), signed local apt and rpm
 //! repositories (`repo`) and tiny probe packages (`probe`). See docs/LAB.md.
 //!
+//! The assertions of the upgrade paths (`upgrade`) serve tests/hooks.rs and
+//! tests/interrupted.rs.
+//!
 //! Each test crate compiles this module and uses only part of it; tests/lab.rs
-//! exercises all of it, so the lint below hides no code that nothing uses.
+//! exercises all of it but `upgrade`, which the upgrade suites use whole, so
+//! the lint below hides no code that nothing uses.
 #![allow(dead_code)]
 
 pub mod agent;
@@ -11,6 +15,7 @@ pub mod lab;
 pub mod probe;
 pub mod repo;
 pub mod signing;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -89,7 +89,8 @@ pub struct AgentPackages {
 pub enum Variant {
     /// pkg/ with the given state schema, short quiesce and health timeouts,
     /// and its conffile marked with the version (so each version ships a
-    /// different one).
+    /// different one) and `migrate_on_start = false` (so an older state is
+    /// migrated by the hook or not at all).
     Good,
     /// The same, but the unit cannot start (`ExecStartPre=/bin/false`): a
     /// new version whose postinst / %posttrans health check fails.
@@ -177,7 +178,11 @@ fn pkg_copy(dir: &Path, version: &str, schema: u32, variant: Variant) {
         .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
     fs::write(dir.join("ferry.toml"), descriptor).unwrap();
     let mut conffile = fs::read_to_string(dir.join("agent.toml")).unwrap();
-    conffile.push_str(&format!("# as shipped with {version}\n"));
+    // Only the hook migrates: an upgrade whose hook did not migrate up
+    // fails instead of passing on the agent's own migration at start.
+    conffile.push_str(&format!(
+        "migrate_on_start = false\n# as shipped with {version}\n"
+    ));
     fs::write(dir.join("agent.toml"), conffile).unwrap();
     if variant == Variant::Broken {
         let unit = fs::read_to_string(dir.join("roboconf-agent.service"))
