@@ -11,6 +11,7 @@ pub mod build;
 pub mod channel;
 pub mod date;
 pub mod descriptor;
+pub mod exit;
 pub mod hooks;
 pub mod plan;
 pub mod repo;

@@ -1,5 +1,5 @@
 //! The `ferry` command: parses arguments, calls the library, maps errors to
-//! exit codes. Everything else lives in the library.
+//! the exit statuses of `ferry::exit`. Everything else lives in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +17,7 @@ use ferry::plan::Format;
 /// install, upgrade, downgrade and removal path, and configures the OS's own
 /// automatic update tools to follow them.
 #[derive(Parser)]
-#[command(name = "ferry", version)]
+#[command(name = "ferry", version, after_help = ferry::exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -237,7 +237,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(ferry::exit::status_of(&e))
         }
     }
 }

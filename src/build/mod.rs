@@ -13,6 +13,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::descriptor::{self, DescriptorWarning, Validated};
+use crate::exit::PartiallyDone;
 use crate::plan::{self, Format, Plan};
 
 /// One package format's writer.
@@ -124,13 +125,15 @@ fn packagers(formats: &[Format], profile: Profile) -> Vec<Box<dyn Packager>> {
         .collect()
 }
 
-/// Writes the packages side by side, one thread each.
+/// Writes the packages side by side, one thread each. When one fails
+/// after another was written, the error says which landed (exit status 4,
+/// partially done).
 pub fn write_all(
     plan: &Plan,
     packagers: &[Box<dyn Packager>],
     out: &Path,
 ) -> Result<Vec<Artifact>> {
-    std::thread::scope(|s| {
+    let results: Vec<Result<Artifact>> = std::thread::scope(|s| {
         let handles: Vec<_> = packagers
             .iter()
             .map(|p| s.spawn(move || write_one(plan, p.as_ref(), out)))
@@ -142,7 +145,21 @@ pub fn write_all(
                     .unwrap_or_else(|_| bail!("a packager thread panicked"))
             })
             .collect()
-    })
+    });
+    let written: Vec<String> = results
+        .iter()
+        .flatten()
+        .map(|a| format!("wrote {}", a.path.display()))
+        .collect();
+    let mut artifacts = Vec::new();
+    for result in results {
+        match result {
+            Ok(artifact) => artifacts.push(artifact),
+            Err(e) if written.is_empty() => return Err(e),
+            Err(e) => return Err(e.context(PartiallyDone { done: written })),
+        }
+    }
+    Ok(artifacts)
 }
 
 /// Writes to a temporary file beside the target and renames it into place,

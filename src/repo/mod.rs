@@ -16,7 +16,9 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::exit::refused;
 use serde::Serialize;
 
 use inspect::Inspected;
@@ -199,8 +201,8 @@ fn write_list(f: &mut fmt::Formatter<'_>, title: &str, items: &[String]) -> fmt:
 
 /// Adds packages to a channel; see [`PublishArgs`].
 pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
-    validate_channel(&args.channel)?;
-    validate_keep(args.keep)?;
+    validate_channel(&args.channel).map_err(refused)?;
+    validate_keep(args.keep).map_err(refused)?;
     let inputs = args
         .packages
         .iter()
@@ -216,7 +218,7 @@ pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
         Some(state) => state.clone(),
         None => new_state(&inputs, &signer)?,
     };
-    let (state, mut report) = plan_publish(&before, &inputs, args)?;
+    let (state, mut report) = plan_publish(&before, &inputs, args).map_err(refused)?;
     // Finish what an interrupted run left, even when this one adds nothing:
     // the same publish, killed after its commit point, may have left the
     // channel's symlinks on the previous generation (or, on a first
@@ -333,14 +335,14 @@ fn add_to_channel(
 
 /// Copies a version between channels; see [`PromoteArgs`].
 pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
-    validate_channel(&args.from)?;
-    validate_channel(&args.to)?;
-    validate_keep(args.keep)?;
+    validate_channel(&args.from).map_err(refused)?;
+    validate_channel(&args.to).map_err(refused)?;
+    validate_keep(args.keep).map_err(refused)?;
     if args.from == args.to {
-        bail!(
+        return Err(refused(anyhow!(
             "--from and --to are both {}: name two different channels",
             args.from
-        );
+        )));
     }
     let mut store = Store::open(&args.repo)?;
     let Some(before) = store.state.clone() else {
@@ -354,9 +356,9 @@ pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
         args.key.as_deref(),
         args.gnupghome.as_deref(),
     )?;
-    let ids = promoted_ids(&before, &args.from, &args.version)?;
+    let ids = promoted_ids(&before, &args.from, &args.version).map_err(refused)?;
     let mut state = before.clone();
-    let change = add_to_channel(&mut state, &args.to, &ids, args.keep)?;
+    let change = add_to_channel(&mut state, &args.to, &ids, args.keep).map_err(refused)?;
     let mut report = PromoteReport {
         repo: args.repo.clone(),
         from: args.from.clone(),
