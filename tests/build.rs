@@ -265,7 +265,11 @@ fn assert_refused(dir: &Path, field: &str, words: &[&str]) {
         out.to_str().unwrap(),
     ]);
     let all = text(&o);
-    assert!(!o.status.success(), "accepted: {all}");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "not refused (exit status 3): {all}"
+    );
     assert!(all.contains("ferry.toml"), "no file named: {all}");
     assert!(
         all.contains(&format!("field `{field}`")),
@@ -357,11 +361,87 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
             "service.unit",
             &["ReadWritePaths", "/var/lib/other"],
         ),
+        // Checked with the rest: before, a bad rpm requirement failed while
+        // the rpm was written, and the .deb built beside it landed.
+        (
+            "rpm-dependency",
+            "rpm = [\"shadow-utils\"]",
+            "rpm = [\"shadow-utils >== 4\"]",
+            "dependencies.rpm[0]",
+            &["`>==` is not a comparison", "NAME OP VERSION"],
+        ),
+        (
+            "deb-dependency",
+            "\"passwd\"",
+            "\"passwd (> 1)\"",
+            "dependencies.deb[1]",
+            &["`>` is not a comparison", "(OP VERSION)"],
+        ),
     ];
     for (name, from, to, field, words) in cases {
         let dir = broken_descriptor(name, |s| s.replacen(from, to, 1));
         assert_refused(&dir, field, words);
     }
+}
+
+/// The exit statuses README.md documents (`ferry::exit`): 2 for a usage
+/// error, 3 for a refusal (bad descriptors above, a bad channel name here),
+/// 1 for a failure, 4 when a build wrote one package and failed the other,
+/// naming the one written.
+#[test]
+fn exit_statuses_tell_usage_refusal_failure_and_partial_work() {
+    let o = ferry(&["build", "--no-such-option"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+
+    let repo_dir = tempdir("exit-refused");
+    let o = ferry(&[
+        "publish",
+        "--repo",
+        repo_dir.to_str().unwrap(),
+        "--channel",
+        "no/slashes",
+        "--key",
+        "nobody@example.org",
+        "missing.deb",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("channel name"), "{}", text(&o));
+
+    let o = ferry(&[
+        "state",
+        "list",
+        "--package",
+        "no-such-agent",
+        "--root",
+        repo_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+
+    // The rpm's name is taken by a directory with something in it: the rpm
+    // cannot be renamed into place, the .deb is.
+    let _ = built();
+    let out = tempdir("exit-partial");
+    let rpm_name = built().rpm.file_name().unwrap();
+    std::fs::create_dir_all(out.join(rpm_name).join("occupied")).unwrap();
+    let o = ferry(&[
+        "build",
+        "--no-build-command",
+        "--version",
+        "1.2.0-rc.1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let all = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{all}");
+    let deb = out.join(built().deb.file_name().unwrap());
+    assert!(deb.is_file(), "{all}");
+    assert!(
+        all.contains("partially done") && all.contains(&format!("wrote {}", deb.display())),
+        "{all}"
+    );
+
+    let help = text(&ferry(&["--help"]));
+    assert!(help.contains("Exit statuses: 0 done; 1 failed"), "{help}");
 }
 
 /// The reference agent's unit is sandboxed (docs/SECURITY.md, "The unit's

@@ -229,19 +229,19 @@ impl Packager for Rpm {
     }
 }
 
-/// Parses `name`, or `name OP version` with OP one of = < <= > >=.
+/// The rpm crate's form of a requirement the descriptor's validation
+/// accepted (`descriptor::dependencies::parse_rpm`).
 fn parse_requirement(text: &str) -> Result<Dependency> {
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    Ok(match parts.as_slice() {
-        [name] => Dependency::any(*name),
-        [name, "=", v] => Dependency::eq(*name, *v),
-        [name, "<", v] => Dependency::less(*name, *v),
-        [name, "<=", v] => Dependency::less_eq(*name, *v),
-        [name, ">", v] => Dependency::greater(*name, *v),
-        [name, ">=", v] => Dependency::greater_eq(*name, *v),
-        _ => anyhow::bail!(
-            "rpm requirement `{text}` is not `NAME` or `NAME OP VERSION` (OP one of = < <= > >=)"
-        ),
+    use crate::descriptor::dependencies::{parse_rpm, RpmOp};
+    let requirement = parse_rpm(text).map_err(anyhow::Error::msg)?;
+    let name = requirement.name;
+    Ok(match requirement.version {
+        None => Dependency::any(name),
+        Some((RpmOp::Eq, v)) => Dependency::eq(name, v),
+        Some((RpmOp::Less, v)) => Dependency::less(name, v),
+        Some((RpmOp::LessEq, v)) => Dependency::less_eq(name, v),
+        Some((RpmOp::Greater, v)) => Dependency::greater(name, v),
+        Some((RpmOp::GreaterEq, v)) => Dependency::greater_eq(name, v),
     })
 }
 
