@@ -8,9 +8,15 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use super::backend::{About, Backend, Edit, Enable};
+use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
+use super::gpg::TempGpg;
+use super::host::{output, Host};
+use super::status::Status;
 use super::window::Window;
-use super::{output, require_channel, EnableArgs, Host, Status, TempGpg};
+use super::write::{apply, check_removable, plan_changes, remove_recorded};
+use super::EnableArgs;
 
 pub fn key_path(pkg: &str) -> String {
     format!("/etc/apt/keyrings/ferry-{pkg}.asc")
@@ -148,7 +154,7 @@ pub fn plan_enable(
     for arch in archs.split_whitespace() {
         let packages = gpg.home.join(format!("Packages-{arch}"));
         let index = format!("apt/dists/{}/main/binary-{arch}/Packages", args.channel);
-        if super::fetch(host, &args.repo, &index, &packages)? {
+        if fetch(host, &args.repo, &index, &packages)? {
             read_any = true;
             for l in fs::read_to_string(&packages)?.lines() {
                 if let Some(n) = l.strip_prefix("Package: ") {
@@ -249,66 +255,6 @@ pub fn parse_policy(text: &str) -> Policy {
     (field("Installed:"), field("Candidate:"), versions)
 }
 
-/// The full version (e.g. `1.0.0-1`) apt offers for VERSION (full or upstream).
-pub fn resolve_version(host: &Host, version: &str) -> Result<String> {
-    let (_, _, versions) = policy(host)?;
-    let found = versions.iter().find(|(v, _)| {
-        v == version
-            || v.split_once('-').map(|(u, _)| u) == Some(version)
-            || v.rsplit_once('-').map(|(u, _)| u) == Some(version)
-    });
-    match found {
-        Some((v, _)) => Ok(v.clone()),
-        None => bail!(
-            "version {version} of {} is not known to apt (known: {}); run `apt-get update`, or pick a version the channel keeps",
-            host.package,
-            versions.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ")
-        ),
-    }
-}
-
-pub fn rollback(host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
-    let (installed, _, versions) = policy(host)?;
-    let installed = installed
-        .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
-    let target = match to {
-        Some(v) => resolve_version(host, v)?,
-        None => {
-            // Newest first: the first repository version below the installed one.
-            let pos = versions.iter().position(|(v, _)| *v == installed);
-            pos.and_then(|p| versions[p + 1..].iter().find(|(_, repo)| *repo))
-                .map(|(v, _)| v.clone())
-                .with_context(|| {
-                    format!(
-                        "no version of {} older than {installed} is available; give --to VERSION",
-                        host.package
-                    )
-                })?
-        }
-    };
-    if !versions.iter().any(|(v, repo)| *v == target && *repo) {
-        bail!("{} {target} is not offered by any repository", host.package)
-    }
-    let _ = writeln!(
-        out,
-        "rolling {} back from {installed} to {target} (apt-get; the hooks carry the state down)",
-        host.package
-    );
-    let mut c = apt(host, "apt-get");
-    c.env("DEBIAN_FRONTEND", "noninteractive").args([
-        "install",
-        "-y",
-        "--allow-downgrades",
-        "-o",
-        "Dpkg::Options::=--force-confdef",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        &format!("{}={target}", host.package),
-    ]);
-    out.push_str(&output(&mut c)?);
-    Ok(target)
-}
-
 /// unattended-upgrades' log (`2026-11-25 23:30:47,046 INFO message`): when
 /// it last ran, what it said (origins and lists left out), and whether it
 /// kept the package back.
@@ -351,95 +297,6 @@ fn dpkg_newer(a: &str, b: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
-    let (installed, _candidate, versions) = policy(host)?;
-    s.installed = installed.clone();
-    s.newest_available = versions
-        .iter()
-        .find(|(_, repo)| *repo)
-        .map(|(v, _)| v.clone());
-    s.allow_downgrade_host_wide = host.path(&allow_downgrade_path(&host.package)).exists();
-    let mut sel = Command::new("dpkg");
-    if !host.is_live() {
-        sel.arg(format!("--admindir={}/var/lib/dpkg", host.root.display()));
-    }
-    s.held = output(sel.args(["--get-selections", &host.package]))
-        .map(|o| o.split_whitespace().nth(1) == Some("hold"))
-        .unwrap_or(false);
-    // unattended-upgrades' last run.
-    let log = fs::read_to_string(host.path("/var/log/unattended-upgrades/unattended-upgrades.log"))
-        .unwrap_or_default();
-    let (last_run, result, kept_back) = parse_uu_log(&log, &host.package);
-    s.automatic_last_run = last_run;
-    s.automatic_last_result = result;
-    // dpkg's log shows the direction (unattended-upgrades says "upgraded" for a downgrade too).
-    let dpkg = fs::read_to_string(host.path("/var/log/dpkg.log")).unwrap_or_default();
-    let pkg_colon = format!(" {}:", host.package);
-    if let Some(l) = dpkg
-        .lines()
-        .rev()
-        .find(|l| (l.contains(" upgrade ") || l.contains(" install ")) && l.contains(&pkg_colon))
-    {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        if w.len() >= 6 {
-            let dir = if w[4] == "<none>" {
-                "installed"
-            } else if dpkg_newer(w[4], w[5]) {
-                "downgraded"
-            } else if w[4] == w[5] {
-                "reinstalled"
-            } else {
-                "upgraded"
-            };
-            s.last_package_change = Some(format!("{} {}: {dir} {} -> {}", w[0], w[1], w[4], w[5]));
-        }
-    }
-    // The repository, checked now with the trusted key.
-    s.repository_check = match rec {
-        None => "not configured".into(),
-        Some(r) => check_repo(host, r).map_or_else(
-            |e| format!("error: {e:#}"),
-            |()| "ok (InRelease signed by the trusted key)".into(),
-        ),
-    };
-    let newest = s.newest_available.clone();
-    s.up_to_date = matches!((&installed, &newest), (Some(i), Some(n)) if !dpkg_newer(n, i));
-    if s.pinned.is_some() && installed != s.pinned {
-        s.up_to_date = false;
-    }
-    let why = &mut s.not_updated_because;
-    match (&installed, &newest) {
-        (None, _) => why.push(format!("{} is not installed (unattended-upgrades only upgrades installed packages)", host.package)),
-        (_, None) => why.push("the channel is not in apt's lists yet (apt-daily.service has not run since enable), or it is empty".into()),
-        (Some(i), Some(n)) if !dpkg_newer(n, i) && s.pinned.is_none() => why.push("no newer version on the channel".into()),
-        _ => {}
-    }
-    if let Some(p) = &s.pinned {
-        why.push(format!(
-            "pinned to {p} by `ferry channel pin` (undo: `ferry channel unpin`)"
-        ));
-    }
-    if s.held {
-        why.push(format!(
-            "held with apt-mark hold (undo: apt-mark unhold {})",
-            host.package
-        ));
-    }
-    if kept_back {
-        why.push("kept back by unattended-upgrades' last run (see its log)".into());
-    }
-    if s.repository_check.starts_with("error") {
-        why.push(format!(
-            "the repository failed its check: {}",
-            s.repository_check
-        ));
-    }
-    if !s.up_to_date && why.is_empty() {
-        why.push("a newer version is available; the automatic run has not happened since (`systemctl list-timers apt-daily-upgrade.timer`)".into());
-    }
-    Ok(())
-}
-
 /// InRelease of the recorded channel, verified with the key apt trusts.
 fn check_repo(host: &Host, rec: &Record) -> Result<()> {
     let gpg = TempGpg::new()?;
@@ -452,6 +309,200 @@ fn check_repo(host: &Host, rec: &Record) -> Result<()> {
     let probe = format!("apt/dists/{}/InRelease", rec.channel);
     require_channel(host, &rec.repo, &probe, &inrelease, &rec.channel)?;
     gpg.verify(&format!("{}/{probe}", rec.repo), &inrelease, None)
+}
+
+/// apt with unattended-upgrades.
+pub struct Apt;
+
+impl Backend for Apt {
+    fn about(&self) -> &'static About {
+        &About {
+            name: "apt",
+            updater: "unattended-upgrades",
+            requires: &["/usr/bin/apt-get", "/var/lib/dpkg"],
+        }
+    }
+
+    fn plan_enable(&self, e: &Enable) -> Result<(Vec<Planned>, Option<String>)> {
+        plan_enable(e.host, e.args, e.gpg, e.armored, e.window)
+    }
+
+    fn pin_paths(&self, package: &str) -> Vec<String> {
+        pin_paths(package)
+    }
+
+    fn pin(&self, host: &Host, edit: &mut Edit, full: &str) -> Result<bool> {
+        let plans = plan_pin(&host.package, full);
+        let changes = plan_changes(host, &plans, Some(edit.rec))?;
+        if apply(host, &changes, edit.rec, edit.dry_run, edit.out)? == 0 {
+            return Ok(false);
+        }
+        let _ = writeln!(
+            edit.out,
+            "pinned {} to {full} (Pin-Priority 1001); note: Unattended-Upgrade::Allow-downgrade \
+             \"true\" is host-wide: unattended-upgrades may now downgrade any package pinned above 1000",
+            host.package
+        );
+        Ok(true)
+    }
+
+    fn unpin(&self, host: &Host, edit: &mut Edit) -> Result<()> {
+        for p in pin_paths(&host.package) {
+            check_removable(host, edit.rec, &p)?;
+        }
+        for p in pin_paths(&host.package) {
+            remove_recorded(host, edit.rec, &p, edit.dry_run, edit.out)?;
+        }
+        Ok(())
+    }
+
+    fn resolve_version(&self, host: &Host, version: &str) -> Result<String> {
+        let (_, _, versions) = policy(host)?;
+        let found = versions.iter().find(|(v, _)| {
+            v == version
+                || v.split_once('-').map(|(u, _)| u) == Some(version)
+                || v.rsplit_once('-').map(|(u, _)| u) == Some(version)
+        });
+        match found {
+            Some((v, _)) => Ok(v.clone()),
+            None => bail!(
+                "version {version} of {} is not known to apt (known: {}); run `apt-get update`, or pick a version the channel keeps",
+                host.package,
+                versions.iter().map(|v| v.0.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    fn rollback(&self, host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
+        let (installed, _, versions) = policy(host)?;
+        let installed = installed
+            .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
+        let target = match to {
+            Some(v) => self.resolve_version(host, v)?,
+            None => {
+                // Newest first: the first repository version below the installed one.
+                let pos = versions.iter().position(|(v, _)| *v == installed);
+                pos.and_then(|p| versions[p + 1..].iter().find(|(_, repo)| *repo))
+                    .map(|(v, _)| v.clone())
+                    .with_context(|| {
+                        format!(
+                            "no version of {} older than {installed} is available; give --to VERSION",
+                            host.package
+                        )
+                    })?
+            }
+        };
+        if !versions.iter().any(|(v, repo)| *v == target && *repo) {
+            bail!("{} {target} is not offered by any repository", host.package)
+        }
+        let _ = writeln!(
+            out,
+            "rolling {} back from {installed} to {target} (apt-get; the hooks carry the state down)",
+            host.package
+        );
+        let mut c = apt(host, "apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive").args([
+            "install",
+            "-y",
+            "--allow-downgrades",
+            "-o",
+            "Dpkg::Options::=--force-confdef",
+            "-o",
+            "Dpkg::Options::=--force-confold",
+            &format!("{}={target}", host.package),
+        ]);
+        out.push_str(&output(&mut c)?);
+        Ok(target)
+    }
+
+    fn status(&self, host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
+        let (installed, _candidate, versions) = policy(host)?;
+        s.installed = installed.clone();
+        s.newest_available = versions
+            .iter()
+            .find(|(_, repo)| *repo)
+            .map(|(v, _)| v.clone());
+        s.allow_downgrade_host_wide = host.path(&allow_downgrade_path(&host.package)).exists();
+        let mut sel = Command::new("dpkg");
+        if !host.is_live() {
+            sel.arg(format!("--admindir={}/var/lib/dpkg", host.root.display()));
+        }
+        s.held = output(sel.args(["--get-selections", &host.package]))
+            .map(|o| o.split_whitespace().nth(1) == Some("hold"))
+            .unwrap_or(false);
+        // unattended-upgrades' last run.
+        let log =
+            fs::read_to_string(host.path("/var/log/unattended-upgrades/unattended-upgrades.log"))
+                .unwrap_or_default();
+        let (last_run, result, kept_back) = parse_uu_log(&log, &host.package);
+        s.automatic_last_run = last_run;
+        s.automatic_last_result = result;
+        // dpkg's log shows the direction (unattended-upgrades says "upgraded" for a downgrade too).
+        let dpkg = fs::read_to_string(host.path("/var/log/dpkg.log")).unwrap_or_default();
+        let pkg_colon = format!(" {}:", host.package);
+        if let Some(l) = dpkg.lines().rev().find(|l| {
+            (l.contains(" upgrade ") || l.contains(" install ")) && l.contains(&pkg_colon)
+        }) {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            if w.len() >= 6 {
+                let dir = if w[4] == "<none>" {
+                    "installed"
+                } else if dpkg_newer(w[4], w[5]) {
+                    "downgraded"
+                } else if w[4] == w[5] {
+                    "reinstalled"
+                } else {
+                    "upgraded"
+                };
+                s.last_package_change =
+                    Some(format!("{} {}: {dir} {} -> {}", w[0], w[1], w[4], w[5]));
+            }
+        }
+        // The repository, checked now with the trusted key.
+        s.repository_check = match rec {
+            None => "not configured".into(),
+            Some(r) => check_repo(host, r).map_or_else(
+                |e| format!("error: {e:#}"),
+                |()| "ok (InRelease signed by the trusted key)".into(),
+            ),
+        };
+        let newest = s.newest_available.clone();
+        s.up_to_date = matches!((&installed, &newest), (Some(i), Some(n)) if !dpkg_newer(n, i));
+        if s.pinned.is_some() && installed != s.pinned {
+            s.up_to_date = false;
+        }
+        let why = &mut s.not_updated_because;
+        match (&installed, &newest) {
+            (None, _) => why.push(format!("{} is not installed (unattended-upgrades only upgrades installed packages)", host.package)),
+            (_, None) => why.push("the channel is not in apt's lists yet (apt-daily.service has not run since enable), or it is empty".into()),
+            (Some(i), Some(n)) if !dpkg_newer(n, i) && s.pinned.is_none() => why.push("no newer version on the channel".into()),
+            _ => {}
+        }
+        if let Some(p) = &s.pinned {
+            why.push(format!(
+                "pinned to {p} by `ferry channel pin` (undo: `ferry channel unpin`)"
+            ));
+        }
+        if s.held {
+            why.push(format!(
+                "held with apt-mark hold (undo: apt-mark unhold {})",
+                host.package
+            ));
+        }
+        if kept_back {
+            why.push("kept back by unattended-upgrades' last run (see its log)".into());
+        }
+        if s.repository_check.starts_with("error") {
+            why.push(format!(
+                "the repository failed its check: {}",
+                s.repository_check
+            ));
+        }
+        if !s.up_to_date && why.is_empty() {
+            why.push("a newer version is available; the automatic run has not happened since (`systemctl list-timers apt-daily-upgrade.timer`)".into());
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use super::backend::{About, Backend, Edit, Enable};
+use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
+use super::gpg::{normalize_fingerprint, same_fingerprint, TempGpg};
+use super::host::{output, Host};
+use super::status::Status;
 use super::window::Window;
-use super::{
-    normalize_fingerprint, output, require_channel, same_fingerprint, EnableArgs, Host, Status,
-    TempGpg,
-};
+use super::EnableArgs;
 
 pub fn key_path(pkg: &str) -> String {
     format!("/etc/pki/rpm-gpg/ferry-{pkg}.asc")
@@ -108,7 +110,7 @@ pub fn plan_enable(
     let asc = gpg.home.join("repomd.xml.asc");
     let probe = format!("rpm/{}/repodata/repomd.xml", args.channel);
     require_channel(host, &args.repo, &probe, &repomd, &args.channel)?;
-    if !super::fetch(host, &args.repo, &format!("{probe}.asc"), &asc)? {
+    if !fetch(host, &args.repo, &format!("{probe}.asc"), &asc)? {
         bail!(
             "{}/{probe} is not signed (no repomd.xml.asc): refusing an unsigned repository",
             args.repo
@@ -296,21 +298,6 @@ fn available(host: &Host) -> Result<Vec<String>> {
     Ok(v)
 }
 
-pub fn resolve_version(host: &Host, version: &str) -> Result<String> {
-    let v = available(host)?;
-    v.iter()
-        .rev()
-        .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
-        .cloned()
-        .with_context(|| {
-            format!(
-                "version {version} of {} is not in the channel (there: {})",
-                host.package,
-                v.join(", ")
-            )
-        })
-}
-
 const VERSIONLOCK: &str = "/etc/dnf/plugins/versionlock.list";
 
 /// `dnf versionlock add NAME-VERSION` (Some) or `delete NAME` (None). The
@@ -365,43 +352,6 @@ fn installed(host: &Host) -> Option<String> {
     output(rpm(host).args(["-q", "--qf", "%{VERSION}-%{RELEASE}", &host.package])).ok()
 }
 
-pub fn rollback(host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
-    let inst = installed(host)
-        .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
-    let avail = available(host)?;
-    let target = match to {
-        Some(v) => resolve_version(host, v)?,
-        None => {
-            let cur = rpm_version::Evr::parse(&inst);
-            avail
-                .iter()
-                .rev()
-                .find(|v| rpm_version::Evr::parse(v.as_str()) < cur)
-                .cloned()
-                .with_context(|| {
-                    format!(
-                        "no version of {} older than {inst} in the channel; give --to VERSION",
-                        host.package
-                    )
-                })?
-        }
-    };
-    let _ = writeln!(
-        out,
-        "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
-        host.package
-    );
-    // An earlier pin's versionlock would hide the target; rollback pins
-    // the target right after.
-    out.push_str(&output(dnf(host).args([
-        "-y",
-        "--disableplugin=versionlock",
-        "downgrade",
-        &format!("{}-{target}", host.package),
-    ]))?);
-    Ok(target)
-}
-
 /// A row of `dnf history list` (ID | command line | date | action |
 /// altered) as "DATE: ACTION (dnf transaction ID: COMMAND LINE)"; dnf cuts
 /// the command line short.
@@ -414,214 +364,207 @@ fn history_row(row: &str) -> String {
     }
 }
 
-pub fn status(host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
-    s.installed = installed(host);
-    s.newest_available = if rec.is_some() {
-        available(host).ok().and_then(|v| v.last().cloned())
-    } else {
-        None
-    };
-    let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
-    if let Some(l) = lock
-        .lines()
-        .find(|l| l.starts_with(&format!("{}-", host.package)))
-    {
-        s.pinned.get_or_insert_with(|| l.trim().to_string());
+/// dnf with dnf-automatic.
+pub struct Dnf;
+
+impl Backend for Dnf {
+    fn about(&self) -> &'static About {
+        &About {
+            name: "dnf",
+            updater: "dnf-automatic",
+            requires: &["/usr/bin/dnf"],
+        }
     }
-    if let Ok(h) = output(dnf(host).args(["history", "list", &host.package])) {
-        let rows: Vec<&str> = h
-            .lines()
-            .filter(|l| {
-                l.trim_start()
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_digit())
+
+    fn plan_enable(&self, e: &Enable) -> Result<(Vec<Planned>, Option<String>)> {
+        Ok((
+            plan_enable(e.host, e.args, e.gpg, e.armored, e.window)?,
+            None,
+        ))
+    }
+
+    fn trust_key(&self, e: &Enable, edit: &mut Edit) -> Result<bool> {
+        let fingerprint = &e.args.fingerprint;
+        import_key(
+            e.host,
+            e.gpg,
+            fingerprint,
+            e.armored,
+            edit.rec,
+            edit.dry_run,
+            edit.out,
+        )
+    }
+
+    fn after_enable(&self, host: &Host, out: &mut String) {
+        enable_timer(host, out);
+    }
+
+    fn before_disable(&self, host: &Host, edit: &mut Edit) -> Result<()> {
+        disable_timer(host, edit.dry_run, edit.out);
+        if edit.rec.pinned.is_some() {
+            versionlock(host, edit.rec, None, edit.dry_run, edit.out)?;
+        }
+        Ok(())
+    }
+
+    fn after_disable(&self, host: &Host, edit: &mut Edit) -> Result<()> {
+        remove_key(host, edit.rec, edit.dry_run, edit.out)
+    }
+
+    fn pin(&self, host: &Host, edit: &mut Edit, full: &str) -> Result<bool> {
+        if edit.rec.pinned.as_deref() == Some(full) {
+            return Ok(false);
+        }
+        if edit.rec.pinned.is_some() {
+            versionlock(host, edit.rec, None, edit.dry_run, edit.out)?;
+        }
+        versionlock(host, edit.rec, Some(full), edit.dry_run, edit.out)?;
+        let _ = writeln!(
+            edit.out,
+            "pinned {} to {full} (dnf versionlock; dnf-automatic never downgrades: use rollback)",
+            host.package
+        );
+        Ok(true)
+    }
+
+    fn unpin(&self, host: &Host, edit: &mut Edit) -> Result<()> {
+        versionlock(host, edit.rec, None, edit.dry_run, edit.out)
+    }
+
+    fn resolve_version(&self, host: &Host, version: &str) -> Result<String> {
+        let v = available(host)?;
+        v.iter()
+            .rev()
+            .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
+            .cloned()
+            .with_context(|| {
+                format!(
+                    "version {version} of {} is not in the channel (there: {})",
+                    host.package,
+                    v.join(", ")
+                )
             })
-            .collect();
-        if let Some(r) = rows.first() {
-            s.last_package_change = Some(history_row(r));
-        }
     }
-    if host.is_live() {
-        if let Ok(j) = output(Command::new("journalctl").args([
-            "-u",
-            &format!("{}.service", unit(&host.package)),
-            "-n",
-            "50",
-            "--no-pager",
-            "-o",
-            "short-iso",
-        ])) {
-            let lines: Vec<&str> = j.lines().filter(|l| !l.starts_with("--")).collect();
-            // The last run: from its last "Starting" line on.
-            let start = lines
-                .iter()
-                .rposition(|l| l.contains("Starting "))
-                .unwrap_or(0);
-            if let Some(first) = lines.get(start) {
-                s.automatic_last_run = first.split_whitespace().next().map(String::from);
+
+    fn rollback(&self, host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
+        let inst = installed(host)
+            .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
+        let avail = available(host)?;
+        let target = match to {
+            Some(v) => self.resolve_version(host, v)?,
+            None => {
+                let cur = rpm_version::Evr::parse(&inst);
+                avail
+                    .iter()
+                    .rev()
+                    .find(|v| rpm_version::Evr::parse(v.as_str()) < cur)
+                    .cloned()
+                    .with_context(|| {
+                        format!(
+                            "no version of {} older than {inst} in the channel; give --to VERSION",
+                            host.package
+                        )
+                    })?
             }
-            s.automatic_last_result = lines[start.min(lines.len())..]
-                .iter()
-                .filter_map(|l| l.split_once("]: ").map(|(_, m)| m.to_string()))
+        };
+        let _ = writeln!(
+            out,
+            "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
+            host.package
+        );
+        // An earlier pin's versionlock would hide the target; rollback pins
+        // the target right after.
+        out.push_str(&output(dnf(host).args([
+            "-y",
+            "--disableplugin=versionlock",
+            "downgrade",
+            &format!("{}-{target}", host.package),
+        ]))?);
+        Ok(target)
+    }
+
+    fn status(&self, host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
+        s.installed = installed(host);
+        s.newest_available = if rec.is_some() {
+            available(host).ok().and_then(|v| v.last().cloned())
+        } else {
+            None
+        };
+        let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
+        if let Some(l) = lock
+            .lines()
+            .find(|l| l.starts_with(&format!("{}-", host.package)))
+        {
+            s.pinned.get_or_insert_with(|| l.trim().to_string());
+        }
+        if let Ok(h) = output(dnf(host).args(["history", "list", &host.package])) {
+            let rows: Vec<&str> = h
+                .lines()
+                .filter(|l| {
+                    l.trim_start()
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_digit())
+                })
                 .collect();
+            if let Some(r) = rows.first() {
+                s.last_package_change = Some(history_row(r));
+            }
         }
-    }
-    s.repository_check = if rec.is_some() {
-        "see dnf's output (repo_gpgcheck=1, skip_if_unavailable=0)".into()
-    } else {
-        "not configured".into()
-    };
-    let newer = match (&s.installed, &s.newest_available) {
-        (Some(i), Some(n)) => {
-            rpm_version::Evr::parse(n.as_str()) > rpm_version::Evr::parse(i.as_str())
+        if host.is_live() {
+            if let Ok(j) = output(Command::new("journalctl").args([
+                "-u",
+                &format!("{}.service", unit(&host.package)),
+                "-n",
+                "50",
+                "--no-pager",
+                "-o",
+                "short-iso",
+            ])) {
+                let lines: Vec<&str> = j.lines().filter(|l| !l.starts_with("--")).collect();
+                // The last run: from its last "Starting" line on.
+                let start = lines
+                    .iter()
+                    .rposition(|l| l.contains("Starting "))
+                    .unwrap_or(0);
+                if let Some(first) = lines.get(start) {
+                    s.automatic_last_run = first.split_whitespace().next().map(String::from);
+                }
+                s.automatic_last_result = lines[start.min(lines.len())..]
+                    .iter()
+                    .filter_map(|l| l.split_once("]: ").map(|(_, m)| m.to_string()))
+                    .collect();
+            }
         }
-        _ => false,
-    };
-    s.up_to_date = s.installed.is_some() && s.newest_available.is_some() && !newer;
-    let why = &mut s.not_updated_because;
-    if s.installed.is_none() {
-        why.push(format!("{} is not installed", host.package));
-    } else if s.newest_available.is_none() {
-        why.push("the channel cannot be read (dnf failed) or is empty".into());
-    } else if !newer {
-        why.push("no newer version on the channel".into());
+        s.repository_check = if rec.is_some() {
+            "see dnf's output (repo_gpgcheck=1, skip_if_unavailable=0)".into()
+        } else {
+            "not configured".into()
+        };
+        let newer = match (&s.installed, &s.newest_available) {
+            (Some(i), Some(n)) => {
+                rpm_version::Evr::parse(n.as_str()) > rpm_version::Evr::parse(i.as_str())
+            }
+            _ => false,
+        };
+        s.up_to_date = s.installed.is_some() && s.newest_available.is_some() && !newer;
+        let why = &mut s.not_updated_because;
+        if s.installed.is_none() {
+            why.push(format!("{} is not installed", host.package));
+        } else if s.newest_available.is_none() {
+            why.push("the channel cannot be read (dnf failed) or is empty".into());
+        } else if !newer {
+            why.push("no newer version on the channel".into());
+        }
+        if let Some(p) = &s.pinned {
+            why.push(format!(
+                "locked with dnf versionlock ({p}); undo: `ferry channel unpin`"
+            ));
+        }
+        Ok(())
     }
-    if let Some(p) = &s.pinned {
-        why.push(format!(
-            "locked with dnf versionlock ({p}); undo: `ferry channel unpin`"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::channel::{primary_fingerprints, Family};
-
-    #[test]
-    fn history_rows_read_as_date_action_and_command() {
-        assert_eq!(
-            history_row(
-                "     5 | -q -y --disableplugin=ve | 2026-11-26 01:39 | Downgrade      |    1 EE"
-            ),
-            "2026-11-26 01:39: Downgrade (dnf transaction 5: -q -y --disableplugin=ve)"
-        );
-        assert_eq!(history_row("garbled"), "garbled");
-    }
-
-    /// Another key whose fingerprint ends in the same 8 (or 16) digits.
-    fn same_short_id(fpr: &str) -> String {
-        let first = if fpr.starts_with('0') { "1" } else { "0" };
-        format!("{first}{}", &fpr[1..])
-    }
-
-    #[test]
-    fn keys_are_compared_by_full_fingerprint_not_short_id() {
-        let fpr = "BA3B96BBB528E89CEDA7681440DB1EFC176DC986";
-        let keys = vec![("gpg-pubkey-176dc986-6b1616d5".to_string(), fpr.to_string())];
-        assert_eq!(find_key(&keys, fpr), Some("gpg-pubkey-176dc986-6b1616d5"));
-        assert_eq!(
-            find_key(&keys, "ba3b 96bb b528 e89c eda7  6814 40db 1efc 176d c986"),
-            Some("gpg-pubkey-176dc986-6b1616d5"),
-            "spacing and case are the admin's"
-        );
-        // Same short id (176DC986) and long id (40DB1EFC176DC986): another key.
-        assert_eq!(find_key(&keys, &same_short_id(fpr)), None);
-        assert_eq!(
-            find_key(&keys, "176DC986"),
-            None,
-            "a short id is no fingerprint"
-        );
-        assert_eq!(find_key(&keys, "40DB1EFC176DC986"), None);
-        assert!(!same_fingerprint("176DC986", "176dc986"));
-    }
-
-    /// A root with an rpm database (for `rpm --root`) and /usr/bin/dnf.
-    fn rpm_root(name: &str) -> std::path::PathBuf {
-        let root = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("usr/bin")).unwrap();
-        fs::create_dir_all(root.join("etc/pki/rpm-gpg")).unwrap();
-        fs::write(root.join("usr/bin/dnf"), "").unwrap();
-        output(Command::new("rpm").arg("--root").arg(&root).arg("--initdb")).unwrap();
-        root
-    }
-
-    /// With real rpm and gpg: a key rpm already has is not imported again;
-    /// one whose fingerprint shares only the short id with it is not taken
-    /// for it (the key file, which holds the other key, is refused); a new
-    /// key is imported, recorded by its full package name and removed.
-    #[test]
-    fn rpm_import_checks_full_fingerprints() {
-        let keys = TempGpg::new().unwrap();
-        output(keys.gpg().args([
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "ferry test <test@example.org>",
-            "ed25519",
-            "sign",
-            "never",
-        ]))
-        .unwrap();
-        let listing = output(keys.gpg().args(["--with-colons", "--list-keys"])).unwrap();
-        let fpr = primary_fingerprints(&listing).remove(0);
-        let armored = output(keys.gpg().args(["--armor", "--export", &fpr])).unwrap();
-        let pkg = "ferry-test-agent";
-
-        // rpm already trusts the key.
-        let root = rpm_root("rpm-key-present");
-        let host = Host::open(&root, pkg, Some(Family::Dnf)).unwrap();
-        fs::write(host.path(&key_path(pkg)), &armored).unwrap();
-        output(rpm(&host).arg("--import").arg(host.path(&key_path(pkg)))).unwrap();
-        let gpg = TempGpg::new().unwrap();
-        let mut rec = Record::default();
-        let mut out = String::new();
-        assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
-        assert_eq!(
-            rec.rpm_key, None,
-            "a key ferry did not import is not ferry's"
-        );
-        // The admin's fingerprint shares the short id only: not that key,
-        // and the key file (the same key) is refused, not imported.
-        let other = same_short_id(&fpr);
-        let err = import_key(&host, &gpg, &other, &armored, &mut rec, false, &mut out)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(&format!("not the one with fingerprint {other}")),
-            "{err}"
-        );
-        assert_eq!(rec.rpm_key, None);
-        fs::remove_dir_all(&root).unwrap();
-
-        // rpm does not have it: dry run, import, remove.
-        let root = rpm_root("rpm-key-absent");
-        let host = Host::open(&root, pkg, Some(Family::Dnf)).unwrap();
-        let mut out = String::new();
-        assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, true, &mut out).unwrap());
-        assert!(
-            out.contains(&format!("would rpm --import {}", key_path(pkg))),
-            "{out}"
-        );
-        assert!(
-            installed_keys(&host, &gpg).unwrap().is_empty(),
-            "a dry run imported"
-        );
-        fs::write(host.path(&key_path(pkg)), &armored).unwrap();
-        assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
-        let short = fpr[fpr.len() - 8..].to_ascii_lowercase();
-        let name = rec.rpm_key.clone().unwrap();
-        assert!(name.starts_with(&format!("gpg-pubkey-{short}-")), "{name}");
-        assert_eq!(
-            installed_keys(&host, &gpg).unwrap(),
-            vec![(name.clone(), fpr.clone())]
-        );
-        assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
-        remove_key(&host, &mut rec, false, &mut out).unwrap();
-        assert!(installed_keys(&host, &gpg).unwrap().is_empty(), "{out}");
-        fs::remove_dir_all(&root).unwrap();
-    }
-}
+mod tests;

@@ -1,0 +1,199 @@
+//! `ferry channel enable|disable|pin|unpin|rollback`, the same for every
+//! backend: each asks the host's backend for what differs between package
+//! managers, and keeps the record of what ferry wrote.
+
+use std::fmt::Write as _;
+use std::fs;
+
+use anyhow::{bail, Context, Result};
+
+use super::backend::{Edit, Enable};
+use super::files::{self, Record};
+use super::gpg::checked_key;
+use super::host::Host;
+use super::window::Window;
+use super::write::{apply, check_removable, daemon_reload, plan_changes, remove_recorded};
+use super::EnableArgs;
+
+pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
+    let backend = host.backend;
+    if args.channel.is_empty()
+        || !args
+            .channel
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!(
+            "--channel {:?}: a channel name is letters, digits, '-', '_' and '.'",
+            args.channel
+        )
+    }
+    let window = args.window.as_deref().map(Window::parse).transpose()?;
+    let record = host.record()?;
+    if let Some(r) = &record {
+        if r.repo != args.repo || r.channel != args.channel {
+            bail!(
+                "{} already follows {} channel {}; run `ferry channel disable` first to switch",
+                host.package,
+                r.repo,
+                r.channel
+            )
+        }
+    }
+    let (gpg, armored) = checked_key(&args.key, &args.fingerprint)?;
+    let request = Enable {
+        host,
+        args,
+        gpg: &gpg,
+        armored: &armored,
+        window: window.as_ref(),
+    };
+    let (plans, origin) = backend.plan_enable(&request)?;
+    let changes = plan_changes(host, &plans, record.as_ref())?;
+    let mut rec = record.unwrap_or_else(|| Record {
+        package: host.package.clone(),
+        family: backend.name().into(),
+        repo: args.repo.clone(),
+        channel: args.channel.clone(),
+        origin: origin.clone(),
+        ..Record::default()
+    });
+    // Files of an earlier enable that this one no longer writes (e.g. a window removed).
+    let pin_paths = backend.pin_paths(&host.package);
+    let stale: Vec<String> = rec
+        .files
+        .keys()
+        .filter(|p| !pin_paths.contains(p) && !plans.iter().any(|pl| &pl.path == *p))
+        .cloned()
+        .collect();
+    let mut out = String::new();
+    let mut changed = apply(host, &changes, &mut rec, args.dry_run, &mut out)?;
+    for p in &stale {
+        changed += 1;
+        remove_recorded(host, &mut rec, p, args.dry_run, &mut out)?;
+    }
+    let key_changed =
+        backend.trust_key(&request, &mut Edit::new(&mut rec, args.dry_run, &mut out))?;
+    if changed == 0 && !key_changed {
+        let _ = writeln!(
+            out,
+            "nothing to change: {} already follows {} channel {}",
+            host.package, args.repo, args.channel
+        );
+        return Ok(out);
+    }
+    if args.dry_run {
+        let _ = writeln!(out, "dry run: nothing was changed");
+        return Ok(out);
+    }
+    rec.origin = origin.or(rec.origin);
+    files::save_record(&host.root, &rec)?;
+    daemon_reload(host, &mut out);
+    backend.after_enable(host, &mut out);
+    let _ = writeln!(
+        out,
+        "enabled: {} follows {} channel {} ({} automatic updates)",
+        host.package,
+        args.repo,
+        args.channel,
+        backend.name()
+    );
+    Ok(out)
+}
+
+pub fn disable(host: &Host, dry_run: bool) -> Result<String> {
+    let Some(mut rec) = host.record()? else {
+        return Ok(format!(
+            "nothing to change: ferry channel is not enabled for {}\n",
+            host.package
+        ));
+    };
+    // Every refusal before any removal.
+    for p in rec.files.keys() {
+        check_removable(host, &rec, p)?;
+    }
+    let mut out = String::new();
+    host.backend
+        .before_disable(host, &mut Edit::new(&mut rec, dry_run, &mut out))?;
+    let paths: Vec<String> = rec.files.keys().cloned().collect();
+    for p in &paths {
+        remove_recorded(host, &mut rec, p, dry_run, &mut out)?;
+    }
+    host.backend
+        .after_disable(host, &mut Edit::new(&mut rec, dry_run, &mut out))?;
+    if dry_run {
+        let _ = writeln!(out, "dry run: nothing was changed");
+        return Ok(out);
+    }
+    for d in rec.dirs.iter().rev() {
+        if fs::remove_dir(host.path(d)).is_ok() {
+            let _ = writeln!(out, "removed directory {d}");
+        }
+    }
+    files::remove_record(&host.root, &host.package)?;
+    daemon_reload(host, &mut out);
+    let _ = writeln!(
+        out,
+        "disabled: {} no longer follows {} channel {}",
+        host.package, rec.repo, rec.channel
+    );
+    Ok(out)
+}
+
+fn enabled_record(host: &Host) -> Result<Record> {
+    host.record()?.with_context(|| {
+        format!(
+            "ferry channel is not enabled for {}: run `ferry channel enable` first",
+            host.package
+        )
+    })
+}
+
+pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<String> {
+    let mut rec = enabled_record(host)?;
+    let mut out = String::new();
+    let full = host.backend.resolve_version(host, version)?;
+    let mut edit = Edit::new(&mut rec, dry_run, &mut out);
+    if !host.backend.pin(host, &mut edit, &full)? {
+        let _ = writeln!(
+            out,
+            "nothing to change: {} is already pinned to {full}",
+            host.package
+        );
+        return Ok(out);
+    }
+    rec.pinned = Some(full);
+    if dry_run {
+        let _ = writeln!(out, "dry run: nothing was changed");
+    } else {
+        files::save_record(&host.root, &rec)?;
+    }
+    Ok(out)
+}
+
+pub fn unpin(host: &Host, dry_run: bool) -> Result<String> {
+    let mut rec = enabled_record(host)?;
+    let mut out = String::new();
+    if rec.pinned.is_none() {
+        let _ = writeln!(out, "nothing to change: {} is not pinned", host.package);
+        return Ok(out);
+    }
+    host.backend
+        .unpin(host, &mut Edit::new(&mut rec, dry_run, &mut out))?;
+    if dry_run {
+        let _ = writeln!(out, "dry run: nothing was changed");
+    } else {
+        rec.pinned = None;
+        files::save_record(&host.root, &rec)?;
+        let _ = writeln!(out, "unpinned {}", host.package);
+    }
+    Ok(out)
+}
+
+pub fn rollback(host: &Host, to: Option<&str>) -> Result<String> {
+    enabled_record(host)?;
+    let mut out = String::new();
+    let version = host.backend.rollback(host, to, &mut out)?;
+    out.push_str(&pin(host, &version, false)?);
+    Ok(out)
+}

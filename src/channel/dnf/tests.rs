@@ -1,0 +1,130 @@
+//! Tests of the dnf backend: dnf history rows, and keys compared by full
+//! fingerprint (with a real rpm database under a temporary root).
+
+use super::*;
+use crate::channel::gpg::primary_fingerprints;
+
+#[test]
+fn history_rows_read_as_date_action_and_command() {
+    assert_eq!(
+        history_row(
+            "     5 | -q -y --disableplugin=ve | 2026-11-26 01:39 | Downgrade      |    1 EE"
+        ),
+        "2026-11-26 01:39: Downgrade (dnf transaction 5: -q -y --disableplugin=ve)"
+    );
+    assert_eq!(history_row("garbled"), "garbled");
+}
+
+/// Another key whose fingerprint ends in the same 8 (or 16) digits.
+fn same_short_id(fpr: &str) -> String {
+    let first = if fpr.starts_with('0') { "1" } else { "0" };
+    format!("{first}{}", &fpr[1..])
+}
+
+#[test]
+fn keys_are_compared_by_full_fingerprint_not_short_id() {
+    let fpr = "BA3B96BBB528E89CEDA7681440DB1EFC176DC986";
+    let keys = vec![("gpg-pubkey-176dc986-6b1616d5".to_string(), fpr.to_string())];
+    assert_eq!(find_key(&keys, fpr), Some("gpg-pubkey-176dc986-6b1616d5"));
+    assert_eq!(
+        find_key(&keys, "ba3b 96bb b528 e89c eda7  6814 40db 1efc 176d c986"),
+        Some("gpg-pubkey-176dc986-6b1616d5"),
+        "spacing and case are the admin's"
+    );
+    // Same short id (176DC986) and long id (40DB1EFC176DC986): another key.
+    assert_eq!(find_key(&keys, &same_short_id(fpr)), None);
+    assert_eq!(
+        find_key(&keys, "176DC986"),
+        None,
+        "a short id is no fingerprint"
+    );
+    assert_eq!(find_key(&keys, "40DB1EFC176DC986"), None);
+    assert!(!same_fingerprint("176DC986", "176dc986"));
+}
+
+/// A root with an rpm database (for `rpm --root`) and /usr/bin/dnf.
+fn rpm_root(name: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::create_dir_all(root.join("etc/pki/rpm-gpg")).unwrap();
+    fs::write(root.join("usr/bin/dnf"), "").unwrap();
+    output(Command::new("rpm").arg("--root").arg(&root).arg("--initdb")).unwrap();
+    root
+}
+
+/// With real rpm and gpg: a key rpm already has is not imported again;
+/// one whose fingerprint shares only the short id with it is not taken
+/// for it (the key file, which holds the other key, is refused); a new
+/// key is imported, recorded by its full package name and removed.
+#[test]
+fn rpm_import_checks_full_fingerprints() {
+    let keys = TempGpg::new().unwrap();
+    output(keys.gpg().args([
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "ferry test <test@example.org>",
+        "ed25519",
+        "sign",
+        "never",
+    ]))
+    .unwrap();
+    let listing = output(keys.gpg().args(["--with-colons", "--list-keys"])).unwrap();
+    let fpr = primary_fingerprints(&listing).remove(0);
+    let armored = output(keys.gpg().args(["--armor", "--export", &fpr])).unwrap();
+    let pkg = "ferry-test-agent";
+
+    // rpm already trusts the key.
+    let root = rpm_root("rpm-key-present");
+    let host = Host::open(&root, pkg, Some("dnf")).unwrap();
+    fs::write(host.path(&key_path(pkg)), &armored).unwrap();
+    output(rpm(&host).arg("--import").arg(host.path(&key_path(pkg)))).unwrap();
+    let gpg = TempGpg::new().unwrap();
+    let mut rec = Record::default();
+    let mut out = String::new();
+    assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+    assert_eq!(
+        rec.rpm_key, None,
+        "a key ferry did not import is not ferry's"
+    );
+    // The admin's fingerprint shares the short id only: not that key,
+    // and the key file (the same key) is refused, not imported.
+    let other = same_short_id(&fpr);
+    let err = import_key(&host, &gpg, &other, &armored, &mut rec, false, &mut out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("not the one with fingerprint {other}")),
+        "{err}"
+    );
+    assert_eq!(rec.rpm_key, None);
+    fs::remove_dir_all(&root).unwrap();
+
+    // rpm does not have it: dry run, import, remove.
+    let root = rpm_root("rpm-key-absent");
+    let host = Host::open(&root, pkg, Some("dnf")).unwrap();
+    let mut out = String::new();
+    assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, true, &mut out).unwrap());
+    assert!(
+        out.contains(&format!("would rpm --import {}", key_path(pkg))),
+        "{out}"
+    );
+    assert!(
+        installed_keys(&host, &gpg).unwrap().is_empty(),
+        "a dry run imported"
+    );
+    fs::write(host.path(&key_path(pkg)), &armored).unwrap();
+    assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+    let short = fpr[fpr.len() - 8..].to_ascii_lowercase();
+    let name = rec.rpm_key.clone().unwrap();
+    assert!(name.starts_with(&format!("gpg-pubkey-{short}-")), "{name}");
+    assert_eq!(
+        installed_keys(&host, &gpg).unwrap(),
+        vec![(name.clone(), fpr.clone())]
+    );
+    assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
+    remove_key(&host, &mut rec, false, &mut out).unwrap();
+    assert!(installed_keys(&host, &gpg).unwrap().is_empty(), "{out}");
+    fs::remove_dir_all(&root).unwrap();
+}

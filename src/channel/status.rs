@@ -1,0 +1,142 @@
+//! `ferry channel status`: what is installed and available, the pin, the
+//! automatic tool's last run, and why the agent was not updated.
+
+use std::fs;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::host::Host;
+
+/// What `status` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub package: String,
+    pub family: String,
+    pub enabled: bool,
+    pub repo: Option<String>,
+    pub channel: Option<String>,
+    pub installed: Option<String>,
+    pub newest_available: Option<String>,
+    pub pinned: Option<String>,
+    /// apt: Unattended-Upgrade::Allow-downgrade is set host-wide by the pin.
+    pub allow_downgrade_host_wide: bool,
+    pub held: bool,
+    pub automatic_last_run: Option<String>,
+    pub automatic_last_result: Vec<String>,
+    pub last_package_change: Option<String>,
+    pub repository_check: String,
+    pub up_to_date: bool,
+    pub not_updated_because: Vec<String>,
+}
+
+pub fn status(host: &Host) -> Result<Status> {
+    let rec = host.record()?;
+    let mut s = Status {
+        package: host.package.clone(),
+        family: host.backend.name().into(),
+        enabled: rec.is_some(),
+        repo: rec.as_ref().map(|r| r.repo.clone()),
+        channel: rec.as_ref().map(|r| r.channel.clone()),
+        pinned: rec.as_ref().and_then(|r| r.pinned.clone()),
+        ..Status::default()
+    };
+    host.backend.status(host, rec.as_ref(), &mut s)?;
+    // The agent's own upgrade log: a refused (deferred) upgrade.
+    if !s.up_to_date {
+        if let Ok(log) =
+            fs::read_to_string(host.path(&format!("/var/log/{}/upgrades.log", host.package)))
+        {
+            if let Some(line) = busy_refusal(&log) {
+                s.not_updated_because.push(format!(
+                    "the agent was busy and refused the upgrade (deferred to the next automatic run): {line}"
+                ));
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// The hook's refusal of the last upgrade attempt (`prepare` found the
+/// agent busy), unless an upgrade finished after it; without the line's
+/// stamp and process ("1795656693.123 ferry-hook[951] prepare: ").
+fn busy_refusal(log: &str) -> Option<&str> {
+    for line in log.lines().rev() {
+        if line.contains(" finish: done") {
+            return None;
+        }
+        if line.contains("refusing to upgrade") {
+            return Some(line.split_once(": ").map_or(line, |(_, message)| message));
+        }
+    }
+    None
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(f, "package:          {} ({})", self.package, self.family)?;
+        if self.enabled {
+            writeln!(
+                f,
+                "follows:          {} channel {}",
+                o(&self.repo),
+                o(&self.channel)
+            )?;
+        } else {
+            writeln!(
+                f,
+                "follows:          nothing (ferry channel enable was not run)"
+            )?;
+        }
+        writeln!(f, "installed:        {}", o(&self.installed))?;
+        writeln!(f, "newest available: {}", o(&self.newest_available))?;
+        writeln!(
+            f,
+            "pinned:           {}{}",
+            o(&self.pinned),
+            if self.allow_downgrade_host_wide {
+                " (Allow-downgrade is host-wide)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "held:             {}",
+            if self.held { "yes" } else { "no" }
+        )?;
+        writeln!(f, "repository:       {}", self.repository_check)?;
+        writeln!(f, "last automatic run: {}", o(&self.automatic_last_run))?;
+        for l in &self.automatic_last_result {
+            writeln!(f, "  {l}")?;
+        }
+        writeln!(f, "last change:      {}", o(&self.last_package_change))?;
+        if self.up_to_date {
+            writeln!(f, "up to date")?;
+        }
+        for r in &self.not_updated_because {
+            writeln!(f, "not updated because: {r}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_refusal_counts_until_an_upgrade_finishes() {
+        let refused =
+            "1 ferry-hook[9] prepare: refusing to upgrade roboconf-agent: the agent is busy\n";
+        let done = "2 ferry-hook[10] finish: done\n";
+        assert_eq!(
+            busy_refusal(refused),
+            Some("refusing to upgrade roboconf-agent: the agent is busy")
+        );
+        assert!(busy_refusal(&format!("{refused}{done}")).is_none());
+        assert!(busy_refusal(&format!("{done}{refused}")).is_some());
+        assert!(busy_refusal(done).is_none());
+    }
+}
