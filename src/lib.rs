@@ -2,9 +2,11 @@
 //! descriptor, published to signed repositories and followed by the OS's own
 //! automatic update tools.
 //!
-//! The flow is one-way: [`descriptor`] is parsed and validated once,
-//! [`plan`] resolves it into files and rendered [`hooks`], and each
-//! [`build`] packager lays the plan out in its format.
+//! The flow is one-way (docs/ARCHITECTURE.md): [`descriptor`] is parsed
+//! and validated once, [`manifest`] derives the package manifest from it
+//! once, [`scripts`] renders the maintainer scripts from both, [`plan`]
+//! gathers files, metadata and scripts, and each [`build`] packager lays
+//! the plan out in its format.
 
 pub mod bench;
 pub mod build;
@@ -12,8 +14,9 @@ pub mod channel;
 pub mod date;
 pub mod descriptor;
 pub mod exit;
-pub mod hooks;
+pub mod manifest;
 pub mod plan;
 pub mod repo;
+pub mod scripts;
 pub mod state;
 pub mod version;

@@ -303,9 +303,10 @@ fn run(cli: Cli) -> Result<()> {
             for w in &validated.warnings {
                 eprintln!("ferry: {w}");
             }
-            let scripts = ferry::hooks::render(&validated)?;
-            let manifest = ferry::plan::package_manifest_json(&validated)?;
-            for path in ferry::hooks::write_for_cargo_tools(&scripts, &manifest, &out)? {
+            let manifest = ferry::manifest::of(&validated)?;
+            let scripts = ferry::scripts::render(&validated, &manifest)?;
+            let json = ferry::manifest::to_json(&manifest)?;
+            for path in ferry::scripts::write_for_cargo_tools(&scripts, &json, &out)? {
                 println!("{}", path.display());
             }
             Ok(())

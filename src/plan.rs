@@ -5,10 +5,10 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use ferry_hook::package::{PackageManifest, HOOK_PROTOCOL};
+use ferry_hook::package::PackageManifest;
 
 use crate::descriptor::{self, Architecture, Validated};
-use crate::hooks::{self, Scripts};
+use crate::scripts::Scripts;
 use crate::version::PackageVersion;
 
 /// A package format.
@@ -79,8 +79,15 @@ impl Plan {
     }
 }
 
-/// Reads every asset and generated file into a plan.
-pub fn resolve(v: &Validated, source_date: u64) -> Result<Plan> {
+/// Reads every asset and generated file into a plan, with the package
+/// manifest (`crate::manifest`) and the maintainer scripts rendered from it
+/// (`crate::scripts`).
+pub fn resolve(
+    v: &Validated,
+    manifest: &PackageManifest,
+    scripts: Scripts,
+    source_date: u64,
+) -> Result<Plan> {
     let d = &v.descriptor;
     let mut files = Vec::new();
     for asset in &d.assets {
@@ -102,8 +109,8 @@ pub fn resolve(v: &Validated, source_date: u64) -> Result<Plan> {
             only: None,
         });
     }
-    files.extend(unit_files(v)?);
-    files.extend(hook_files(v)?);
+    files.extend(unit_files(v, manifest)?);
+    files.extend(hook_files(v, manifest)?);
     files.extend(debian_docs(v, source_date)?);
     files.sort_by(|a, b| a.dest.cmp(&b.dest).then(a.only.cmp(&b.only)));
     let p = &d.package;
@@ -121,7 +128,7 @@ pub fn resolve(v: &Validated, source_date: u64) -> Result<Plan> {
         deb_depends: deb_depends(&d.dependencies.deb, &files),
         rpm_requires: d.dependencies.rpm.clone(),
         files,
-        scripts: hooks::render(v)?,
+        scripts,
         source_date,
     })
 }
@@ -175,9 +182,7 @@ pub fn glibc_needed(data: &[u8]) -> Option<(u32, u32)> {
 
 /// The upgrade hook program and the manifest it reads: in every package, so
 /// the next version's scripts always find the installed version's hook.
-fn hook_files(v: &Validated) -> Result<Vec<PlannedFile>> {
-    let manifest = package_manifest(v)?;
-    let json = package_manifest_json(v)?;
+fn hook_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
     let program = v.hook_program();
     let data = std::fs::read(&program).with_context(|| {
         format!(
@@ -187,7 +192,7 @@ fn hook_files(v: &Validated) -> Result<Vec<PlannedFile>> {
     })?;
     Ok(vec![
         PlannedFile {
-            dest: hook_path(&manifest.name),
+            dest: manifest.hook_path(),
             data,
             mode: 0o755,
             config: false,
@@ -195,7 +200,7 @@ fn hook_files(v: &Validated) -> Result<Vec<PlannedFile>> {
         },
         PlannedFile {
             dest: PackageManifest::path_for(&manifest.name),
-            data: json,
+            data: crate::manifest::to_json(manifest)?,
             mode: 0o644,
             config: false,
             only: None,
@@ -203,66 +208,13 @@ fn hook_files(v: &Validated) -> Result<Vec<PlannedFile>> {
     ])
 }
 
-/// Where the hook program is installed.
-pub fn hook_path(name: &str) -> String {
-    format!("/usr/libexec/{name}/ferry-hook")
-}
-
-/// The manifest as the file the packages ship.
-pub fn package_manifest_json(v: &Validated) -> Result<Vec<u8>> {
-    let mut json = serde_json::to_vec_pretty(&package_manifest(v)?)?;
-    json.push(b'\n');
-    Ok(json)
-}
-
-/// What the hook needs to know, from the descriptor.
-pub fn package_manifest(v: &Validated) -> Result<PackageManifest> {
-    let d = &v.descriptor;
-    let name = d.package.name.clone();
-    let agent = v.agent_program().with_context(|| {
-        format!(
-            "{}: no agent program for the upgrade hook; set hooks.agent",
-            v.file.display()
-        )
-    })?;
-    let unit = d
-        .service
-        .unit
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(PackageManifest {
-        format: "ferry-package".into(),
-        hook_protocol: HOOK_PROTOCOL,
-        version: v.version.semver.to_string(),
-        schema: d.state.schema,
-        agent,
-        user: d.service.user.clone(),
-        group: d.service.group.clone(),
-        unit,
-        state_dir: v.state_dir().to_string(),
-        config_dir: format!("/etc/{name}"),
-        runtime_dir: format!("/run/{name}"),
-        log_file: format!("/var/log/{name}/upgrades.log"),
-        skip_migration_file: format!("/etc/{name}/ferry-skip-migration"),
-        work_dir: format!("/var/lib/ferry/{name}"),
-        keep_snapshots: d.hooks.keep_snapshots,
-        quiesce_timeout_secs: d.hooks.quiesce_timeout_secs,
-        health_timeout_secs: d.hooks.health_timeout_secs,
-        name,
-    })
-}
-
 /// The unit goes where each distribution family keeps packaged units:
 /// Debian 12 still uses /lib (lintian flags /usr/lib there), rpm /usr/lib.
-fn unit_files(v: &Validated) -> Result<Vec<PlannedFile>> {
+fn unit_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
     let unit = &v.descriptor.service.unit;
     let data = std::fs::read(v.resolve(unit))
         .with_context(|| format!("reading the unit {}", v.resolve(unit).display()))?;
-    let name = unit
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = &manifest.unit;
     Ok([
         (Format::Deb, "/lib/systemd/system"),
         (Format::Rpm, "/usr/lib/systemd/system"),

@@ -73,11 +73,16 @@ impl PackageManifest {
     }
 
     pub fn snapshots_dir(&self) -> PathBuf {
-        Path::new(&self.work_dir).join("snapshots")
+        Path::new(&self.work_dir).join(SNAPSHOTS)
     }
 
     pub fn record_path(&self) -> PathBuf {
-        Path::new(&self.work_dir).join("upgrade.json")
+        Path::new(&self.work_dir).join(RECORD)
+    }
+
+    /// Where the package installs this program.
+    pub fn hook_path(&self) -> String {
+        format!("/usr/libexec/{}/ferry-hook", self.name)
     }
 
     pub fn marker_path(&self) -> PathBuf {
@@ -88,6 +93,10 @@ impl PackageManifest {
 /// The file in the state directory that keeps the agent from starting
 /// (exit 75) while an upgrade changes the state (docs/PROTOCOL.md).
 pub const MARKER: &str = "upgrade-in-progress";
+/// The upgrade record's file name in the work directory.
+pub const RECORD: &str = "upgrade.json";
+/// The snapshots' directory name in the work directory.
+pub const SNAPSHOTS: &str = "snapshots";
 
 /// Where one upgrade stands, kept in `<work_dir>/upgrade.json` from
 /// `prepare` (run by the outgoing version) to `finish` (run by the incoming

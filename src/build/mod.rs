@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use crate::descriptor::{self, DescriptorWarning, Validated};
 use crate::exit::PartiallyDone;
 use crate::plan::{self, Format, Plan};
+use crate::{manifest, scripts};
 
 /// One package format's writer.
 pub trait Packager: Sync {
@@ -102,7 +103,9 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let plan = plan::resolve(&validated, opts.source_date)?;
+    let manifest = manifest::of(&validated)?;
+    let scripts = scripts::render(&validated, &manifest)?;
+    let plan = plan::resolve(&validated, &manifest, scripts, opts.source_date)?;
     let packagers = packagers(&opts.formats, opts.profile);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating the output directory {}", opts.out.display()))?;

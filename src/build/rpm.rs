@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use zstd::zstd_safe::CParameter;
 
 use super::{Packager, Profile};
-use crate::hooks::RpmScriptlet;
 use crate::plan::{Format, Plan};
+use crate::scripts::RpmScriptlet;
 
 pub struct Rpm {
     pub profile: Profile,

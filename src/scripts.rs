@@ -11,6 +11,9 @@ use anyhow::{Context, Result};
 use handlebars::Handlebars;
 use serde::Serialize;
 
+use ferry_hook::package::{self, PackageManifest};
+use ferry_hook::snapshot;
+
 use crate::descriptor::Validated;
 
 /// The templates, compiled into ferry so an installed binary needs no files.
@@ -103,7 +106,9 @@ pub struct Scripts {
     pub rpm: Vec<(RpmScriptlet, String)>,
 }
 
-/// The values templates may use; all of them arrive shell-quoted.
+/// The values templates may use; all of them arrive shell-quoted, but for
+/// the fixed names of the hook's layout (`marker` to `data`), which are
+/// plain words that templates put inside quoted paths with `{{{…}}}`.
 #[derive(Serialize)]
 struct TemplateValues<'a> {
     ferry_version: &'static str,
@@ -111,19 +116,24 @@ struct TemplateValues<'a> {
     version: String,
     user: &'a str,
     group: &'a str,
-    unit: String,
+    unit: &'a str,
     home: &'a str,
     state_dirs: &'a [String],
     secrets: &'a [String],
     linger: bool,
     purge: Vec<String>,
     /// The semantic version the agent reports, as the hook compares it.
-    semver: String,
+    semver: &'a str,
     schema: u32,
     hook: String,
     hook_protocol: u32,
     state_dir: &'a str,
-    work_dir: String,
+    work_dir: &'a str,
+    marker: &'static str,
+    record: &'static str,
+    snapshots: &'static str,
+    partial: &'static str,
+    data: &'static str,
 }
 
 /// Quotes `value` for POSIX sh: single quotes, with each embedded single
@@ -143,38 +153,34 @@ fn registry() -> Result<Handlebars<'static>> {
     Ok(hb)
 }
 
-/// Renders every maintainer script for the validated descriptor.
-pub fn render(v: &Validated) -> Result<Scripts> {
+/// Renders every maintainer script for the validated descriptor, with the
+/// names the hook uses (unit, paths, marker, record, snapshot layout) taken
+/// from its package manifest.
+pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
     let d = &v.descriptor;
-    let unit = v
-        .descriptor
-        .service
-        .unit
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let ctx = TemplateValues {
         ferry_version: env!("CARGO_PKG_VERSION"),
-        name: &d.package.name,
+        name: &m.name,
         version: v.version.deb(),
-        user: &d.service.user,
-        group: &d.service.group,
-        unit,
-        home: d
-            .state
-            .directories
-            .first()
-            .map_or("/nonexistent", String::as_str),
+        user: &m.user,
+        group: &m.group,
+        unit: &m.unit,
+        home: &m.state_dir,
         state_dirs: &d.state.directories,
         secrets: &d.service.secrets,
         linger: d.service.linger,
         purge: v.purge_paths(),
-        semver: v.version.semver.to_string(),
-        schema: d.state.schema,
-        hook: crate::plan::hook_path(&d.package.name),
-        hook_protocol: ferry_hook::package::HOOK_PROTOCOL,
-        state_dir: v.state_dir(),
-        work_dir: format!("/var/lib/ferry/{}", d.package.name),
+        semver: &m.version,
+        schema: m.schema,
+        hook: m.hook_path(),
+        hook_protocol: m.hook_protocol,
+        state_dir: &m.state_dir,
+        work_dir: &m.work_dir,
+        marker: package::MARKER,
+        record: package::RECORD,
+        snapshots: package::SNAPSHOTS,
+        partial: snapshot::PARTIAL,
+        data: snapshot::DATA,
     };
     let hb = registry()?;
     let render_one = |path: String, text: &str| {
