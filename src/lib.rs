@@ -13,6 +13,7 @@ pub mod build;
 pub mod channel;
 pub mod date;
 pub mod descriptor;
+pub mod digest;
 pub mod exit;
 pub mod manifest;
 pub mod plan;

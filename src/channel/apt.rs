@@ -290,11 +290,11 @@ pub fn parse_uu_log(log: &str, package: &str) -> (Option<String>, Vec<String>, b
     (Some(split(lines[start]).0), result, kept_back)
 }
 
+/// Whether Debian version `a` is newer than `b`, as dpkg orders them
+/// (`repo::version::compare_deb`, whose unit tests check it against
+/// `dpkg --compare-versions`).
 fn dpkg_newer(a: &str, b: &str) -> bool {
-    Command::new("dpkg")
-        .args(["--compare-versions", a, "gt", b])
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::repo::version::compare_deb(a, b) == std::cmp::Ordering::Greater
 }
 
 /// InRelease of the recorded channel, verified with the key apt trusts.

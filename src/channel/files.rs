@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// A file ferry wants on the host: an absolute path inside the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,12 +66,7 @@ pub fn record_path(package: &str) -> String {
     format!("/var/lib/ferry/channel/{package}.json")
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::digest::sha256_hex;
 
 /// `root` + an absolute path.
 pub fn under(root: &Path, path: &str) -> PathBuf {

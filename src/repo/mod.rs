@@ -10,7 +10,7 @@ mod rpm;
 mod sign;
 mod state;
 mod store;
-mod version;
+pub(crate) mod version;
 
 use std::collections::BTreeSet;
 use std::fmt;
