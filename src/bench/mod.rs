@@ -1,12 +1,16 @@
 //! `ferry bench build`: ferry beside nfpm, cargo-deb and cargo-generate-rpm
-//! on one payload, in one run, reported as ratios.
+//! on each payload of a corpus of real files (`corpus`), every tool in the
+//! same run, medians of several runs, reported as ratios with the tools'
+//! versions.
 //!
-//! The payload is generated from a fixed seed so every run and every
-//! machine packs the same bytes: the agent binary, plus `size_mib` MiB made
-//! of 40% binary-like data (the agent's own code, each copy with a seeded
-//! fraction of its bytes changed so copies do not deduplicate), 40% text
-//! (log-like lines over a fixed vocabulary) and 20% random bytes (assets
-//! that are already compressed).
+//! The generated payload of earlier measurements is still available: made
+//! from a fixed seed so every run and every machine packs the same bytes,
+//! the agent binary plus `size_mib` MiB of 40% binary-like data (the
+//! agent's own code, each copy with a seeded fraction of its bytes changed
+//! so copies do not deduplicate), 40% text (log-like lines over a fixed
+//! vocabulary) and 20% random bytes (assets that are already compressed).
+
+pub mod corpus;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,12 +22,19 @@ use serde::Serialize;
 
 use crate::build::{self, BuildOptions, Profile};
 use crate::plan::Format;
+pub use corpus::Payload;
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// The agent binary at the core of the payload.
+    /// The agent binary at the core of every payload (the upgrade hook is
+    /// read beside it).
     pub agent: PathBuf,
+    /// The reference agent's package directory (configuration, unit,
+    /// manual page), for the `agent` payload.
+    pub pkg: PathBuf,
+    pub payloads: Vec<Payload>,
+    /// MiB of the generated payload.
     pub size_mib: usize,
     pub runs: usize,
     pub seed: u64,
@@ -33,7 +44,7 @@ pub struct BenchOptions {
     pub keep: bool,
 }
 
-/// One tool's measurement: best-of-runs time, and output size.
+/// One tool's measurement: the median time of the runs, and output size.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
     pub tool: String,
@@ -42,13 +53,23 @@ pub struct Measurement {
     pub bytes: u64,
 }
 
-/// Every measurement of one run.
+/// Every measurement on one payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct PayloadReport {
+    pub payload: Payload,
+    pub files: usize,
+    pub payload_bytes: u64,
+    pub measurements: Vec<Measurement>,
+}
+
+/// Every measurement of one run of the bench.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
-    pub payload_bytes: u64,
     pub cores: u32,
     pub runs: usize,
-    pub measurements: Vec<Measurement>,
+    /// (tool, what `--version` said)
+    pub versions: Vec<(String, String)>,
+    pub payloads: Vec<PayloadReport>,
 }
 
 /// xorshift64*: tiny, seedable, and the same on every machine.
@@ -151,7 +172,7 @@ pub fn generate_payload(
     Ok(files)
 }
 
-/// Runs the whole comparison.
+/// Runs the whole comparison, payload after payload.
 pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchReport> {
     let agent = std::fs::read(&opts.agent).with_context(|| {
         format!(
@@ -167,45 +188,99 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         )
     })?;
     let _ = std::fs::remove_dir_all(&opts.work);
-    let payload_dir = opts.work.join("payload");
-    let mut payload = generate_payload(&payload_dir, &agent, opts.size_mib, opts.seed)?;
-    let agent_copy = payload_dir.join(asset_name(&opts.agent));
-    std::fs::write(&agent_copy, &agent)?;
-    payload.push(agent_copy);
-    let payload_bytes = payload
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()))
-        .sum::<std::io::Result<u64>>()?;
-    let mut measurements = Vec::new();
-    for profile in [Profile::Fast, Profile::Small] {
-        progress(&format!("ferry ({profile:?})"));
-        measurements.extend(bench_ferry(opts, &payload, &hook, profile)?);
+    let versions = tool_versions();
+    let mut payloads = Vec::new();
+    for &kind in &opts.payloads {
+        let work = opts.work.join(kind.name());
+        let payload_dir = work.join("payload");
+        progress(&format!("payload {}", kind.name()));
+        let mut payload = match kind {
+            Payload::Generated => generate_payload(&payload_dir, &agent, opts.size_mib, opts.seed)?,
+            _ => corpus::collect(kind, &payload_dir, &opts.agent, &opts.pkg)?,
+        };
+        // The program the package's hook drives, in every payload.
+        let agent_copy = payload_dir.join(asset_name(&opts.agent));
+        std::fs::write(&agent_copy, &agent)?;
+        payload.push(agent_copy);
+        let payload_bytes = payload
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()))
+            .sum::<std::io::Result<u64>>()?;
+        let mut measurements = Vec::new();
+        for profile in [Profile::Fast, Profile::Small] {
+            progress(&format!("{}: ferry ({profile:?})", kind.name()));
+            measurements.extend(bench_ferry(opts, &work, &payload, &hook, profile)?);
+        }
+        progress(&format!("{}: nfpm", kind.name()));
+        measurements.extend(bench_nfpm(opts.runs, &work, &payload)?);
+        progress(&format!(
+            "{}: cargo-deb and cargo-generate-rpm",
+            kind.name()
+        ));
+        measurements.extend(bench_cargo_tools(opts.runs, &work, &payload)?);
+        payloads.push(PayloadReport {
+            payload: kind,
+            files: payload.len(),
+            payload_bytes,
+            measurements,
+        });
     }
-    progress("nfpm");
-    measurements.extend(bench_nfpm(opts, &payload)?);
-    progress("cargo-deb and cargo-generate-rpm");
-    measurements.extend(bench_cargo_tools(opts, &payload)?);
     if !opts.keep {
         let _ = std::fs::remove_dir_all(&opts.work);
     }
     Ok(BenchReport {
-        payload_bytes,
         cores: build::threads(),
         runs: opts.runs,
-        measurements,
+        versions,
+        payloads,
     })
 }
 
-/// The best of `runs` timings of `f`, which returns the output size.
-fn best_of(runs: usize, mut f: impl FnMut() -> Result<u64>) -> Result<(Duration, u64)> {
-    let mut best = Duration::MAX;
+/// What each tool compared says of its version.
+fn tool_versions() -> Vec<(String, String)> {
+    let ask = |program: &str, args: &[&str], line: &dyn Fn(&str) -> Option<String>| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find_map(line))
+            .unwrap_or_else(|| "not found".into())
+    };
+    let first = |l: &str| Some(l.trim().to_string()).filter(|l| !l.is_empty());
+    // nfpm prints a banner, then `GitVersion:    2.48.0`.
+    let git_version = |l: &str| {
+        l.strip_prefix("GitVersion:")
+            .map(|v| format!("nfpm {}", v.trim()))
+    };
+    vec![
+        (
+            "ferry".into(),
+            format!("ferry {}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("nfpm".into(), ask("nfpm", &["--version"], &git_version)),
+        (
+            "cargo-deb".into(),
+            ask("cargo", &["deb", "--version"], &first),
+        ),
+        (
+            "cargo-generate-rpm".into(),
+            ask("cargo", &["generate-rpm", "--version"], &first),
+        ),
+    ]
+}
+
+/// The median of `runs` timings of `f` (at least one), which returns the
+/// output size: one slow or fast outlier does not decide a figure.
+fn median_of(runs: usize, mut f: impl FnMut() -> Result<u64>) -> Result<(Duration, u64)> {
+    let mut times = Vec::new();
     let mut bytes = 0;
     for _ in 0..runs.max(1) {
         let start = Instant::now();
         bytes = f()?;
-        best = best.min(start.elapsed());
+        times.push(start.elapsed());
     }
-    Ok((best, bytes))
+    times.sort();
+    Ok((times[times.len() / 2], bytes))
 }
 
 fn measurement(tool: &str, format: &str, (time, bytes): (Duration, u64)) -> Measurement {
@@ -226,11 +301,12 @@ fn asset_name(path: &Path) -> String {
 
 fn bench_ferry(
     opts: &BenchOptions,
+    work: &Path,
     payload: &[PathBuf],
     hook: &Path,
     profile: Profile,
 ) -> Result<Vec<Measurement>> {
-    let dir = opts.work.join("ferry");
+    let dir = work.join("ferry");
     std::fs::create_dir_all(&dir)?;
     let mut descriptor = String::from(concat!(
         "[package]\nname = \"bench-agent\"\nversion = \"1.0.0\"\n",
@@ -273,13 +349,13 @@ fn bench_ferry(
     let label = format!("ferry {}", format!("{profile:?}").to_lowercase());
     let mut results = Vec::new();
     for (format, name) in [(Format::Deb, "deb"), (Format::Rpm, "rpm")] {
-        let r = best_of(opts.runs, || {
+        let r = median_of(opts.runs, || {
             let a = build::build(&build_opts(vec![format]), &mut |_| {})?;
             Ok(a.packages.iter().map(|a| a.bytes).sum())
         })?;
         results.push(measurement(&label, name, r));
     }
-    let both = best_of(opts.runs, || {
+    let both = median_of(opts.runs, || {
         let a = build::build(&build_opts(vec![Format::Deb, Format::Rpm]), &mut |_| {})?;
         Ok(a.packages.iter().map(|a| a.bytes).sum())
     })?;
@@ -308,8 +384,8 @@ fn output_size(dir: &Path, suffix: &str) -> Result<u64> {
     bail!("no *{suffix} in {}", dir.display())
 }
 
-fn bench_nfpm(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
-    let dir = opts.work.join("nfpm");
+fn bench_nfpm(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
+    let dir = work.join("nfpm");
     std::fs::create_dir_all(&dir)?;
     let mut config = String::from(
         "name: bench-agent\narch: amd64\nversion: 1.0.0\nmaintainer: Bench <bench@example.org>\ndescription: benchmark payload\nlicense: Apache-2.0\ncontents:\n",
@@ -327,7 +403,7 @@ fn bench_nfpm(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Measuremen
     for format in ["deb", "rpm"] {
         let out = dir.join(format);
         std::fs::create_dir_all(&out)?;
-        let r = best_of(opts.runs, || {
+        let r = median_of(runs, || {
             run_tool(
                 Command::new("nfpm")
                     .args(["package", "-f"])
@@ -342,8 +418,8 @@ fn bench_nfpm(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Measuremen
     Ok(results)
 }
 
-fn bench_cargo_tools(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
-    let dir = opts.work.join("cargo");
+fn bench_cargo_tools(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
+    let dir = work.join("cargo");
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("src/main.rs"), "fn main() {}\n")?;
     let mut deb_assets = String::new();
@@ -363,7 +439,7 @@ fn bench_cargo_tools(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Mea
     std::fs::write(dir.join("Cargo.toml"), manifest)?;
     let deb_out = dir.join("target/debian");
     let rpm_out = dir.join("target/generate-rpm");
-    let deb = best_of(opts.runs, || {
+    let deb = median_of(runs, || {
         run_tool(
             Command::new("cargo")
                 .args(["deb", "--no-build", "--no-strip"])
@@ -371,7 +447,7 @@ fn bench_cargo_tools(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Mea
         )?;
         output_size(&deb_out, ".deb")
     })?;
-    let rpm = best_of(opts.runs, || {
+    let rpm = median_of(runs, || {
         run_tool(
             Command::new("cargo")
                 .args(["generate-rpm"])
@@ -385,20 +461,20 @@ fn bench_cargo_tools(opts: &BenchOptions, payload: &[PathBuf]) -> Result<Vec<Mea
     ])
 }
 
-impl BenchReport {
+impl PayloadReport {
     fn get(&self, tool: &str, format: &str) -> Option<&Measurement> {
         self.measurements
             .iter()
             .find(|m| m.tool == tool && m.format == format)
     }
 
-    /// The markdown table and the goal ratios.
-    pub fn markdown(&self) -> String {
+    /// The measurements' table and the goal ratios.
+    fn markdown(&self) -> String {
         let mut s = format!(
-            "Payload: {:.1} MiB, {} core(s), best of {} run(s).\n\n| tool | format | time (s) | size (MiB) |\n|---|---|---|---|\n",
+            "### {}: {} files, {:.1} MiB\n\n| tool | format | time (s) | size (MiB) |\n|---|---|---|---|\n",
+            self.payload.name(),
+            self.files,
             self.payload_bytes as f64 / 1048576.0,
-            self.cores,
-            self.runs
         );
         for m in &self.measurements {
             let _ = writeln!(
@@ -459,6 +535,27 @@ impl BenchReport {
     }
 }
 
+impl BenchReport {
+    /// Every payload's table and goals, after the tools' versions.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "{} core(s), median of {} run(s) per tool and payload. Versions: {}.\n",
+            self.cores,
+            self.runs,
+            self.versions
+                .iter()
+                .map(|(tool, version)| format!("{tool} `{version}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for payload in &self.payloads {
+            s.push('\n');
+            s.push_str(&payload.markdown());
+        }
+        s
+    }
+}
+
 /// A speed goal of the build issue: ferry's profile against the tools a
 /// user would run instead, at no larger packages.
 struct Goal {
@@ -502,10 +599,10 @@ mod tests {
 
     #[test]
     fn goals_are_ratios_against_the_tools_combined() {
-        let report = BenchReport {
+        let report = PayloadReport {
+            payload: Payload::Text,
+            files: 1,
             payload_bytes: 1,
-            cores: 2,
-            runs: 1,
             measurements: vec![
                 m("ferry fast", "deb", 0.5, 90),
                 m("ferry fast", "rpm", 0.2, 120),
