@@ -957,26 +957,15 @@ fn killed_while_writing(status: std::process::ExitStatus, repo: &Path, version: 
     let committed = fs::read_to_string(repo.join(ferry::repo::STATE_FILE))
         .is_ok_and(|record| record.contains(&format!("/{version}")));
     let pool_files = ["apt/pool", "rpm/pool"].iter().any(|pool| {
-        walk(&repo.join(pool)).iter().any(|file| {
-            let name = file.file_name().unwrap().to_string_lossy();
-            name.contains(&format!("_{version}")) || name.contains(&format!("-{version}"))
-        })
+        walkdir::WalkDir::new(repo.join(pool))
+            .into_iter()
+            .flatten()
+            .any(|entry| {
+                let name = entry.file_name().to_string_lossy();
+                name.contains(&format!("_{version}")) || name.contains(&format!("-{version}"))
+            })
     });
     status.signal() == Some(libc::SIGKILL) && pool_files && !committed
-}
-
-/// Every file under `dir` (none if it does not exist).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// The real `ferry publish`, as a process a test can SIGKILL mid-publish.
