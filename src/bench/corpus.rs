@@ -2,7 +2,8 @@
 //! Debian 12 machine, picked the same way every time (sorted paths, up to
 //! a size), so anyone can rebuild them (docs/BENCHMARKS.md, "The corpus").
 //! Each is copied into the scratch directory under numbered names, so that
-//! files of the same name in different directories stay apart.
+//! files of the same name in different directories stay apart, with any
+//! character but letters, digits and `._+-` replaced by `_`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -122,7 +123,20 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for (i, (source, data)) in picked.into_iter().enumerate() {
-        let name = source.file_name().unwrap_or_default().to_string_lossy();
+        // Plain names: nfpm reads sources as glob patterns (`/usr/bin/[`).
+        let name: String = source
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let path = dir.join(format!("{i:05}-{name}"));
         std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
