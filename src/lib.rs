@@ -15,6 +15,7 @@ pub mod date;
 pub mod descriptor;
 pub mod digest;
 pub mod exit;
+pub mod format;
 pub mod manifest;
 pub mod plan;
 pub mod repo;

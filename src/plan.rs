@@ -11,21 +11,7 @@ use crate::descriptor::{self, Architecture, Validated};
 use crate::scripts::Scripts;
 use crate::version::PackageVersion;
 
-/// A package format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Format {
-    Deb,
-    Rpm,
-}
-
-impl Format {
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Deb => "deb",
-            Format::Rpm => "rpm",
-        }
-    }
-}
+pub use crate::format::Format;
 
 /// One file to install.
 #[derive(Debug, Clone)]

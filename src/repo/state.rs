@@ -4,7 +4,6 @@
 //! point of a publish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -17,21 +16,7 @@ pub const STATE_FILE: &str = "ferry-repo.json";
 /// Schema of the record; a newer one is refused rather than misread.
 const SCHEMA: u32 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Deb,
-    Rpm,
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Format::Deb => "deb",
-            Format::Rpm => "rpm",
-        })
-    }
-}
+pub use crate::format::Format;
 
 /// One package file ever published. Entries are never removed, even when
 /// retention prunes the file: a published version is immutable forever.
