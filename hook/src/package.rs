@@ -162,29 +162,17 @@ impl Record {
 }
 
 /// Compares two versions of the forms ferry produces (`1.2.0`,
-/// `1.2.0~rc.1`, `1.2.0-rc.1`): numbers numerically, a pre-release before
-/// its release. Only for the log's upgrade/downgrade/reinstall word: the
-/// schemas, not the versions, decide what migrates.
+/// `1.2.0-rc.1`, or `1.2.0~rc.1` as Debian writes it) by semantic-version
+/// precedence (the `semver` crate): a pre-release before its release. Only
+/// for the log's upgrade/downgrade/reinstall word: the schemas, not the
+/// versions, decide what migrates. A version that is not semantic (a
+/// package made without ferry) compares as text.
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let split = |v: &str| -> (Vec<u64>, Option<String>) {
-        let v = v.replace('~', "-");
-        let (main, pre) = match v.split_once('-') {
-            Some((m, p)) => (m.to_string(), Some(p.to_string())),
-            None => (v.clone(), None),
-        };
-        (
-            main.split('.').map(|n| n.parse().unwrap_or(0)).collect(),
-            pre,
-        )
-    };
-    let (ma, pa) = split(a);
-    let (mb, pb) = split(b);
-    ma.cmp(&mb).then_with(|| match (pa, pb) {
-        (None, None) => std::cmp::Ordering::Equal,
-        (None, Some(_)) => std::cmp::Ordering::Greater,
-        (Some(_), None) => std::cmp::Ordering::Less,
-        (Some(x), Some(y)) => x.cmp(&y),
-    })
+    let parse = |v: &str| semver::Version::parse(&v.replacen('~', "-", 1));
+    match (parse(a), parse(b)) {
+        (Ok(a), Ok(b)) => a.cmp_precedence(&b),
+        _ => a.cmp(b),
+    }
 }
 
 #[cfg(test)]

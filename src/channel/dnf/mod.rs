@@ -293,7 +293,7 @@ fn available(host: &Host) -> Result<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    v.sort_by(|a, b| rpm_version::Evr::parse(a).cmp(&rpm_version::Evr::parse(b)));
+    v.sort_by(|a, b| rpm_order(a, b));
     v.dedup();
     Ok(v)
 }
@@ -362,6 +362,12 @@ fn history_row(row: &str) -> String {
         }
         _ => row.trim().to_string(),
     }
+}
+
+/// rpm's order of two `[epoch:]version-release` strings: the one the
+/// repository's retention uses (`repo::version::compare`).
+fn rpm_order(a: &str, b: &str) -> std::cmp::Ordering {
+    crate::repo::version::compare(crate::format::Format::Rpm, a, b)
 }
 
 /// dnf with dnf-automatic.
@@ -453,20 +459,17 @@ impl Backend for Dnf {
         let avail = available(host)?;
         let target = match to {
             Some(v) => self.resolve_version(host, v)?,
-            None => {
-                let cur = rpm_version::Evr::parse(&inst);
-                avail
-                    .iter()
-                    .rev()
-                    .find(|v| rpm_version::Evr::parse(v.as_str()) < cur)
-                    .cloned()
-                    .with_context(|| {
-                        format!(
-                            "no version of {} older than {inst} in the channel; give --to VERSION",
-                            host.package
-                        )
-                    })?
-            }
+            None => avail
+                .iter()
+                .rev()
+                .find(|v| rpm_order(v, &inst).is_lt())
+                .cloned()
+                .with_context(|| {
+                    format!(
+                        "no version of {} older than {inst} in the channel; give --to VERSION",
+                        host.package
+                    )
+                })?,
         };
         let _ = writeln!(
             out,
@@ -543,9 +546,7 @@ impl Backend for Dnf {
             "not configured".into()
         };
         let newer = match (&s.installed, &s.newest_available) {
-            (Some(i), Some(n)) => {
-                rpm_version::Evr::parse(n.as_str()) > rpm_version::Evr::parse(i.as_str())
-            }
+            (Some(i), Some(n)) => rpm_order(n, i).is_gt(),
             _ => false,
         };
         s.up_to_date = s.installed.is_some() && s.newest_available.is_some() && !newer;
