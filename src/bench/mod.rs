@@ -292,6 +292,18 @@ fn measurement(tool: &str, format: &str, (time, bytes): (Duration, u64)) -> Meas
     }
 }
 
+/// One line (or block) of a tool's configuration per payload file, from
+/// its source path and its destination in the package.
+fn each_asset(payload: &[PathBuf], line: impl Fn(&str, &str) -> String) -> String {
+    payload
+        .iter()
+        .map(|p| {
+            let dest = format!("/usr/lib/bench-agent/{}", asset_name(p));
+            line(&p.display().to_string(), &dest)
+        })
+        .collect()
+}
+
 fn asset_name(path: &Path) -> String {
     path.file_name()
         .unwrap_or_default()
@@ -315,14 +327,9 @@ fn bench_ferry(
         "[service]\nunit = \"bench-agent.service\"\nuser = \"bench\"\ngroup = \"bench\"\n",
         "[state]\nschema = 1\ndirectories = [\"/var/lib/bench-agent\"]\n",
     ));
-    for p in payload {
-        let _ = write!(
-            descriptor,
-            "[[asset]]\nsource = \"{}\"\ndest = \"/usr/lib/bench-agent/{}\"\nmode = \"0644\"\n",
-            p.display(),
-            asset_name(p)
-        );
-    }
+    descriptor.push_str(&each_asset(payload, |src, dest| {
+        format!("[[asset]]\nsource = \"{src}\"\ndest = \"{dest}\"\nmode = \"0644\"\n")
+    }));
     // Every ferry package carries the upgrade hook: the one built beside
     // the agent, driving the agent copy in the payload.
     let _ = write!(
@@ -390,14 +397,9 @@ fn bench_nfpm(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measu
     let mut config = String::from(
         "name: bench-agent\narch: amd64\nversion: 1.0.0\nmaintainer: Bench <bench@example.org>\ndescription: benchmark payload\nlicense: Apache-2.0\ncontents:\n",
     );
-    for p in payload {
-        let _ = writeln!(
-            config,
-            "  - src: {}\n    dst: /usr/lib/bench-agent/{}",
-            p.display(),
-            asset_name(p)
-        );
-    }
+    config.push_str(&each_asset(payload, |src, dest| {
+        format!("  - src: {src}\n    dst: {dest}\n")
+    }));
     std::fs::write(dir.join("nfpm.yaml"), config)?;
     let mut results = Vec::new();
     for format in ["deb", "rpm"] {
@@ -422,17 +424,12 @@ fn bench_cargo_tools(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Ve
     let dir = work.join("cargo");
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("src/main.rs"), "fn main() {}\n")?;
-    let mut deb_assets = String::new();
-    let mut rpm_assets = String::new();
-    for p in payload {
-        let dest = format!("/usr/lib/bench-agent/{}", asset_name(p));
-        let _ = writeln!(deb_assets, "  [\"{}\", \"{dest}\", \"644\"],", p.display());
-        let _ = writeln!(
-            rpm_assets,
-            "  {{ source = \"{}\", dest = \"{dest}\", mode = \"644\" }},",
-            p.display()
-        );
-    }
+    let deb_assets = each_asset(payload, |src, dest| {
+        format!("  [\"{src}\", \"{dest}\", \"644\"],\n")
+    });
+    let rpm_assets = each_asset(payload, |src, dest| {
+        format!("  {{ source = \"{src}\", dest = \"{dest}\", mode = \"644\" }},\n")
+    });
     let manifest = format!(
         "[package]\nname = \"bench-agent\"\nversion = \"1.0.0\"\nedition = \"2021\"\nlicense = \"Apache-2.0\"\ndescription = \"benchmark payload\"\nauthors = [\"Bench <bench@example.org>\"]\n\n[workspace]\n\n[package.metadata.deb]\nassets = [\n{deb_assets}]\n\n[package.metadata.generate-rpm]\nassets = [\n{rpm_assets}]\n"
     );
