@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use ferry::repo::{promote, publish, PromoteArgs, PublishArgs, PUBLIC_KEY_FILE};
+use ferry::repo::{promote, publish, PromoteArgs, PublishArgs, SigningArgs, PUBLIC_KEY_FILE};
 
 const PACKAGE: &str = "ferry-probe";
 
@@ -169,8 +169,10 @@ fn publish_args(repo: &Path, channel: &str, packages: Vec<PathBuf>) -> PublishAr
         repo: repo.to_path_buf(),
         channel: channel.to_string(),
         keep: 5,
-        key: Some(key().fingerprint.clone()),
-        gnupghome: Some(key().home.clone()),
+        signing: SigningArgs {
+            key: Some(key().fingerprint.clone()),
+            gnupghome: Some(key().home.clone()),
+        },
         keep_versions: Vec::new(),
         packages,
     }
@@ -184,8 +186,10 @@ fn promote_to_stable(repo: &Path, version: &str) -> PromoteArgs {
         from: "candidate".to_string(),
         to: "stable".to_string(),
         keep: 5,
-        key: None,
-        gnupghome: Some(key().home.clone()),
+        signing: SigningArgs {
+            key: None,
+            gnupghome: Some(key().home.clone()),
+        },
         version: version.to_string(),
     }
 }
@@ -609,11 +613,11 @@ fn refusals_are_clear_and_change_nothing() {
     let repo = scratch.path("repo");
 
     let mut unsigned = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
-    unsigned.key = None;
+    unsigned.signing.key = None;
     let error = publish(&unsigned).unwrap_err();
     assert!(format!("{error:#}").contains("unsigned"), "{error:#}");
     let mut unknown = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
-    unknown.key = Some("0123456789ABCDEF0123456789ABCDEF01234567".to_string());
+    unknown.signing.key = Some("0123456789ABCDEF0123456789ABCDEF01234567".to_string());
     let error = publish(&unknown).unwrap_err();
     assert!(
         format!("{error:#}").contains("not a secret key"),

@@ -8,15 +8,13 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::backend::{About, Backend, Edit, Enable};
+use super::backend::{About, Backend, Edit, Enable, Source};
 use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
 use super::gpg::TempGpg;
 use super::host::{output, Host};
 use super::status::Status;
-use super::window::Window;
 use super::write::{apply, check_removable, plan_changes, remove_recorded};
-use super::EnableArgs;
 
 pub fn key_path(pkg: &str) -> String {
     format!("/etc/apt/keyrings/ferry-{pkg}.asc")
@@ -62,18 +60,12 @@ fn pattern_value(v: &str) -> String {
     v.replace(',', "\\,").replace('"', "")
 }
 
-/// The files `enable` writes on an apt host.
-pub fn render(
-    pkg: &str,
-    repo: &str,
-    channel: &str,
-    origin: &str,
-    armored_key: &str,
-    window: Option<&Window>,
-) -> Vec<Planned> {
-    let repo = repo.trim_end_matches('/');
+/// The files `enable` writes on an apt host, for the repository's Origin.
+pub fn render(source: &Source, origin: &str) -> Vec<Planned> {
+    let (pkg, channel, window) = (source.package, source.channel, source.window);
+    let repo = source.repo.trim_end_matches('/');
     let mut plans = vec![
-        Planned::new(key_path(pkg), armored_key.as_bytes(), 0o644),
+        Planned::new(key_path(pkg), source.armored_key.as_bytes(), 0o644),
         Planned::new(
             sources_path(pkg),
             format!(
@@ -122,13 +114,8 @@ pub fn render(
 
 /// Checks the repository (channel present, InRelease signed by the checked
 /// key), reads its Origin, and renders the files.
-pub fn plan_enable(
-    host: &Host,
-    args: &EnableArgs,
-    gpg: &TempGpg,
-    armored: &str,
-    window: Option<&Window>,
-) -> Result<(Vec<Planned>, Option<String>)> {
+pub fn plan_enable(e: &Enable) -> Result<(Vec<Planned>, Option<String>)> {
+    let (host, args, gpg) = (e.host, e.args, e.gpg);
     let inrelease = gpg.home.join("InRelease");
     let probe = format!("apt/dists/{}/InRelease", args.channel);
     require_channel(host, &args.repo, &probe, &inrelease, &args.channel)?;
@@ -172,17 +159,7 @@ pub fn plan_enable(
             names.into_iter().collect::<Vec<_>>().join(", ")
         )
     }
-    Ok((
-        render(
-            &host.package,
-            &args.repo,
-            &args.channel,
-            &origin,
-            armored,
-            window,
-        ),
-        Some(origin),
-    ))
+    Ok((render(&e.source, &origin), Some(origin)))
 }
 
 pub fn plan_pin(pkg: &str, version: &str) -> Vec<Planned> {
@@ -324,7 +301,7 @@ impl Backend for Apt {
     }
 
     fn plan_enable(&self, e: &Enable) -> Result<(Vec<Planned>, Option<String>)> {
-        plan_enable(e.host, e.args, e.gpg, e.armored, e.window)
+        plan_enable(e)
     }
 
     fn pin_paths(&self, package: &str) -> Vec<String> {
@@ -508,6 +485,7 @@ impl Backend for Apt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::window::Window;
 
     #[test]
     fn policy_parses_installed_candidate_and_sources() {
@@ -550,12 +528,14 @@ mod tests {
     fn files_name_the_origin_the_key_and_the_window() {
         let w = Window::parse("Mon..Fri 02:00-04:00").unwrap();
         let plans = render(
-            "roboconf-agent",
-            "file:///srv/repo/",
-            "stable",
+            &Source {
+                package: "roboconf-agent",
+                repo: "file:///srv/repo/",
+                channel: "stable",
+                armored_key: "KEY\n",
+                window: Some(&w),
+            },
             "ferry-roboconf-agent-0123",
-            "KEY\n",
-            Some(&w),
         );
         let paths: Vec<&str> = plans.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(

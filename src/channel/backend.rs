@@ -36,14 +36,24 @@ impl About {
     }
 }
 
+/// What the files `enable` writes are made from, for every backend.
+pub struct Source<'a> {
+    pub package: &'a str,
+    /// The repository's URL.
+    pub repo: &'a str,
+    pub channel: &'a str,
+    /// The checked key, armored.
+    pub armored_key: &'a str,
+    pub window: Option<&'a Window>,
+}
+
 /// What `enable` hands a backend: the host, the command line, the key it
-/// checked (in a throwaway keyring, and armored), the window.
+/// checked (in a throwaway keyring), and what the files are made from.
 pub struct Enable<'a> {
     pub host: &'a Host,
     pub args: &'a EnableArgs,
     pub gpg: &'a TempGpg,
-    pub armored: &'a str,
-    pub window: Option<&'a Window>,
+    pub source: Source<'a>,
 }
 
 /// A change to the host, kept in ferry's record of what it wrote; what was

@@ -7,7 +7,7 @@ use std::fs;
 
 use anyhow::{bail, Context, Result};
 
-use super::backend::{Edit, Enable};
+use super::backend::{Edit, Enable, Source};
 use super::files::{self, Record};
 use super::gpg::checked_key;
 use super::host::Host;
@@ -45,8 +45,13 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
         host,
         args,
         gpg: &gpg,
-        armored: &armored,
-        window: window.as_ref(),
+        source: Source {
+            package: &host.package,
+            repo: &args.repo,
+            channel: &args.channel,
+            armored_key: &armored,
+            window: window.as_ref(),
+        },
     };
     let (plans, origin) = backend.plan_enable(&request)?;
     let changes = plan_changes(host, &plans, record.as_ref())?;

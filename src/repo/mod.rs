@@ -56,15 +56,8 @@ pub struct PublishArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP)]
     pub keep: usize,
 
-    /// gpg key that signs (id, fingerprint or user id of a secret key). Required
-    /// on the first publish; later publishes default to the repository's key and
-    /// refuse any other.
-    #[arg(long, value_name = "KEYID")]
-    pub key: Option<String>,
-
-    /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
-    #[arg(long, value_name = "DIR")]
-    pub gnupghome: Option<PathBuf>,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 
     /// Mark VERSION (upstream `1.2.0` or full `1.2.0-1`) as kept: retention never
     /// prunes it from any channel, now or later, so it stays a rollback target.
@@ -75,6 +68,20 @@ pub struct PublishArgs {
     /// .deb and .rpm files to publish.
     #[arg(required = true, value_name = "PACKAGES")]
     pub packages: Vec<PathBuf>,
+}
+
+/// The key that signs the indices (and, on publish, the rpms).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SigningArgs {
+    /// gpg key that signs (id, fingerprint or user id of a secret key). Required
+    /// on the first publish; later publishes and promotes default to the
+    /// repository's key and refuse any other.
+    #[arg(long, value_name = "KEYID")]
+    pub key: Option<String>,
+
+    /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
+    #[arg(long, value_name = "DIR")]
+    pub gnupghome: Option<PathBuf>,
 }
 
 /// Copy a published version from one channel to another, byte for byte.
@@ -100,13 +107,8 @@ pub struct PromoteArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP)]
     pub keep: usize,
 
-    /// gpg key that signs the target channel's indices (default: the repository's key).
-    #[arg(long, value_name = "KEYID")]
-    pub key: Option<String>,
-
-    /// GnuPG home holding the secret key.
-    #[arg(long, value_name = "DIR")]
-    pub gnupghome: Option<PathBuf>,
+    #[command(flatten)]
+    pub signing: SigningArgs,
 
     /// Version to promote: upstream (`1.2.0`) or full (`1.2.0-1`); every
     /// package file of that version (deb and rpm, all architectures) is copied.
@@ -211,8 +213,8 @@ pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
     let mut store = Store::open(&args.repo)?;
     let signer = resolve_signer(
         store.state.as_ref(),
-        args.key.as_deref(),
-        args.gnupghome.as_deref(),
+        args.signing.key.as_deref(),
+        args.signing.gnupghome.as_deref(),
     )?;
     let before = match &store.state {
         Some(state) => state.clone(),
@@ -353,8 +355,8 @@ pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
     };
     let signer = resolve_signer(
         Some(&before),
-        args.key.as_deref(),
-        args.gnupghome.as_deref(),
+        args.signing.key.as_deref(),
+        args.signing.gnupghome.as_deref(),
     )?;
     let ids = promoted_ids(&before, &args.from, &args.version).map_err(refused)?;
     let mut state = before.clone();

@@ -8,14 +8,12 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::backend::{About, Backend, Edit, Enable};
+use super::backend::{About, Backend, Edit, Enable, Source};
 use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
 use super::gpg::{normalize_fingerprint, same_fingerprint, TempGpg};
 use super::host::{output, Host};
 use super::status::Status;
-use super::window::Window;
-use super::EnableArgs;
 
 pub fn key_path(pkg: &str) -> String {
     format!("/etc/pki/rpm-gpg/ferry-{pkg}.asc")
@@ -39,14 +37,10 @@ fn timer(pkg: &str) -> String {
 
 const HEADER: &str = "# Written by `ferry channel`; `ferry channel disable` removes it.\n";
 
-pub fn render(
-    pkg: &str,
-    repo: &str,
-    channel: &str,
-    armored_key: &str,
-    window: Option<&Window>,
-) -> Vec<Planned> {
-    let repo = repo.trim_end_matches('/');
+/// The files `enable` writes on a dnf host.
+pub fn render(source: &Source) -> Vec<Planned> {
+    let (pkg, channel, window) = (source.package, source.channel, source.window);
+    let repo = source.repo.trim_end_matches('/');
     let repo_file = |metadata_expire: &str| {
         format!(
             "{HEADER}[ferry-{pkg}]\nname={pkg} (ferry channel {channel})\nbaseurl={repo}/rpm/{channel}\nenabled=1\n\
@@ -60,7 +54,7 @@ pub fn render(
     };
     let u = unit(pkg);
     vec![
-        Planned::new(key_path(pkg), armored_key.as_bytes(), 0o644),
+        Planned::new(key_path(pkg), source.armored_key.as_bytes(), 0o644),
         Planned::new(repo_path(pkg), repo_file("1h"), 0o644),
         // The automatic run checks the repository every time it runs: with
         // the hour of cache the admin's dnf gets, a release published in
@@ -99,13 +93,8 @@ pub fn render(
     ]
 }
 
-pub fn plan_enable(
-    host: &Host,
-    args: &EnableArgs,
-    gpg: &TempGpg,
-    armored: &str,
-    window: Option<&Window>,
-) -> Result<Vec<Planned>> {
+pub fn plan_enable(e: &Enable) -> Result<Vec<Planned>> {
+    let (host, args, gpg) = (e.host, e.args, e.gpg);
     let repomd = gpg.home.join("repomd.xml");
     let asc = gpg.home.join("repomd.xml.asc");
     let probe = format!("rpm/{}/repodata/repomd.xml", args.channel);
@@ -117,13 +106,7 @@ pub fn plan_enable(
         )
     }
     gpg.verify(&format!("{}/{probe}", args.repo), &asc, Some(&repomd))?;
-    Ok(render(
-        &host.package,
-        &args.repo,
-        &args.channel,
-        armored,
-        window,
-    ))
+    Ok(render(&e.source))
 }
 
 fn rpm(host: &Host) -> Command {
@@ -383,10 +366,7 @@ impl Backend for Dnf {
     }
 
     fn plan_enable(&self, e: &Enable) -> Result<(Vec<Planned>, Option<String>)> {
-        Ok((
-            plan_enable(e.host, e.args, e.gpg, e.armored, e.window)?,
-            None,
-        ))
+        Ok((plan_enable(e)?, None))
     }
 
     fn trust_key(&self, e: &Enable, edit: &mut Edit) -> Result<bool> {
@@ -395,7 +375,7 @@ impl Backend for Dnf {
             e.host,
             e.gpg,
             fingerprint,
-            e.armored,
+            e.source.armored_key,
             edit.rec,
             edit.dry_run,
             edit.out,
