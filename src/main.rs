@@ -309,12 +309,7 @@ fn run(cli: Cli) -> Result<()> {
             root,
         }) => {
             let installed = ferry::state::Installed::find(&root, &package)?;
-            let active = root == std::path::Path::new("/")
-                && std::process::Command::new("systemctl")
-                    .args(["--quiet", "is-active", &installed.unit])
-                    .status()
-                    .is_ok_and(|s| s.success());
-            ferry::state::restore(&installed, &name, active)?;
+            ferry::state::restore(&installed, &name, &root)?;
             println!("restored {name} into {}", installed.state_dir.display());
             Ok(())
         }

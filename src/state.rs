@@ -32,29 +32,13 @@ impl Installed {
 
 /// One line per snapshot, oldest first; damaged ones say why.
 pub fn list(installed: &Installed) -> Result<String> {
-    let mut text = String::new();
-    for listed in snapshot::list(&installed.snapshots)? {
-        text.push_str(&match &listed.verified {
-            Ok(m) => format!(
-                "{}\tversion {}\tschema {}\t{} entries\tok\n",
-                listed.snapshot.name,
-                m.version,
-                m.schema.map_or("?".into(), |s| s.to_string()),
-                m.entries.len()
-            ),
-            Err(e) => format!("{}\tDAMAGED: {e}\n", listed.snapshot.name),
-        });
-    }
-    if text.is_empty() {
-        text = format!("no snapshots in {}\n", installed.snapshots.display());
-    }
-    Ok(text)
+    snapshot::listing(&installed.snapshots)
 }
 
 /// Restores snapshot `name` over the state directory; refuses a damaged
 /// snapshot, and refuses while the agent's unit runs.
-pub fn restore(installed: &Installed, name: &str, unit_active: bool) -> Result<()> {
-    if unit_active {
+pub fn restore(installed: &Installed, name: &str, root: &Path) -> Result<()> {
+    if unit_active(installed, root) {
         bail!(
             "{} is running: stop it first (systemctl stop {}), then restore",
             installed.unit,
@@ -63,4 +47,14 @@ pub fn restore(installed: &Installed, name: &str, unit_active: bool) -> Result<(
     }
     snapshot::restore(&installed.snapshots.join(name), &installed.state_dir)?;
     Ok(())
+}
+
+/// Whether the agent's unit runs: asked of systemd on the live system
+/// (`root` is `/`); an alternate root has no running unit.
+fn unit_active(installed: &Installed, root: &Path) -> bool {
+    root == Path::new("/")
+        && std::process::Command::new("systemctl")
+            .args(["--quiet", "is-active", &installed.unit])
+            .status()
+            .is_ok_and(|s| s.success())
 }

@@ -69,7 +69,7 @@ fn run(args: &[String]) -> Result<()> {
         ["finish", "--previous-version", previous] => steps::finish(&m, Some(previous)),
         ["abort"] => steps::abort(&m),
         ["snapshot", "list"] => {
-            print!("{}", list_text(&m.snapshots_dir())?);
+            print!("{}", snapshot::listing(&m.snapshots_dir())?);
             Ok(())
         }
         ["snapshot", "restore", name] => restore(&m, name),
@@ -94,26 +94,6 @@ fn default_manifest() -> Result<PathBuf> {
     Ok(PathBuf::from(PackageManifest::path_for(
         &name.to_string_lossy(),
     )))
-}
-
-/// One line per snapshot, oldest first: name, version, schema, and whether
-/// it verifies.
-pub fn list_text(dir: &Path) -> Result<String> {
-    let mut text = String::new();
-    for listed in snapshot::list(dir)? {
-        let line = match &listed.verified {
-            Ok(m) => format!(
-                "{}\tversion {}\tschema {}\t{} files\tok\n",
-                listed.snapshot.name,
-                m.version,
-                m.schema.map_or("?".into(), |s| s.to_string()),
-                m.entries.len()
-            ),
-            Err(e) => format!("{}\tDAMAGED: {e}\n", listed.snapshot.name),
-        };
-        text.push_str(&line);
-    }
-    Ok(text)
 }
 
 fn restore(m: &PackageManifest, name: &str) -> Result<()> {

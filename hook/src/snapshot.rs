@@ -279,6 +279,26 @@ pub fn list(dir: &Path) -> Result<Vec<Listed>> {
         .collect())
 }
 
+/// One line per snapshot, oldest first: name, version, schema, how many
+/// entries, and whether it verifies. What `ferry-hook snapshot list` and
+/// `ferry state list` print.
+pub fn listing(dir: &Path) -> Result<String> {
+    let mut text = String::new();
+    for listed in list(dir)? {
+        text.push_str(&match &listed.verified {
+            Ok(m) => format!(
+                "{}\tversion {}\tschema {}\t{} entries\tok\n",
+                listed.snapshot.name,
+                m.version,
+                m.schema.map_or("?".into(), |s| s.to_string()),
+                m.entries.len()
+            ),
+            Err(e) => format!("{}\tDAMAGED: {e}\n", listed.snapshot.name),
+        });
+    }
+    Ok(text)
+}
+
 /// Removes all but the newest `keep` snapshots, and any partial ones, except
 /// `protect` (the snapshot an unfinished upgrade may still need).
 pub fn prune(dir: &Path, keep: usize, protect: Option<&str>) -> Result<Vec<String>> {
