@@ -16,6 +16,7 @@ pub mod descriptor;
 pub mod digest;
 pub mod exit;
 pub mod format;
+pub mod fsutil;
 pub mod manifest;
 pub mod plan;
 pub mod repo;

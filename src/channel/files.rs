@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -109,9 +108,9 @@ pub fn remove_record(root: &Path, package: &str) -> Result<()> {
     }
 }
 
-/// Writes `data` to `path` (inside `root`) atomically: a temporary file in
-/// the same directory, mode set, fsync, rename, fsync of the directory.
-/// Directories it had to create are appended to `created`.
+/// Writes `data` to `path` (inside `root`) atomically, with `mode`
+/// (`crate::fsutil::write_atomic_mode`). Directories it had to create are
+/// appended to `created`, so that disable removes them.
 pub fn write_atomic(
     root: &Path,
     path: &str,
@@ -136,21 +135,7 @@ pub fn write_atomic(
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     missing.reverse();
     created.extend(missing);
-    let name = target.file_name().unwrap().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.ferry-tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        fs::File::open(dir)?.sync_all()?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", target.display()))
+    crate::fsutil::write_atomic_mode(&target, data, Some(mode))
 }
 
 /// What applying a plan would do to one file.

@@ -13,9 +13,9 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
-use super::fsutil;
 use super::state::{Format, Published, RepoState};
 use super::Signer;
+use crate::fsutil;
 
 /// The only component of a ferry repository.
 pub const COMPONENT: &str = "main";

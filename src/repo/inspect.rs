@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::fsutil;
 use super::state::Format;
+use crate::fsutil;
 
 /// A package file given to `publish`, as read from disk.
 #[derive(Debug, Clone)]

@@ -3,7 +3,6 @@
 //! docs/REPOSITORIES.md.
 
 mod apt;
-mod fsutil;
 mod inspect;
 mod retention;
 mod rpm;
@@ -463,7 +462,7 @@ fn resolve_signer(
 /// select exactly this repository.
 fn new_state(inputs: &[Inspected], signer: &Signer) -> Result<RepoState> {
     let name = inputs.first().map_or("packages", |i| i.name.as_str());
-    let origin = format!("ferry-{name}-{}", fsutil::random_hex()?);
+    let origin = format!("ferry-{name}-{}", crate::fsutil::random_hex()?);
     let label = format!("{name} ({origin})");
     Ok(RepoState::new(origin, label, signer.fingerprint.clone()))
 }
@@ -599,7 +598,7 @@ impl PoolAdditions {
             self.files.push(destination.clone());
             place_in_pool(input, &destination, signer)?;
             entry.size = std::fs::metadata(&destination)?.len();
-            entry.sha256 = fsutil::sha256_file(&destination)?;
+            entry.sha256 = crate::fsutil::sha256_file(&destination)?;
         }
         Ok(())
     }
@@ -613,7 +612,7 @@ impl PoolAdditions {
 impl Drop for PoolAdditions {
     fn drop(&mut self) {
         for file in &self.files {
-            let _ = fsutil::remove_any(file);
+            let _ = crate::fsutil::remove_any(file);
         }
     }
 }
@@ -625,14 +624,14 @@ fn place_in_pool(input: &Inspected, destination: &Path, signer: &Signer) -> Resu
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
     match input.format {
-        Format::Deb => fsutil::copy_atomic(&input.path, destination),
+        Format::Deb => crate::fsutil::copy_atomic(&input.path, destination),
         Format::Rpm => {
             let unsigned = parent.join(format!(".ferry-tmp.{}.unsigned.rpm", std::process::id()));
             std::fs::copy(&input.path, &unsigned)
                 .with_context(|| format!("cannot copy {} into the pool", input.path.display()))?;
             let signed = signer
                 .sign_rpm(&unsigned)
-                .and_then(|()| fsutil::copy_atomic(&unsigned, destination));
+                .and_then(|()| crate::fsutil::copy_atomic(&unsigned, destination));
             let _ = std::fs::remove_file(&unsigned);
             signed
         }

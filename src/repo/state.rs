@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::fsutil;
+use crate::fsutil;
 
 /// File name of the record inside the repository directory.
 pub const STATE_FILE: &str = "ferry-repo.json";

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::state::{Format, RepoState, STATE_FILE};
-use super::{apt, fsutil, rpm, Signer};
+use super::{apt, rpm, Signer};
+use crate::fsutil;
 
 /// Lock file: one publisher at a time; also marks the directory as ferry's
 /// before its first record exists.
