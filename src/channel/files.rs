@@ -176,88 +176,17 @@ pub fn change_for(root: &Path, plan: &Planned, record: Option<&Record>) -> Resul
 }
 
 /// A unified diff (3 lines of context) between two texts, with `---`/`+++`
-/// headers; empty when they are equal.
+/// headers naming them, as `diff -u` writes it (the `similar` crate);
+/// empty when they are equal.
 pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> String {
     if old == new {
         return String::new();
     }
-    let a: Vec<&str> = old.lines().collect();
-    let b: Vec<&str> = new.lines().collect();
-    // Longest common subsequence table (configuration files are small).
-    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    // The edit script: (tag, old index, new index).
-    let mut ops: Vec<(char, usize, usize)> = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            ops.push((' ', i, j));
-            i += 1;
-            j += 1;
-        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            ops.push(('-', i, j));
-            i += 1;
-        } else {
-            ops.push(('+', i, j));
-            j += 1;
-        }
-    }
-    const CONTEXT: usize = 3;
-    let mut out = format!("--- {old_name}\n+++ {new_name}\n");
-    let mut k = 0;
-    while k < ops.len() {
-        if ops[k].0 == ' ' {
-            k += 1;
-            continue;
-        }
-        // A hunk: from CONTEXT before this change to CONTEXT after the last
-        // change that is within 2*CONTEXT of the previous one.
-        let start = k.saturating_sub(CONTEXT);
-        let mut end = k;
-        let mut last_change = k;
-        while end < ops.len() {
-            if ops[end].0 != ' ' {
-                last_change = end;
-            } else if end - last_change > 2 * CONTEXT {
-                break;
-            }
-            end += 1;
-        }
-        let end = (last_change + CONTEXT + 1).min(ops.len());
-        let hunk = &ops[start..end];
-        let old_start = hunk[0].1;
-        let new_start = hunk[0].2;
-        let old_len = hunk.iter().filter(|o| o.0 != '+').count();
-        let new_len = hunk.iter().filter(|o| o.0 != '-').count();
-        let range = |s: usize, l: usize| {
-            if l == 0 {
-                format!("{s},0")
-            } else {
-                format!("{},{l}", s + 1)
-            }
-        };
-        out.push_str(&format!(
-            "@@ -{} +{} @@\n",
-            range(old_start, old_len),
-            range(new_start, new_len)
-        ));
-        for &(tag, oi, nj) in hunk {
-            let line = if tag == '+' { b[nj] } else { a[oi] };
-            out.push(tag);
-            out.push_str(line);
-            out.push('\n');
-        }
-        k = end;
-    }
-    out
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(old_name, new_name)
+        .to_string()
 }
 
 #[cfg(test)]
