@@ -2,7 +2,6 @@
 //! given, in a throwaway GNUPGHOME; gpg's listings read the same way
 //! everywhere ferry reads them.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,24 +9,23 @@ use anyhow::{bail, Context, Result};
 
 use super::host::output;
 
-/// A temporary GNUPGHOME holding only the checked key.
+/// A temporary GNUPGHOME holding only the checked key (mode 0700, made by
+/// the `tempfile` crate, removed on drop once gpg's agent is stopped).
 pub struct TempGpg {
     pub home: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl TempGpg {
     pub fn new() -> Result<TempGpg> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        for n in 0..1000 {
-            let home = base.join(format!("ferry-channel-gpg-{}-{n}", std::process::id()));
-            match fs::DirBuilder::new().mode(0o700).create(&home) {
-                Ok(()) => return Ok(TempGpg { home }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).context("cannot create a temporary GNUPGHOME"),
-            }
-        }
-        bail!("cannot create a temporary GNUPGHOME")
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-channel-gpg-")
+            .tempdir()
+            .context("cannot create a temporary GNUPGHOME")?;
+        Ok(TempGpg {
+            home: dir.path().to_path_buf(),
+            _dir: dir,
+        })
     }
 
     pub fn gpg(&self) -> Command {
@@ -99,12 +97,13 @@ pub fn same_fingerprint(a: &str, b: &str) -> bool {
 
 impl Drop for TempGpg {
     fn drop(&mut self) {
+        // The directory goes with `_dir`, after the agent that holds its
+        // socket has stopped.
         let _ = Command::new("gpgconf")
             .arg("--homedir")
             .arg(&self.home)
             .args(["--kill", "all"])
             .output();
-        let _ = fs::remove_dir_all(&self.home);
     }
 }
 
