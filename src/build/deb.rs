@@ -271,17 +271,19 @@ impl TarWriter {
     }
 }
 
-/// The common ar format dpkg reads: a global header, then per member a
-/// 60-byte header and the data padded to an even length.
+/// The .deb's ar archive, written by the `ar` crate: members with owner
+/// 0:0, mode 100644 and the build's timestamp, as dpkg-deb writes them.
 struct ArWriter<'a> {
-    out: &'a mut dyn Write,
+    builder: ar::Builder<&'a mut dyn Write>,
     mtime: u64,
 }
 
 impl<'a> ArWriter<'a> {
     fn new(out: &'a mut dyn Write, mtime: u64) -> Result<Self> {
-        out.write_all(b"!<arch>\n")?;
-        Ok(ArWriter { out, mtime })
+        Ok(ArWriter {
+            builder: ar::Builder::new(out),
+            mtime,
+        })
     }
 
     fn member(&mut self, name: &str, data: &[u8]) -> Result<()> {
@@ -289,21 +291,12 @@ impl<'a> ArWriter<'a> {
             name.len() <= 16,
             "ar member name {name} is longer than 16 bytes"
         );
-        let header = format!(
-            "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
-            name,
-            self.mtime,
-            0,
-            0,
-            "100644",
-            data.len()
-        );
-        debug_assert_eq!(header.len(), 60);
-        self.out.write_all(header.as_bytes())?;
-        self.out.write_all(data)?;
-        if data.len() % 2 == 1 {
-            self.out.write_all(b"\n")?;
-        }
+        let mut header = ar::Header::new(name.as_bytes().to_vec(), data.len() as u64);
+        header.set_mtime(self.mtime);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mode(0o100644);
+        self.builder.append(&header, data)?;
         Ok(())
     }
 }

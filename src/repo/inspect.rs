@@ -105,10 +105,8 @@ pub fn rpm_content_digest(bytes: &[u8]) -> Result<String> {
 /// The control paragraph of a .deb: member `control.tar.*` of the ar archive,
 /// file `./control` inside it.
 pub fn deb_control(bytes: &[u8]) -> Result<String> {
-    let (name, member) = ar_members(bytes)?
-        .into_iter()
-        .find(|(name, _)| name.starts_with("control.tar"))
-        .ok_or_else(|| anyhow!("it has no control.tar member"))?;
+    let (name, member) = control_member(bytes)?;
+    let member = member.as_slice();
     let reader: Box<dyn Read + '_> = match name.as_str() {
         "control.tar" => Box::new(member),
         "control.tar.gz" => Box::new(flate2::read::GzDecoder::new(member)),
@@ -130,28 +128,24 @@ pub fn deb_control(bytes: &[u8]) -> Result<String> {
     bail!("its control.tar has no control file")
 }
 
-/// The members of an `ar` archive as (name, bytes); a .deb has three.
-fn ar_members(bytes: &[u8]) -> Result<Vec<(String, &[u8])>> {
-    let mut members = Vec::new();
-    let mut offset = 8;
-    while offset + 60 <= bytes.len() {
-        let header = &bytes[offset..offset + 60];
-        let name = String::from_utf8_lossy(&header[..16])
-            .trim_end()
+/// The `control.tar.*` member of a .deb's ar archive (the `ar` crate):
+/// its name and bytes.
+fn control_member(bytes: &[u8]) -> Result<(String, Vec<u8>)> {
+    let mut archive = ar::Archive::new(bytes);
+    while let Some(entry) = archive.next_entry() {
+        let mut entry = entry.context("corrupt ar archive")?;
+        let name = String::from_utf8_lossy(entry.header().identifier())
             .trim_end_matches('/')
             .to_string();
-        let size: usize = String::from_utf8_lossy(&header[48..58])
-            .trim()
-            .parse()
-            .context("corrupt ar member header")?;
-        let start = offset + 60;
-        let data = bytes
-            .get(start..start + size)
-            .ok_or_else(|| anyhow!("truncated ar member {name}"))?;
-        members.push((name, data));
-        offset = start + size + size % 2;
+        if name.starts_with("control.tar") {
+            let mut data = Vec::new();
+            entry
+                .read_to_end(&mut data)
+                .with_context(|| format!("truncated ar member {name}"))?;
+            return Ok((name, data));
+        }
     }
-    Ok(members)
+    bail!("it has no control.tar member")
 }
 
 /// Value of a single-line field of a control paragraph.
