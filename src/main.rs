@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use ferry::build::{self, BuildOptions, Profile};
 use ferry::plan::Format;
 
+mod cli;
+
 /// Build, publish and roll out state-safe .deb and .rpm packages of a VM agent.
 ///
 /// ferry reads one descriptor (pkg/ferry.toml), builds versioned .deb and .rpm
@@ -62,7 +64,7 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Publish {
         #[command(flatten)]
-        args: ferry::repo::PublishArgs,
+        args: cli::PublishCli,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -77,7 +79,7 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Promote {
         #[command(flatten)]
-        args: ferry::repo::PromoteArgs,
+        args: cli::PromoteCli,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -104,7 +106,7 @@ enum Command {
     ///   ferry channel rollback         # the previous version now, through apt/dnf, then pinned
     ///   ferry channel disable
     #[command(verbatim_doc_comment)]
-    Channel(ferry::channel::ChannelArgs),
+    Channel(cli::ChannelCli),
 }
 
 #[derive(Subcommand)]
@@ -134,7 +136,7 @@ enum BenchCommand {
         #[arg(long, default_value = "pkg")]
         pkg: PathBuf,
         /// Payloads to measure (repeatable; default: the whole corpus).
-        #[arg(long = "payload", value_enum)]
+        #[arg(long = "payload", value_parser = cli::payload_parser())]
         payloads: Vec<ferry::bench::Payload>,
         /// MiB of the generated payload beside the agent.
         #[arg(long, default_value_t = 25)]
@@ -174,7 +176,7 @@ struct BuildArgs {
     /// `small` (deb xz preset 4 with a 32 MiB dictionary, rpm zstd -16 with a
     /// 32 MiB window); incompressible data is stored, not compressed.
     /// docs/BENCHMARKS.md has the measurements.
-    #[arg(long, value_enum, default_value = "fast")]
+    #[arg(long, value_parser = cli::profile_parser(), default_value = "fast")]
     profile: Profile,
     /// Do not run the descriptor's [build] command; package what exists.
     #[arg(long)]
@@ -261,9 +263,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
-        Command::Channel(args) => ferry::channel::run(args),
-        Command::Publish { args, json } => print_report(&ferry::repo::publish(&args)?, json),
-        Command::Promote { args, json } => print_report(&ferry::repo::promote(&args)?, json),
+        Command::Channel(args) => cli::run_channel(args),
+        Command::Publish { args, json } => print_report(&ferry::repo::publish(&args.into())?, json),
+        Command::Promote { args, json } => print_report(&ferry::repo::promote(&args.into())?, json),
         Command::Bench(BenchCommand::Build {
             agent,
             pkg,

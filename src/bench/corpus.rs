@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 const MIB: u64 = 1024 * 1024;
 
 /// One payload of the corpus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Payload {
     /// ELF programs and shared libraries from /usr/bin and
@@ -46,6 +46,34 @@ impl Payload {
         Payload::Compressed,
         Payload::Agent,
     ];
+
+    /// Every payload, for `--payload`.
+    pub const ALL: [Payload; 6] = [
+        Payload::Binaries,
+        Payload::SmallFiles,
+        Payload::Text,
+        Payload::Compressed,
+        Payload::Agent,
+        Payload::Generated,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Payload> {
+        Payload::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// What the payload holds, for `--help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            Payload::Binaries => {
+                "ELF programs and libraries from /usr/bin and /usr/lib/x86_64-linux-gnu, 15 MiB"
+            }
+            Payload::SmallFiles => "the Python standard library's modules: many small source files",
+            Payload::Text => "Debian changelogs, decompressed, 10 MiB",
+            Payload::Compressed => "the .gz files under /usr/share/doc as they are, 10 MiB",
+            Payload::Agent => "the reference agent's own package",
+            Payload::Generated => "the synthetic payload of earlier measurements",
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {

@@ -27,7 +27,7 @@ pub trait Packager: Sync {
 }
 
 /// How hard to compress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
     /// deb xz -0 in 4 MiB blocks, rpm zstd -3: about a second for tens
     /// of MiB, spread over every core.
@@ -35,6 +35,29 @@ pub enum Profile {
     /// deb xz -4 and rpm zstd -16, each with 32 MiB of history: the
     /// smallest downloads, one core per 32 MiB and format.
     Small,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::Fast, Profile::Small];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Fast => "fast",
+            Profile::Small => "small",
+        }
+    }
+
+    /// What the profile does, for `--help`.
+    pub fn help(self) -> &'static str {
+        match self {
+            Profile::Fast => "deb xz -0 in 4 MiB blocks, rpm zstd -3: about a second for tens of MiB, spread over every core",
+            Profile::Small => "deb xz -4 and rpm zstd -16, each with 32 MiB of history: the smallest downloads, one core per 32 MiB and format",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == name)
+    }
 }
 
 /// What `ferry build` was asked to do.

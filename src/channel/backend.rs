@@ -124,11 +124,6 @@ pub trait Backend: Sync {
     }
 }
 
-/// `--family`'s possible values: the backends' names.
-pub fn family_parser() -> clap::builder::PossibleValuesParser {
-    clap::builder::PossibleValuesParser::new(BACKENDS.iter().map(|b| b.name()))
-}
-
 /// The backend of the system under `root`: the one `family` names, or the
 /// only one present. A host with several (e.g. Debian with dnf installed)
 /// is ambiguous: `--family` decides.

@@ -39,47 +39,38 @@ pub const DEFAULT_KEEP: usize = 5;
 /// A published version is immutable: publishing it again with the same
 /// content changes nothing, with other content is refused. Each publish is
 /// atomic: interrupted at any point, apt and dnf still read the repository.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct PublishArgs {
     /// Repository directory; created on first publish (must then be empty or absent).
-    #[arg(long, value_name = "DIR")]
     pub repo: PathBuf,
 
     /// Channel to publish into, e.g. `candidate` or `stable`: the apt suite and
     /// codename, and the rpm repository DIR/rpm/CHANNEL.
-    #[arg(long, value_name = "NAME")]
     pub channel: String,
 
     /// Keep the newest N versions of each package in the channel; older ones
     /// are pruned from it (kept versions excepted).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP)]
     pub keep: usize,
-
-    #[command(flatten)]
     pub signing: SigningArgs,
 
     /// Mark VERSION (upstream `1.2.0` or full `1.2.0-1`) as kept: retention never
     /// prunes it from any channel, now or later, so it stays a rollback target.
     /// Repeatable; recorded in the repository.
-    #[arg(long = "keep-version", value_name = "VERSION")]
     pub keep_versions: Vec<String>,
 
     /// .deb and .rpm files to publish.
-    #[arg(required = true, value_name = "PACKAGES")]
     pub packages: Vec<PathBuf>,
 }
 
 /// The key that signs the indices (and, on publish, the rpms).
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SigningArgs {
     /// gpg key that signs (id, fingerprint or user id of a secret key). Required
     /// on the first publish; later publishes and promotes default to the
     /// repository's key and refuse any other.
-    #[arg(long, value_name = "KEYID")]
     pub key: Option<String>,
 
     /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
-    #[arg(long, value_name = "DIR")]
     pub gnupghome: Option<PathBuf>,
 }
 
@@ -88,30 +79,23 @@ pub struct SigningArgs {
 /// Nothing is rebuilt or re-signed: the packages in the target channel are
 /// the very files tested in the source channel. Retention (--keep) then
 /// applies to the target channel.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct PromoteArgs {
     /// Repository directory made by `ferry publish`.
-    #[arg(long, value_name = "DIR")]
     pub repo: PathBuf,
 
     /// Channel that holds the version now.
-    #[arg(long, value_name = "CHANNEL")]
     pub from: String,
 
     /// Channel to copy it into (created if new).
-    #[arg(long, value_name = "CHANNEL")]
     pub to: String,
 
     /// Keep the newest N versions of each package in the target channel.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP)]
     pub keep: usize,
-
-    #[command(flatten)]
     pub signing: SigningArgs,
 
     /// Version to promote: upstream (`1.2.0`) or full (`1.2.0-1`); every
     /// package file of that version (deb and rpm, all architectures) is copied.
-    #[arg(value_name = "VERSION")]
     pub version: String,
 }
 

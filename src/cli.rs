@@ -1,0 +1,274 @@
+//! The command line of `publish`, `promote` and `channel`: clap's
+//! structures, each converted into the library's plain options (the
+//! library knows nothing of clap), and the possible values of enums the
+//! library defines.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+
+use ferry::bench::Payload;
+use ferry::build::Profile;
+use ferry::channel::{self, EnableArgs, Host, BACKENDS};
+use ferry::repo::{PromoteArgs, PublishArgs, SigningArgs};
+
+/// Add .deb and .rpm packages to a channel of a signed repository.
+///
+/// One directory holds an apt repository (DIR/apt: `deb [signed-by=DIR/signing-key.asc]
+/// file://DIR/apt CHANNEL main`) and an rpm repository (DIR/rpm/CHANNEL, for
+/// `baseurl=`). Every index is signed with one gpg key; rpms are signed too.
+/// A published version is immutable: publishing it again with the same
+/// content changes nothing, with other content is refused. Each publish is
+/// atomic: interrupted at any point, apt and dnf still read the repository.
+#[derive(clap::Args)]
+pub struct PublishCli {
+    /// Repository directory; created on first publish (must then be empty or absent).
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+
+    /// Channel to publish into, e.g. `candidate` or `stable`: the apt suite and
+    /// codename, and the rpm repository DIR/rpm/CHANNEL.
+    #[arg(long, value_name = "NAME")]
+    pub channel: String,
+
+    /// Keep the newest N versions of each package in the channel; older ones
+    /// are pruned from it (kept versions excepted).
+    #[arg(long, value_name = "N", default_value_t = ferry::repo::DEFAULT_KEEP)]
+    pub keep: usize,
+
+    #[command(flatten)]
+    pub signing: SigningCli,
+
+    /// Mark VERSION (upstream `1.2.0` or full `1.2.0-1`) as kept: retention never
+    /// prunes it from any channel, now or later, so it stays a rollback target.
+    /// Repeatable; recorded in the repository.
+    #[arg(long = "keep-version", value_name = "VERSION")]
+    pub keep_versions: Vec<String>,
+
+    /// .deb and .rpm files to publish.
+    #[arg(required = true, value_name = "PACKAGES")]
+    pub packages: Vec<PathBuf>,
+}
+
+/// The key that signs the indices (and, on publish, the rpms).
+#[derive(clap::Args)]
+pub struct SigningCli {
+    /// gpg key that signs (id, fingerprint or user id of a secret key). Required
+    /// on the first publish; later publishes and promotes default to the
+    /// repository's key and refuse any other.
+    #[arg(long, value_name = "KEYID")]
+    pub key: Option<String>,
+
+    /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
+    #[arg(long, value_name = "DIR")]
+    pub gnupghome: Option<PathBuf>,
+}
+
+/// Copy a published version from one channel to another, byte for byte.
+///
+/// Nothing is rebuilt or re-signed: the packages in the target channel are
+/// the very files tested in the source channel. Retention (--keep) then
+/// applies to the target channel.
+#[derive(clap::Args)]
+pub struct PromoteCli {
+    /// Repository directory made by `ferry publish`.
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+
+    /// Channel that holds the version now.
+    #[arg(long, value_name = "CHANNEL")]
+    pub from: String,
+
+    /// Channel to copy it into (created if new).
+    #[arg(long, value_name = "CHANNEL")]
+    pub to: String,
+
+    /// Keep the newest N versions of each package in the target channel.
+    #[arg(long, value_name = "N", default_value_t = ferry::repo::DEFAULT_KEEP)]
+    pub keep: usize,
+
+    #[command(flatten)]
+    pub signing: SigningCli,
+
+    /// Version to promote: upstream (`1.2.0`) or full (`1.2.0-1`); every
+    /// package file of that version (deb and rpm, all architectures) is copied.
+    #[arg(value_name = "VERSION")]
+    pub version: String,
+}
+
+impl From<SigningCli> for SigningArgs {
+    fn from(c: SigningCli) -> SigningArgs {
+        SigningArgs {
+            key: c.key,
+            gnupghome: c.gnupghome,
+        }
+    }
+}
+
+impl From<PublishCli> for PublishArgs {
+    fn from(c: PublishCli) -> PublishArgs {
+        PublishArgs {
+            repo: c.repo,
+            channel: c.channel,
+            keep: c.keep,
+            signing: c.signing.into(),
+            keep_versions: c.keep_versions,
+            packages: c.packages,
+        }
+    }
+}
+
+impl From<PromoteCli> for PromoteArgs {
+    fn from(c: PromoteCli) -> PromoteArgs {
+        PromoteArgs {
+            repo: c.repo,
+            from: c.from,
+            to: c.to,
+            keep: c.keep,
+            signing: c.signing.into(),
+            version: c.version,
+        }
+    }
+}
+
+/// The `ferry channel` command line.
+#[derive(clap::Args)]
+pub struct ChannelCli {
+    /// The root of the system to configure (every path is under it).
+    #[arg(long, global = true, default_value = "/")]
+    pub root: PathBuf,
+    /// The agent's package name.
+    #[arg(long, global = true, default_value = "roboconf-agent")]
+    pub package: String,
+    /// apt or dnf; detected, and needed only on a host that has both.
+    #[arg(long, global = true, value_parser = family_parser())]
+    pub family: Option<String>,
+    #[command(subcommand)]
+    pub command: ChannelCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum ChannelCommand {
+    /// Trust the repository's key (after checking its fingerprint), add the
+    /// repository, and turn the automatic update tool on for it.
+    Enable(EnableCli),
+    /// Remove exactly what enable, pin and rollback wrote.
+    Disable {
+        /// Print what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Installed and available versions, pin, the automatic tool's last run,
+    /// and why the agent was not updated.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the agent at VERSION (downgrading to it on the next automatic run).
+    Pin {
+        version: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove the pin.
+    Unpin {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Install the previous (or given) version through the package manager,
+    /// so the upgrade hooks carry the state down, then pin it.
+    Rollback {
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EnableCli {
+    /// The repository made by `ferry publish`: file:///srv/repo or https://…
+    /// (the directory holding apt/ and rpm/).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// The repository's public key (DIR/signing-key.asc).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The key's full fingerprint, obtained out of band; a key with another
+    /// fingerprint is refused.
+    #[arg(long, value_name = "FPR")]
+    pub fingerprint: String,
+    /// The channel to follow; it must exist in the repository.
+    #[arg(long, default_value = "stable")]
+    pub channel: String,
+    /// The repository's Origin (read from its Release file by default).
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Maintenance window for the automatic upgrade, `[DAYS] HH:MM-HH:MM`
+    /// in local time, e.g. `Mon..Fri 02:00-04:00`.
+    #[arg(long, value_name = "SPEC")]
+    pub window: Option<String>,
+    /// Print a unified diff of every file it would write; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl From<EnableCli> for EnableArgs {
+    fn from(c: EnableCli) -> EnableArgs {
+        EnableArgs {
+            repo: c.repo,
+            key: c.key,
+            fingerprint: c.fingerprint,
+            channel: c.channel,
+            origin: c.origin,
+            window: c.window,
+            dry_run: c.dry_run,
+        }
+    }
+}
+
+/// `--family`'s possible values: the backends' names.
+fn family_parser() -> PossibleValuesParser {
+    PossibleValuesParser::new(BACKENDS.iter().map(|b| b.name()))
+}
+
+/// Runs one `ferry channel` command and prints its report.
+pub fn run_channel(args: ChannelCli) -> Result<()> {
+    let host = Host::open(&args.root, &args.package, args.family.as_deref())?;
+    let text = match args.command {
+        ChannelCommand::Enable(e) => channel::enable(&host, &e.into())?,
+        ChannelCommand::Disable { dry_run } => channel::disable(&host, dry_run)?,
+        ChannelCommand::Status { json } => {
+            let s = channel::status(&host)?;
+            if json {
+                serde_json::to_string_pretty(&s)? + "\n"
+            } else {
+                s.to_string()
+            }
+        }
+        ChannelCommand::Pin { version, dry_run } => channel::pin(&host, &version, dry_run)?,
+        ChannelCommand::Unpin { dry_run } => channel::unpin(&host, dry_run)?,
+        ChannelCommand::Rollback { to } => channel::rollback(&host, to.as_deref())?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `--profile`'s values, with the library's description of each.
+pub fn profile_parser() -> impl TypedValueParser<Value = Profile> {
+    PossibleValuesParser::new(
+        Profile::ALL
+            .iter()
+            .map(|p| PossibleValue::new(p.name()).help(p.help())),
+    )
+    .map(|name| Profile::from_name(&name).expect("one of the possible values"))
+}
+
+/// `--payload`'s values, with the library's description of each.
+pub fn payload_parser() -> impl TypedValueParser<Value = Payload> {
+    PossibleValuesParser::new(
+        Payload::ALL
+            .iter()
+            .map(|p| PossibleValue::new(p.name()).help(p.help())),
+    )
+    .map(|name| Payload::from_name(&name).expect("one of the possible values"))
+}
