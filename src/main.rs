@@ -324,10 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             for w in &validated.warnings {
                 eprintln!("ferry: {w}");
             }
-            let manifest = ferry::manifest::of(&validated)?;
-            let scripts = ferry::scripts::render(&validated, &manifest)?;
-            let json = ferry::manifest::to_json(&manifest)?;
-            for path in ferry::scripts::write_for_cargo_tools(&scripts, &json, &out)? {
+            for path in ferry::scripts::render_for_cargo_tools(&validated, &out)? {
                 println!("{}", path.display());
             }
             Ok(())

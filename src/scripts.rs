@@ -198,6 +198,15 @@ pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
     Ok(Scripts { deb, rpm })
 }
 
+/// `ferry hooks render`: the scripts and the package manifest of the
+/// validated descriptor, written for cargo-deb and cargo-generate-rpm
+/// ([`write_for_cargo_tools`]); returns the paths written.
+pub fn render_for_cargo_tools(v: &Validated, out: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let manifest = crate::manifest::of(v)?;
+    let scripts = render(v, &manifest)?;
+    write_for_cargo_tools(&scripts, &crate::manifest::to_json(&manifest)?, out)
+}
+
 /// Writes the scripts in the layouts cargo-deb (`maintainer-scripts = "DIR/deb"`)
 /// and cargo-generate-rpm (`pre_install_script = "DIR/rpm/pre_install_script"`
 /// and friends) read, and the hook's package manifest beside them as
