@@ -8,7 +8,6 @@
 //! rpm headers exactly as dnf expects; it is one Debian package (createrepo-c).
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
@@ -61,7 +60,7 @@ pub fn write_generation(
 }
 
 fn createrepo(gen_dir: &Path, previous: Option<&Path>) -> Result<()> {
-    let mut command = Command::new("createrepo_c");
+    let mut command = super::sign::tool("createrepo_c");
     // No sqlite databases: dnf builds its own cache from the XML.
     command.args(["--quiet", "--no-database", "--workers", "2"]);
     if let Some(previous) = previous {

@@ -62,7 +62,7 @@ impl Signer {
 
     /// Adds an OpenPGP signature to an rpm in place (`rpmsign --addsign`).
     pub fn sign_rpm(&self, rpm: &Path) -> Result<()> {
-        let mut command = Command::new("rpmsign");
+        let mut command = tool("rpmsign");
         command.args([
             "--addsign",
             "--define",
@@ -129,7 +129,7 @@ fn find_in_path(program: &str) -> Result<PathBuf> {
 
 /// gpg that never prompts: a publish must not wait for a human.
 fn gpg_command(gnupghome: Option<&Path>) -> Command {
-    let mut command = Command::new("gpg");
+    let mut command = tool("gpg");
     command.args(["--batch", "--no-tty", "--quiet"]);
     if let Some(home) = gnupghome {
         command.arg("--homedir").arg(home);
@@ -156,4 +156,30 @@ fn signing_fingerprints(colons: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// A command for one of the tools publishing runs (gpg, rpmsign,
+/// createrepo_c) whose process dies with ferry's: a publish killed at any
+/// instant leaves nothing still writing into the repository, where the
+/// next run would race with it. (Publishing spawns only from the main
+/// thread, whose exit is the process's.)
+pub(super) fn tool(program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    // SAFETY: between fork and exec, only async-signal-safe calls: prctl
+    // and getppid.
+    let parent = std::process::id();
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: do not run at all.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+            }
+            Ok(())
+        });
+    }
+    command
 }
