@@ -18,6 +18,7 @@ pub mod exit;
 pub mod format;
 pub mod fsutil;
 pub mod manifest;
+pub mod names;
 pub mod plan;
 pub mod repo;
 pub mod scripts;

@@ -81,6 +81,7 @@ fn enable_disable_on_an_alternate_root_are_exact_idempotent_and_refuse_bad_input
             vec!["--channel", "nightly"],
             "channel \"nightly\" not found",
         ),
+        (vec!["--channel", "a.b"], "channel name \"a.b\" is invalid"),
         (vec!["--window", "Mon..Fri 02:00"], "has no end"),
         (vec!["--window", "Funday 02:00-03:00"], "is not a day"),
         (vec!["--key", other_k], "refusing to trust it"),

@@ -17,16 +17,8 @@ use super::EnableArgs;
 
 pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
     let backend = host.backend;
-    if args.channel.is_empty()
-        || !args
-            .channel
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!(
-            "--channel {:?}: a channel name is letters, digits, '-', '_' and '.'",
-            args.channel
-        )
+    if let Some(problem) = crate::names::channel_name_problem(&args.channel) {
+        bail!("--channel: {problem}")
     }
     let window = args.window.as_deref().map(Window::parse).transpose()?;
     let record = host.record()?;

@@ -19,13 +19,16 @@ pub struct Host {
 
 impl Host {
     pub fn open(root: &Path, package: &str, family: Option<&str>) -> Result<Host> {
-        // apt ignores apt.conf.d files whose names hold other characters.
-        if package.is_empty()
-            || !package
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        {
-            bail!("package name {package:?}: use lowercase letters, digits, '-' and '.' only")
+        if let Some(problem) = crate::names::package_name_problem(package) {
+            bail!("--package: {problem}")
+        }
+        // apt ignores apt.conf.d files whose names hold a `+`, and ferry
+        // names its files there after the package.
+        if package.contains('+') {
+            bail!(
+                "--package {package:?}: ferry channel cannot follow a package whose name holds `+` \
+                 (apt ignores apt.conf.d files named with it)"
+            )
         }
         Ok(Host {
             root: root.to_path_buf(),

@@ -64,20 +64,13 @@ impl Checker<'_> {
     }
 
     fn check_name(&self) -> Result<(), DescriptorError> {
-        let name = &self.d.package.name;
-        let valid = name.len() >= 2
-            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-        if valid {
-            Ok(())
-        } else {
-            Err(self.err(
+        match crate::names::package_name_problem(&self.d.package.name) {
+            None => Ok(()),
+            Some(problem) => Err(self.err(
                 "package.name",
-                format!("`{name}` is not a valid package name for dpkg and rpm"),
+                problem,
                 "use lowercase letters, digits, `+`, `-` and `.`, starting with a letter or digit",
-            ))
+            )),
         }
     }
 

@@ -395,18 +395,10 @@ fn promoted_ids(state: &RepoState, from: &str, wanted: &str) -> Result<Vec<Strin
 }
 
 fn validate_channel(name: &str) -> Result<()> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-        && name.len() <= 64;
-    if !valid {
-        bail!("channel name {name:?} is invalid: use letters, digits, '-' or '_' (e.g. candidate, stable)");
+    match crate::names::channel_name_problem(name) {
+        Some(problem) => bail!("{problem}"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn validate_keep(keep: usize) -> Result<()> {
