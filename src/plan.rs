@@ -33,8 +33,9 @@ impl PlannedFile {
     }
 }
 
-/// Everything a packager needs; nothing in it is format-specific except
-/// the files marked `only`.
+/// Everything a packager needs. What only one format knows (its docs,
+/// its metadata, its dependencies) each packager derives itself, from
+/// `declared` and the files.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub name: String,
@@ -45,10 +46,12 @@ pub struct Plan {
     pub description: String,
     pub license: String,
     pub homepage: Option<String>,
-    pub section: String,
-    pub priority: String,
-    pub deb_depends: Vec<String>,
-    pub rpm_requires: Vec<String>,
+    /// The descriptor as declared, for the fields only one format has
+    /// (deb Section and Priority, each format's dependencies), which that
+    /// format's packager reads.
+    pub declared: crate::descriptor::Descriptor,
+    /// The descriptor's file name, for the Debian changelog.
+    pub descriptor_name: String,
     pub files: Vec<PlannedFile>,
     pub scripts: Scripts,
     /// Seconds since the epoch stamped on every file and header
@@ -97,7 +100,6 @@ pub fn resolve(
     }
     files.extend(unit_files(v, manifest)?);
     files.extend(hook_files(v, manifest)?);
-    files.extend(debian_docs(v, source_date)?);
     files.sort_by(|a, b| a.dest.cmp(&b.dest).then(a.only.cmp(&b.only)));
     let p = &d.package;
     Ok(Plan {
@@ -109,10 +111,12 @@ pub fn resolve(
         description: p.description.trim().to_string(),
         license: p.license.clone(),
         homepage: p.homepage.clone(),
-        section: p.section.clone(),
-        priority: p.priority.clone(),
-        deb_depends: deb_depends(&d.dependencies.deb, &files),
-        rpm_requires: d.dependencies.rpm.clone(),
+        declared: d.clone(),
+        descriptor_name: v
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         files,
         scripts,
         source_date,
@@ -126,44 +130,6 @@ fn compress_manual_page(dest: &str, data: Vec<u8>) -> Result<(String, Vec<u8>)> 
     } else {
         Ok((dest.to_string(), data))
     }
-}
-
-/// The descriptor's Depends, plus libc6 at the newest glibc symbol version
-/// a shipped ELF binary needs: what dpkg-shlibdeps would add, without
-/// needing dpkg-dev on the build machine.
-fn deb_depends(declared: &[String], files: &[PlannedFile]) -> Vec<String> {
-    let mut depends = declared.to_vec();
-    let declares_libc = declared
-        .iter()
-        .any(|d| d.split_whitespace().next() == Some("libc6"));
-    let needed = files.iter().filter_map(|f| glibc_needed(&f.data)).max();
-    if let (false, Some((major, minor))) = (declares_libc, needed) {
-        depends.insert(0, format!("libc6 (>= {major}.{minor})"));
-    }
-    depends
-}
-
-/// The highest `GLIBC_x.y` symbol version named in a dynamically linked
-/// ELF file, if it is one.
-pub fn glibc_needed(data: &[u8]) -> Option<(u32, u32)> {
-    if !data.starts_with(b"\x7fELF") {
-        return None;
-    }
-    const TAG: &[u8] = b"GLIBC_";
-    data.windows(TAG.len())
-        .enumerate()
-        .filter(|(_, w)| *w == TAG)
-        .filter_map(|(i, _)| {
-            let rest = &data[i + TAG.len()..];
-            let end = rest
-                .iter()
-                .position(|b| !(b.is_ascii_digit() || *b == b'.'))?;
-            let text = std::str::from_utf8(&rest[..end]).ok()?;
-            let (major, minor) = text.split_once('.')?;
-            let minor = minor.split('.').next()?;
-            Some((major.parse().ok()?, minor.parse().ok()?))
-        })
-        .max()
 }
 
 /// The upgrade hook program and the manifest it reads: in every package, so
@@ -216,85 +182,6 @@ fn unit_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFi
     .collect())
 }
 
-/// Debian policy wants a copyright file and a changelog in every binary
-/// package; ferry writes both from the descriptor.
-fn debian_docs(v: &Validated, source_date: u64) -> Result<Vec<PlannedFile>> {
-    let p = &v.descriptor.package;
-    let doc = format!("/usr/share/doc/{}", p.name);
-    let changelog = format!(
-        "{name} ({version}) unstable; urgency=medium\n\n  * Built by ferry from {descriptor}.\n\n -- {maintainer}  {date}\n",
-        name = p.name,
-        version = v.version.deb(),
-        descriptor = v.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        maintainer = p.maintainer,
-        date = crate::date::rfc2822(source_date, "+0000"),
-    );
-    Ok(vec![
-        PlannedFile {
-            dest: format!("{doc}/changelog.Debian.gz"),
-            data: gzip_reproducibly(changelog.as_bytes())?,
-            mode: 0o644,
-            config: false,
-            only: Some(Format::Deb),
-        },
-        PlannedFile {
-            dest: format!("{doc}/copyright"),
-            data: copyright(v, source_date).into_bytes(),
-            mode: 0o644,
-            config: false,
-            only: Some(Format::Deb),
-        },
-        PlannedFile {
-            dest: format!("/usr/share/lintian/overrides/{}", p.name),
-            data: format!(
-                "# ferry's packages go to their own repositories, never to the Debian\n# archive: there is no ITP bug for the first changelog entry to close.\n{}: initial-upload-closes-no-bugs\n",
-                p.name
-            )
-            .into_bytes(),
-            mode: 0o644,
-            config: false,
-            only: Some(Format::Deb),
-        },
-    ])
-}
-
-/// Licenses whose full text Debian ships in /usr/share/common-licenses.
-const COMMON_LICENSES: &[&str] = &[
-    "Apache-2.0",
-    "Artistic",
-    "BSD",
-    "CC0-1.0",
-    "GFDL-1.2",
-    "GFDL-1.3",
-    "GPL-2",
-    "GPL-3",
-    "LGPL-2",
-    "LGPL-2.1",
-    "LGPL-3",
-    "MPL-1.1",
-    "MPL-2.0",
-];
-
-fn copyright(v: &Validated, source_date: u64) -> String {
-    let p = &v.descriptor.package;
-    let source = p.homepage.as_deref().unwrap_or("(not published)");
-    let body = if COMMON_LICENSES.contains(&p.license.as_str()) {
-        format!(
-            " On Debian systems, the full text of this license is in\n /usr/share/common-licenses/{}.",
-            p.license
-        )
-    } else {
-        " The full text of this license ships with the upstream source.".to_string()
-    };
-    format!(
-        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\nUpstream-Name: {name}\nSource: {source}\n\nFiles: *\nCopyright: {year} {maintainer}\nLicense: {license}\n\nLicense: {license}\n{body}\n",
-        name = p.name,
-        maintainer = p.maintainer,
-        license = p.license,
-        year = crate::date::year(source_date),
-    )
-}
-
 /// gzip at maximum compression (lintian asks for it) with no name and a
 /// zero mtime in the header, so the bytes depend on the content alone.
 pub fn gzip_reproducibly(data: &[u8]) -> Result<Vec<u8>> {
@@ -308,16 +195,4 @@ pub fn gzip(data: &[u8], level: u32) -> Result<Vec<u8>> {
         .write(Vec::new(), flate2::Compression::new(level));
     encoder.write_all(data)?;
     Ok(encoder.finish()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_newest_glibc_version() {
-        let elf = b"\x7fELF....GLIBC_2.2.5\0GLIBC_2.34\0GLIBC_PRIVATE\0GLIBC_2.17\0";
-        assert_eq!(glibc_needed(elf), Some((2, 34)));
-        assert_eq!(glibc_needed(b"GLIBC_2.34"), None);
-    }
 }

@@ -4,7 +4,6 @@
 
 pub mod deb;
 pub mod rpm;
-mod xz;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -208,7 +208,7 @@ impl Packager for Rpm {
         }
         // What the crate adds itself when it compresses with zstd.
         b.requires(Dependency::rpmlib("PayloadIsZstd", "5.4.18-1"));
-        for requirement in &plan.rpm_requires {
+        for requirement in &plan.declared.dependencies.rpm {
             b.requires(parse_requirement(requirement)?);
         }
         for (scriptlet, text) in &plan.scripts.rpm {

@@ -59,7 +59,7 @@ struct Block {
 
 /// Compresses `data` into one .xz stream.
 pub fn compress(data: &[u8], settings: Settings) -> Result<Vec<u8>> {
-    let threads = super::threads();
+    let threads = crate::build::threads();
     let segments: Vec<&[u8]> = data.chunks(SEGMENT).collect();
     let stored = parallel_map(&segments, threads, |s| incompressible(s)).into_iter();
     let blocks = plan(data.len(), stored, (settings.block_mib as usize) << 20);

@@ -8,7 +8,11 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use md5::{Digest, Md5};
 
-use super::{xz, Packager, Profile};
+use super::{Packager, Profile};
+
+mod depends;
+mod docs;
+mod xz;
 use crate::plan::{Format, Plan, PlannedFile};
 
 pub struct Deb {
@@ -91,7 +95,9 @@ impl Packager for Deb {
 
     fn write(&self, plan: &Plan, out: &mut dyn Write) -> Result<()> {
         let compression = self.compression();
-        let files: Vec<&PlannedFile> = plan.files_for(Format::Deb).collect();
+        let docs = docs::files(plan)?;
+        let mut files: Vec<&PlannedFile> = plan.files_for(Format::Deb).chain(&docs).collect();
+        files.sort_by(|a, b| a.dest.cmp(&b.dest));
         let data_tar = data_tar(&files, plan.source_date)?;
         let control_tar = control_tar(plan, &files)?;
         // Both members are compressed before anything is written, so a
@@ -141,11 +147,12 @@ fn control_file(plan: &Plan, files: &[&PlannedFile]) -> String {
     field("Architecture", &plan.architecture.deb);
     field("Maintainer", &plan.maintainer);
     field("Installed-Size", &installed_kib.max(1).to_string());
-    if !plan.deb_depends.is_empty() {
-        field("Depends", &plan.deb_depends.join(", "));
+    let depends = depends::depends(&plan.declared.dependencies.deb, files);
+    if !depends.is_empty() {
+        field("Depends", &depends.join(", "));
     }
-    field("Section", &plan.section);
-    field("Priority", &plan.priority);
+    field("Section", &plan.declared.package.section);
+    field("Priority", &plan.declared.package.priority);
     if let Some(home) = &plan.homepage {
         field("Homepage", home);
     }
