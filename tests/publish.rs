@@ -389,47 +389,24 @@ fn publish_killed_at_random_points_leaves_a_readable_repository() {
     // so that most rounds are cut short.
     let full = started.elapsed();
 
-    let seed = seed("publish_killed_at_random_points");
-    let mut random = seed;
-    let mut landed = 0;
-    let mut bound = full.mul_f64(0.6);
+    let mut kills = Kills::new("publish_killed_at_random_points", full, full.mul_f64(0.6));
     // Rounds until four kills landed inside a publish, or sixteen rounds.
     for round in 0..16 {
-        if landed == 4 {
+        if kills.landed == 4 {
             break;
         }
-        random = random
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let delay = bound.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64);
         let version = format!("5.1.{round}");
-        let mut child = publish_process(&repo, build_pair(&scratch.0, &version, "c"));
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        assert_eq!(
-            left_running(&repo),
-            Vec::<String>::new(),
-            "round {round} (seed {seed})"
-        );
-        let inside = killed_while_writing(status, &repo, &version);
-        landed += usize::from(inside);
-        if status.success() {
-            // Too late: the publish had finished; draw later kills earlier.
-            bound = bound.mul_f64(0.7);
-        }
-        eprintln!(
-            "round {round}: killed after {delay:?} of {full:?}: {status}{}",
-            if inside { ", inside the publish" } else { "" }
+        kills.kill_a_publish(
+            round,
+            &repo,
+            build_pair(&scratch.0, &version, "c"),
+            &version,
         );
         assert_clients_read(&scratch, &repo, "candidate", "5.0.0");
         fs::remove_dir_all(scratch.path("apt-check-5.0.0")).unwrap();
         fs::remove_dir_all(scratch.path("dnf-check-5.0.0")).unwrap();
     }
-    assert!(
-        landed > 0,
-        "no kill landed inside a publish (seed {seed}): the test proved nothing"
-    );
+    kills.assert_landed("a publish");
     publish(&publish_args(
         &repo,
         "candidate",
@@ -480,52 +457,94 @@ fn first_publish_killed_can_be_done_again() {
     let mut child = publish_process(&scratch.path("repo-full"), packages);
     assert!(child.wait().unwrap().success(), "a first publish works");
     let full = started.elapsed();
-    let seed = seed("first_publish_killed");
-    let mut random = seed;
-    let mut landed = 0;
-    let mut bound = full;
+    let mut kills = Kills::new("first_publish_killed", full, full);
     // Rounds until three kills landed inside a publish, or twelve rounds.
     for round in 0..12 {
-        if landed == 3 {
+        if kills.landed == 3 {
             break;
         }
-        random = random
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let delay = bound.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64);
         let repo = scratch.path(&format!("repo-{round}"));
         let packages = build_pair(&scratch.0, "6.0.0", &format!("f{round}"));
-        let mut child = publish_process(&repo, packages.clone());
-        std::thread::sleep(delay);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        assert_eq!(
-            left_running(&repo),
-            Vec::<String>::new(),
-            "round {round} (seed {seed})"
-        );
-        let inside = killed_while_writing(status, &repo, "6.0.0");
-        landed += usize::from(inside);
-        if status.success() {
-            // Too late: the publish had finished (the first, cold one is
-            // slower than the next), so draw later kills earlier.
-            bound = bound.mul_f64(0.7);
-        }
-        eprintln!(
-            "round {round}: killed after {delay:?} of {full:?}: {status}{}",
-            if inside { ", inside the publish" } else { "" }
-        );
+        kills.kill_a_publish(round, &repo, packages.clone(), "6.0.0");
         if let Err(e) = publish(&publish_args(&repo, "candidate", packages)) {
-            panic!("round {round} (seed {seed}): publishing again after the kill: {e:#}");
+            panic!(
+                "round {round} (seed {}): publishing again after the kill: {e:#}",
+                kills.seed
+            );
         }
         assert_clients_read(&scratch, &repo, "candidate", "6.0.0");
         fs::remove_dir_all(scratch.path("apt-check-6.0.0")).unwrap();
         fs::remove_dir_all(scratch.path("dnf-check-6.0.0")).unwrap();
     }
-    assert!(
-        landed > 0,
-        "no kill landed inside a first publish (seed {seed}): the test proved nothing"
-    );
+    kills.assert_landed("a first publish");
+}
+
+/// The kills of a random-kill test: its seed (printed; `FERRY_SEED`
+/// replays it), how long a whole publish takes, the bound kills are drawn
+/// within, and how many landed inside a publish.
+struct Kills {
+    seed: u64,
+    random: u64,
+    full: std::time::Duration,
+    bound: std::time::Duration,
+    landed: usize,
+}
+
+impl Kills {
+    fn new(test: &str, full: std::time::Duration, bound: std::time::Duration) -> Kills {
+        let seed = seed(test);
+        Kills {
+            seed,
+            random: seed,
+            full,
+            bound,
+            landed: 0,
+        }
+    }
+
+    /// Publishes `packages` into `repo` and SIGKILLs ferry after a random
+    /// delay within the bound. Nothing it started may be left running; a
+    /// kill inside the publish of `version` counts as landed; one that came
+    /// after it finished (the first, cold run is slower than the next)
+    /// draws the later ones earlier.
+    fn kill_a_publish(&mut self, round: usize, repo: &Path, packages: Vec<PathBuf>, version: &str) {
+        self.random = self
+            .random
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = self
+            .bound
+            .mul_f64((self.random >> 11) as f64 / (1u64 << 53) as f64);
+        let mut child = publish_process(repo, packages);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let seed = self.seed;
+        assert_eq!(
+            left_running(repo),
+            Vec::<String>::new(),
+            "round {round} (seed {seed})"
+        );
+        let inside = killed_while_writing(status, repo, version);
+        self.landed += usize::from(inside);
+        if status.success() {
+            self.bound = self.bound.mul_f64(0.7);
+        }
+        eprintln!(
+            "round {round}: killed after {delay:?} of {:?}: {status}{}",
+            self.full,
+            if inside { ", inside the publish" } else { "" }
+        );
+    }
+
+    /// Fails when no kill landed inside `what`: the test proved nothing.
+    fn assert_landed(&self, what: &str) {
+        assert!(
+            self.landed > 0,
+            "no kill landed inside {what} (seed {}): the test proved nothing",
+            self.seed
+        );
+    }
 }
 
 /// The seed of a random-kill test: `FERRY_SEED` replays one, else the
