@@ -1,9 +1,8 @@
 //! `ferry channel status`: what is installed and available, the pin, the
 //! automatic tool's last run, and why the agent was not updated.
 
-use std::fs;
-
 use anyhow::Result;
+use ferry_hook::confined;
 use serde::Serialize;
 
 use super::host::Host;
@@ -44,17 +43,26 @@ pub fn status(host: &Host) -> Result<Status> {
     host.backend.status(host, rec.as_ref(), &mut s)?;
     // The agent's own upgrade log: a refused (deferred) upgrade.
     if !s.up_to_date {
-        if let Ok(log) =
-            fs::read_to_string(host.path(&format!("/var/log/{}/upgrades.log", host.package)))
-        {
-            if let Some(line) = busy_refusal(&log) {
-                s.not_updated_because.push(format!(
-                    "the agent was busy and refused the upgrade (deferred to the next automatic run): {line}"
-                ));
-            }
+        if let Some(line) = upgrade_log(host).as_deref().and_then(busy_refusal) {
+            s.not_updated_because.push(format!(
+                "the agent was busy and refused the upgrade (deferred to the next automatic run): {line}"
+            ));
         }
     }
     Ok(s)
+}
+
+/// The hook's upgrade log, `/var/log/<package>/upgrades.log`, if it can be
+/// read. Its directory belongs to the agent's user, and `status` runs as
+/// root: the file is reached through a handle of the directory that never
+/// follows a link and refuses anything but a regular file (a FIFO there
+/// would otherwise block `status`), as the hook itself does
+/// (docs/SECURITY.md).
+fn upgrade_log(host: &Host) -> Option<String> {
+    let dir = host.path(&format!("/var/log/{}", host.package));
+    let dir = confined::Dir::open_trusted_if_present(&dir).ok()??;
+    let bytes = dir.read("upgrades.log").ok()??;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The hook's refusal of the last upgrade attempt (`prepare` found the
@@ -125,6 +133,36 @@ impl std::fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log's directory is the agent's user's: a link planted in the
+    /// log's place is not followed, and a FIFO does not block `status`.
+    #[test]
+    fn the_upgrade_log_is_read_without_following_what_the_agent_planted() {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("ferry-status-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+        std::fs::write(root.join("usr/bin/apt-get"), "").unwrap();
+        let dir = root.join("var/log/roboconf-agent");
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = Host::open(&root, "roboconf-agent", None).unwrap();
+        let line = "1 ferry-hook[9] prepare: refusing to upgrade roboconf-agent: busy\n";
+        std::fs::write(dir.join("upgrades.log"), line).unwrap();
+        assert_eq!(upgrade_log(&host).as_deref(), Some(line));
+
+        std::fs::remove_file(dir.join("upgrades.log")).unwrap();
+        std::fs::write(root.join("secret"), line).unwrap();
+        symlink(root.join("secret"), dir.join("upgrades.log")).unwrap();
+        assert_eq!(upgrade_log(&host), None, "a link is not followed");
+
+        std::fs::remove_file(dir.join("upgrades.log")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("upgrades.log").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a valid, NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert_eq!(upgrade_log(&host), None, "a FIFO is refused, not waited on");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn a_busy_refusal_counts_until_an_upgrade_finishes() {
