@@ -64,12 +64,7 @@ fn clients_get_newest_and_kept_versions_and_retention_prunes_the_rest() {
     }
 
     let apt = Apt::new(scratch.path("apt"), &repo, "candidate");
-    let update = apt.update();
-    assert!(
-        update.status.success(),
-        "apt-get update failed:\n{}",
-        text(&update)
-    );
+    apt.update_ok();
     assert_eq!(
         apt.download("1.3.0").unwrap(),
         fs::read(pool_deb(&repo, "1.3.0")).unwrap()
@@ -84,12 +79,7 @@ fn clients_get_newest_and_kept_versions_and_retention_prunes_the_rest() {
     );
 
     let dnf = Dnf::new(scratch.path("dnf"), &repo, "candidate");
-    let cache = dnf.makecache();
-    assert!(
-        cache.status.success(),
-        "dnf makecache failed:\n{}",
-        text(&cache)
-    );
+    dnf.makecache_ok();
     assert_eq!(dnf.install_newest(), format!("{PACKAGE}-1.3.0-1.x86_64"));
     assert_eq!(
         dnf.download("1.0.0").unwrap(),
@@ -342,19 +332,14 @@ fn promote_copies_the_exact_bytes() {
     );
 
     let apt = Apt::new(scratch.path("apt"), &repo, "stable");
-    let update = apt.update();
-    assert!(
-        update.status.success(),
-        "apt-get update failed:\n{}",
-        text(&update)
-    );
+    apt.update_ok();
     assert_eq!(apt.download("4.0.0").unwrap(), deb);
     assert!(
         apt.download("4.1.0").is_err(),
         "stable holds only what was promoted"
     );
     let dnf = Dnf::new(scratch.path("dnf"), &repo, "stable");
-    assert!(dnf.makecache().status.success());
+    dnf.makecache_ok();
     assert_eq!(dnf.download("4.0.0").unwrap(), rpm);
 
     let missing = PromoteArgs {

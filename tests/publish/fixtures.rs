@@ -306,6 +306,16 @@ impl Apt {
             .unwrap()
     }
 
+    /// `update`, which must succeed.
+    pub(crate) fn update_ok(&self) {
+        let update = self.update();
+        assert!(
+            update.status.success(),
+            "apt-get update failed:\n{}",
+            text(&update)
+        );
+    }
+
     /// `apt-get download NAME=VERSION-1`: the bytes apt verified and fetched.
     pub(crate) fn download(&self, version: &str) -> Result<Vec<u8>, String> {
         let output = self
@@ -313,15 +323,11 @@ impl Apt {
             .args(["download", &format!("{PACKAGE}={version}-1")])
             .output()
             .unwrap();
-        if !output.status.success() {
-            return Err(text(&output));
-        }
-        let file = self
-            .root
-            .join(format!("download/{PACKAGE}_{version}-1_amd64.deb"));
-        let bytes = fs::read(&file).unwrap();
-        fs::remove_file(file).unwrap();
-        Ok(bytes)
+        take_download(
+            &output,
+            &self.root,
+            &format!("{PACKAGE}_{version}-1_amd64.deb"),
+        )
     }
 }
 
@@ -373,6 +379,16 @@ impl Dnf {
         self.command().arg("makecache").output().unwrap()
     }
 
+    /// `makecache`, which must succeed.
+    pub(crate) fn makecache_ok(&self) {
+        let cache = self.makecache();
+        assert!(
+            cache.status.success(),
+            "dnf makecache failed:\n{}",
+            text(&cache)
+        );
+    }
+
     /// Downloads `NAME-VERSION-1` through dnf (signature checked): its bytes.
     pub(crate) fn download(&self, version: &str) -> Result<Vec<u8>, String> {
         let output = self
@@ -382,15 +398,11 @@ impl Dnf {
             .arg(format!("{PACKAGE}-{version}-1"))
             .output()
             .unwrap();
-        if !output.status.success() {
-            return Err(text(&output));
-        }
-        let file = self
-            .root
-            .join(format!("download/{PACKAGE}-{version}-1.x86_64.rpm"));
-        let bytes = fs::read(&file).unwrap();
-        fs::remove_file(file).unwrap();
-        Ok(bytes)
+        take_download(
+            &output,
+            &self.root,
+            &format!("{PACKAGE}-{version}-1.x86_64.rpm"),
+        )
     }
 
     /// Installs the newest version and returns what the installroot's rpmdb holds.
@@ -411,23 +423,13 @@ impl Dnf {
 
 pub(crate) fn assert_clients_read(scratch: &Scratch, repo: &Path, channel: &str, version: &str) {
     let apt = Apt::new(scratch.path(&format!("apt-check-{version}")), repo, channel);
-    let update = apt.update();
-    assert!(
-        update.status.success(),
-        "apt-get update failed:\n{}",
-        text(&update)
-    );
+    apt.update_ok();
     assert_eq!(
         apt.download(version).unwrap(),
         fs::read(pool_deb(repo, version)).unwrap()
     );
     let dnf = Dnf::new(scratch.path(&format!("dnf-check-{version}")), repo, channel);
-    let cache = dnf.makecache();
-    assert!(
-        cache.status.success(),
-        "dnf makecache failed:\n{}",
-        text(&cache)
-    );
+    dnf.makecache_ok();
     assert_eq!(
         dnf.download(version).unwrap(),
         fs::read(pool_rpm(repo, version)).unwrap()
@@ -435,3 +437,15 @@ pub(crate) fn assert_clients_read(scratch: &Scratch, repo: &Path, channel: &str,
 }
 
 // ---------------------------------------------------------------- tests
+
+/// What a client's download left in `ROOT/download/NAME` (removed), or the
+/// client's output when the download failed.
+fn take_download(output: &Output, root: &Path, name: &str) -> Result<Vec<u8>, String> {
+    if !output.status.success() {
+        return Err(text(output));
+    }
+    let file = root.join("download").join(name);
+    let bytes = fs::read(&file).unwrap();
+    fs::remove_file(file).unwrap();
+    Ok(bytes)
+}
