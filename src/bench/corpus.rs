@@ -95,10 +95,11 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
         Payload::Binaries => {
             let mut files = listing(Path::new("/usr/bin"), false)?;
             files.extend(listing(Path::new("/usr/lib/x86_64-linux-gnu"), false)?);
+            // Sizes from the directory, so that the large libraries are
+            // never read only to be left out.
+            files.retain(|p| std::fs::metadata(p).is_ok_and(|m| m.len() < 4 * MIB));
             files.sort();
-            take(files, 15 * MIB, |_, data| {
-                data.starts_with(b"\x7fELF") && (data.len() as u64) < 4 * MIB
-            })?
+            take(files, 15 * MIB, |data| data.starts_with(b"\x7fELF"))?
         }
         Payload::SmallFiles => {
             let root = Path::new("/usr/lib/python3.11");
@@ -106,7 +107,7 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
                 .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "py"))
                 .collect();
-            take(files, u64::MAX, |_, _| true)?
+            take(files, u64::MAX, |_| true)?
         }
         Payload::Text => {
             let files = changelogs()?;
@@ -130,7 +131,7 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
                 .into_iter()
                 .filter(|p| p.extension().is_some_and(|e| e == "gz"))
                 .collect();
-            take(files, 10 * MIB, |_, _| true)?
+            take(files, 10 * MIB, |_| true)?
         }
         Payload::Agent => {
             // The program itself is added to every payload by the caller.
@@ -138,7 +139,7 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
             for name in ["agent.toml", "roboconf-agent.service", "roboconf-agent.1"] {
                 files.push(pkg.join(name));
             }
-            take(files, u64::MAX, |_, _| true)?
+            take(files, u64::MAX, |_| true)?
         }
         Payload::Generated => bail!("the generated payload is not read from files"),
     };
@@ -192,7 +193,7 @@ fn listing(dir: &Path, recursive: bool) -> Result<Vec<PathBuf>> {
 fn take(
     files: Vec<PathBuf>,
     limit: u64,
-    keep: impl Fn(&Path, &[u8]) -> bool,
+    keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut total = 0;
@@ -201,7 +202,7 @@ fn take(
             break;
         }
         let data = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if keep(&path, &data) {
+        if keep(&data) {
             total += data.len() as u64;
             out.push((path, data));
         }
