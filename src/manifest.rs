@@ -18,12 +18,7 @@ pub fn of(v: &Validated) -> Result<PackageManifest> {
             v.file.display()
         )
     })?;
-    let unit = d
-        .service
-        .unit
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let unit = file_name(&d.service.unit);
     Ok(PackageManifest {
         format: "ferry-package".into(),
         hook_protocol: HOOK_PROTOCOL,
@@ -33,6 +28,7 @@ pub fn of(v: &Validated) -> Result<PackageManifest> {
         user: d.service.user.clone(),
         group: d.service.group.clone(),
         unit,
+        socket: d.service.socket.as_ref().map(|s| file_name(s)),
         state_dir: v.state_dir().to_string(),
         config_dir: format!("/etc/{name}"),
         runtime_dir: format!("/run/{name}"),
@@ -44,6 +40,12 @@ pub fn of(v: &Validated) -> Result<PackageManifest> {
         health_timeout_secs: d.hooks.health_timeout_secs,
         name,
     })
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The manifest as the file the packages ship.

@@ -162,24 +162,31 @@ fn hook_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFi
 
 /// The unit goes where each distribution family keeps packaged units:
 /// Debian 12 still uses /lib (lintian flags /usr/lib there), rpm /usr/lib.
+/// The socket unit, if any, goes beside it.
 fn unit_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
-    let unit = &v.descriptor.service.unit;
-    let data = std::fs::read(v.resolve(unit))
-        .with_context(|| format!("reading the unit {}", v.resolve(unit).display()))?;
-    let name = &manifest.unit;
-    Ok([
-        (Format::Deb, "/lib/systemd/system"),
-        (Format::Rpm, "/usr/lib/systemd/system"),
-    ]
-    .into_iter()
-    .map(|(format, dir)| PlannedFile {
-        dest: format!("{dir}/{name}"),
-        data: data.clone(),
-        mode: 0o644,
-        config: false,
-        only: Some(format),
-    })
-    .collect())
+    let service = &v.descriptor.service;
+    let mut units = vec![(&service.unit, &manifest.unit)];
+    if let (Some(socket), Some(name)) = (&service.socket, &manifest.socket) {
+        units.push((socket, name));
+    }
+    let mut files = Vec::new();
+    for (source, name) in units {
+        let data = std::fs::read(v.resolve(source))
+            .with_context(|| format!("reading the unit {}", v.resolve(source).display()))?;
+        for (format, dir) in [
+            (Format::Deb, "/lib/systemd/system"),
+            (Format::Rpm, "/usr/lib/systemd/system"),
+        ] {
+            files.push(PlannedFile {
+                dest: format!("{dir}/{name}"),
+                data: data.clone(),
+                mode: 0o644,
+                config: false,
+                only: Some(format),
+            });
+        }
+    }
+    Ok(files)
 }
 
 /// gzip at maximum compression (lintian asks for it) with no name and a

@@ -117,6 +117,9 @@ struct TemplateValues<'a> {
     user: &'a str,
     group: &'a str,
     unit: &'a str,
+    /// The socket unit that owns the control socket, if the agent is
+    /// socket-activated.
+    socket: Option<&'a str>,
     home: &'a str,
     state_dirs: &'a [String],
     secrets: &'a [String],
@@ -165,6 +168,7 @@ pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
         user: &m.user,
         group: &m.group,
         unit: &m.unit,
+        socket: m.socket.as_deref(),
         home: &m.state_dir,
         state_dirs: &d.state.directories,
         secrets: &d.service.secrets,

@@ -17,6 +17,7 @@ use support::agent::{
     deploy_tree, header, install, log_len, log_since, sorted_tree, status, version_running,
     wait_answering, MARKER, RECORD, SNAPSHOTS, STATE,
 };
+use support::client::socket_since;
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 use support::upgrade::{
@@ -43,6 +44,12 @@ fn fresh_install(host: &Host, package: &Path, extra: &str) {
     assert!(out.success(), "fresh install: {out}");
     assert_eq!(version_running(host), "1.0.0");
     assert_eq!(starts(host), 1, "started exactly once");
+    assert!(socket_since(host).is_some(), "the socket unit listens");
+    assert!(
+        host.sh_ok("journalctl --no-pager -o cat -u roboconf-agent.service")
+            .contains("control socket /run/roboconf-agent/control.sock (passed by systemd)"),
+        "the agent took the socket systemd passed"
+    );
     assert_eq!(status(host)["instances"], serde_json::json!([]));
     let h = header(host);
     assert_eq!(
@@ -276,11 +283,17 @@ fn debian_install_upgrade_downgrade_busy_remove_purge() {
     let b = before(&host);
     host.sh_ok("apt-get remove -y roboconf-agent");
     assert!(!is_active(&host));
+    assert_eq!(
+        socket_since(&host),
+        None,
+        "the socket unit stops with the agent"
+    );
     assert!(host.path(&format!("{STATE}/state.json")).exists());
     assert_eq!(instance_process(&host), b.process);
     let out = install(&host, &v.v120, "");
     assert!(out.success(), "install after remove: {out}");
     assert_four(&host, &b, &b.tree, "1.2.0", 3);
+    assert!(socket_since(&host).is_some(), "the socket unit is back");
 
     // 7. Purge: exactly what the descriptor lists goes (and ferry's own
     // snapshots); the configuration conffile is dpkg's to remove.
@@ -380,12 +393,18 @@ fn rpm_install_upgrade_downgrade_failed_busy_erase_reinstall() {
     let b = before(&host);
     host.sh_ok("dnf -y remove roboconf-agent");
     assert!(!is_active(&host));
+    assert_eq!(
+        socket_since(&host),
+        None,
+        "the socket unit stops with the agent"
+    );
     assert!(host.path(&format!("{STATE}/state.json")).exists());
     assert!(!host.sh_ok(&format!("ls {SNAPSHOTS}")).is_empty());
     assert_eq!(instance_process(&host), b.process);
     let out = install(&host, &v.v120, "install");
     assert!(out.success(), "install after erase: {out}");
     assert_four(&host, &b, &b.tree, "1.2.0", 3);
+    assert!(socket_since(&host).is_some(), "the socket unit is back");
     host.poweroff();
 }
 

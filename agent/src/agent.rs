@@ -55,6 +55,9 @@ struct Inner {
 
 pub struct Agent {
     paths: Paths,
+    /// Whether the control socket's path is the agent's to remove when it
+    /// exits: not when a socket unit owns it, which keeps it listening.
+    bound_socket: bool,
     config: Config,
     previous_stop: Option<Value>,
     inner: Mutex<Inner>,
@@ -62,12 +65,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(paths: Paths, config: Config, model: Model) -> Agent {
+    pub fn new(paths: Paths, config: Config, model: Model, bound_socket: bool) -> Agent {
         let previous_stop = std::fs::read(paths.state_dir.join(LAST_STOP_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         Agent {
             paths,
+            bound_socket,
             config,
             previous_stop,
             inner: Mutex::new(Inner {
@@ -308,7 +312,9 @@ impl Agent {
         ) {
             log::warn(&format!("{e:#}"));
         }
-        let _ = std::fs::remove_file(self.paths.socket());
+        if self.bound_socket {
+            let _ = std::fs::remove_file(self.paths.socket());
+        }
         std::process::exit(0);
     }
 

@@ -10,9 +10,10 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -38,21 +39,103 @@ enum Command {
     StopForUpgrade,
 }
 
-/// Accepts connections forever, one thread each (quiesce and apply --wait
-/// block their caller, not the other clients).
+/// The connections accepted and not yet answered once, and whether the
+/// agent still accepts. An agent that exits answers those first: with
+/// socket activation, the connections it has not accepted wait in the
+/// socket for the next agent, but one it accepted and then dropped would
+/// fail its client.
+struct Doors {
+    closing: bool,
+    accepting: bool,
+    unanswered: usize,
+}
+
+static DOORS: Mutex<Doors> = Mutex::new(Doors {
+    closing: false,
+    accepting: true,
+    unanswered: 0,
+});
+static DOORS_CHANGED: Condvar = Condvar::new();
+/// How often the accepting thread looks whether the agent is closing.
+const CLOSING_POLL: Duration = Duration::from_millis(20);
+/// The longest an exit waits for accepted requests to be answered (a
+/// quiesce or apply --wait may wait longer: its client then sees the
+/// connection close).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn doors() -> std::sync::MutexGuard<'static, Doors> {
+    DOORS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops accepting connections and waits until every accepted one had its
+/// answer (at most DRAIN_TIMEOUT); called before the agent exits.
+pub fn close_and_drain() {
+    let mut d = doors();
+    d.closing = true;
+    let (_d, _timed_out) = DOORS_CHANGED
+        .wait_timeout_while(d, DRAIN_TIMEOUT, |d| d.accepting || d.unanswered > 0)
+        .unwrap_or_else(|e| e.into_inner());
+}
+
+/// Accepts connections until the agent closes, one thread each (quiesce
+/// and apply --wait block their caller, not the other clients).
 pub fn serve(agent: Arc<Agent>, listener: UnixListener) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
+    if let Err(e) = listener.set_nonblocking(true) {
+        log::warn(&format!("control socket: {e}"));
+    }
+    loop {
+        let readable = wait_readable(&listener, CLOSING_POLL);
+        let mut d = doors();
+        if d.closing {
+            d.accepting = false;
+            DOORS_CHANGED.notify_all();
+            return;
+        }
+        if !readable {
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                d.unanswered += 1;
+                drop(d);
                 let agent = agent.clone();
                 thread::spawn(move || handle_connection(&agent, stream));
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => log::warn(&format!("control socket: accept failed: {e}")),
         }
     }
 }
 
+/// Whether a connection waits on `listener`, within `timeout`.
+fn wait_readable(listener: &UnixListener, timeout: Duration) -> bool {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) > 0 }
+}
+
+/// Counts the connection as answered (once), for `close_and_drain`.
+fn answered(first: &mut bool) {
+    if std::mem::take(first) {
+        doors().unanswered -= 1;
+        DOORS_CHANGED.notify_all();
+    }
+}
+
 fn handle_connection(agent: &Agent, stream: UnixStream) {
+    let mut first = true;
+    serve_connection(agent, stream, &mut first);
+    answered(&mut first);
+}
+
+fn serve_connection(agent: &Agent, stream: UnixStream, first: &mut bool) {
+    if stream.set_nonblocking(false).is_err() {
+        return;
+    }
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -76,11 +159,14 @@ fn handle_connection(agent: &Agent, stream: UnixStream) {
             return;
         }
         let (response, stop) = handle_line(agent, &line);
-        if answer(&mut writer, &response).is_err() {
-            return;
-        }
+        let sent = answer(&mut writer, &response);
+        answered(first);
         if let Some(kind) = stop {
+            close_and_drain();
             agent.exit(kind);
+        }
+        if sent.is_err() || doors().closing {
+            return;
         }
     }
 }

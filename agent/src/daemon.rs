@@ -4,7 +4,7 @@ use crate::agent::{Agent, StopKind};
 use crate::config::{self, Paths};
 use crate::exit::{Exit, BAD_STATE, UPGRADE_IN_PROGRESS};
 use crate::migrate::WRITES;
-use crate::{control, log, state};
+use crate::{activation, control, log, state};
 use anyhow::{Context, Result};
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -16,6 +16,9 @@ pub fn run(paths: &Paths) -> Result<()> {
     // The marker comes first: while an upgrade changes the state, even
     // reading it could see a half-finished migration.
     let marker = paths.state_dir.join(state::UPGRADE_MARKER);
+    if marker.exists() && activation::socket_passed() {
+        return activation::hold_until_upgraded(&marker);
+    }
     if marker.exists() {
         let note = fs::read_to_string(&marker).unwrap_or_default();
         return Err(Exit::new(
@@ -91,8 +94,18 @@ pub fn run(paths: &Paths) -> Result<()> {
     // before any thread exists makes every thread inherit the mask.
     // (Recipe processes get a clean mask: std resets it before exec.)
     let signals = blocked_stop_signals()?;
-    let listener = bind(paths)?;
-    let agent = Arc::new(Agent::new(paths.clone(), config, model));
+    let passed = activation::take_listener()?;
+    let origin = if passed.is_some() {
+        "passed by systemd"
+    } else {
+        "bound by the agent"
+    };
+    let bound_socket = passed.is_none();
+    let listener = match passed {
+        Some(listener) => listener,
+        None => bind(paths)?,
+    };
+    let agent = Arc::new(Agent::new(paths.clone(), config, model, bound_socket));
     {
         let agent = agent.clone();
         thread::Builder::new()
@@ -106,7 +119,7 @@ pub fn run(paths: &Paths) -> Result<()> {
             .spawn(move || control::serve(agent, listener))?;
     }
     log::info(&format!(
-        "roboconf-agent {} running: pid {}, state schema {WRITES}, control socket {}",
+        "roboconf-agent {} running: pid {}, state schema {WRITES}, control socket {} ({origin})",
         crate::build_info::VERSION,
         std::process::id(),
         paths.socket().display()
@@ -117,6 +130,7 @@ pub fn run(paths: &Paths) -> Result<()> {
         anyhow::bail!("sigwait failed: {}", std::io::Error::last_os_error());
     }
     log::info(&format!("signal {sig} received"));
+    control::close_and_drain();
     agent.exit(StopKind::Shutdown)
 }
 

@@ -1,5 +1,6 @@
 //! roboconf-agent: a Roboconf-style agent whose instance tree, lifecycle
 //! states and instruction queue survive restarts, crashes and upgrades.
+mod activation;
 mod agent;
 mod build_info;
 mod cli;

@@ -40,6 +40,10 @@ pub struct PackageManifest {
     #[serde(default)]
     pub group: String,
     pub unit: String,
+    /// The socket unit that owns the agent's control socket, when the
+    /// agent is socket-activated: it stays running through upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
     pub state_dir: String,
     pub config_dir: String,
     pub runtime_dir: String,

@@ -21,6 +21,9 @@ struct Ctx<'a> {
     log: Log,
     agent: Agent<'a>,
     unit: Systemd<'a>,
+    /// The socket unit that owns the control socket, if the agent is
+    /// socket-activated: never stopped by an upgrade that succeeds.
+    socket: Option<Systemd<'a>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -32,6 +35,7 @@ impl<'a> Ctx<'a> {
             log,
             agent,
             unit: Systemd::new(&m.unit),
+            socket: m.socket.as_deref().map(Systemd::new),
         })
     }
 
@@ -168,12 +172,27 @@ impl<'a> Ctx<'a> {
     /// transient failure is not a reason to roll back (SPEC §13). The unit
     /// gives up by itself on a status `RestartPreventExitStatus=` names or
     /// at its start limit, and then so does this.
+    ///
+    /// A socket-activated agent is started, not restarted: a connection
+    /// made during the upgrade may have started it already, held behind the
+    /// marker (it runs the new program once the marker is gone), and a
+    /// restart would start it twice. What a plain start can miss is put
+    /// right once: an agent that answers with another version is
+    /// restarted, a unit found inactive (its process had exited, systemd
+    /// had not yet noticed) is started again.
     fn start_and_check(&self) -> Result<()> {
+        let socket_activated = self.start_socket()?;
         // A start job that failed (ExecStartPre=, say) but that systemd
         // retries is waited on below; any other failure is final. Its words
         // stay in the error if the retries do not help either.
         let mut first_failure = String::new();
-        if let Err(e) = self.unit.restart() {
+        let mut corrected = !socket_activated;
+        let started = if socket_activated {
+            self.unit.start()
+        } else {
+            self.unit.restart()
+        };
+        if let Err(e) = started {
             if self.unit.active_state() != "activating" {
                 return Err(e);
             }
@@ -182,7 +201,7 @@ impl<'a> Ctx<'a> {
         let deadline = Instant::now() + Duration::from_secs(self.m.health_timeout_secs);
         let mut said_restarting = false;
         loop {
-            let last = match self.agent.status() {
+            let (last, other_version) = match self.agent.status() {
                 Ok(s) if s["version"].as_str() == Some(self.m.version.as_str()) => {
                     self.log.line(&format!(
                         "{} {} is running (pid {}) and answers",
@@ -190,10 +209,19 @@ impl<'a> Ctx<'a> {
                     ));
                     return Ok(());
                 }
-                Ok(s) => format!("it reports version {}", s["version"]),
-                Err(e) => format!("{e:#}"),
+                Ok(s) => (format!("it reports version {}", s["version"]), true),
+                Err(e) => (format!("{e:#}"), false),
             };
             let state = self.unit.active_state();
+            if !corrected && (state == "inactive" || other_version) {
+                corrected = true;
+                self.log.line(&format!(
+                    "{} after the start ({last}): restarting it once",
+                    self.m.unit
+                ));
+                self.unit.restart()?;
+                continue;
+            }
             if state == "activating" && !said_restarting {
                 said_restarting = true;
                 self.log.line(&format!(
@@ -213,6 +241,37 @@ impl<'a> Ctx<'a> {
             }
             // Short: the package manager waits on this poll, not the agent.
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Starts the socket unit, if the agent has one and the admin left it
+    /// enabled (a first install, an upgrade from a version without it, or
+    /// the recovery from a failed upgrade, which stopped it); says whether
+    /// the agent is socket-activated.
+    fn start_socket(&self) -> Result<bool> {
+        let Some(socket) = self.socket.as_ref().filter(|s| s.is_enabled()) else {
+            return Ok(false);
+        };
+        if !socket.is_active() {
+            socket.reset_failed();
+            socket.start()?;
+            self.log.line(&format!(
+                "started {}: it owns the control socket from now on",
+                self.m.socket.as_deref().unwrap_or_default()
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Stops the socket unit with the agent, after a failed upgrade: a
+    /// connection must not start the agent on the restored state.
+    fn stop_socket(&self) {
+        if let Some(socket) = &self.socket {
+            if let Err(e) = socket.stop() {
+                self.log.line(&format!("warning: {e:#}"));
+            }
         }
     }
 }
@@ -577,6 +636,7 @@ fn roll_back(
     // Still set when the failure came before the outgoing agent stopped:
     // nothing touched the state, and the snapshot may be older than it.
     let untouched = record.as_ref().is_some_and(|r| r.quiesced_only);
+    c.stop_socket();
     let stopped = if untouched && c.unit.is_active() {
         stop_for_upgrade(c)
     } else {

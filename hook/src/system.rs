@@ -239,6 +239,11 @@ impl<'a> Systemd<'a> {
         self.checked(&["stop"])
     }
 
+    /// Starts the unit; nothing if it is already active.
+    pub fn start(&self) -> Result<()> {
+        self.checked(&["start"])
+    }
+
     fn checked(&self, args: &[&str]) -> Result<()> {
         let out = self.systemctl(args)?;
         if !out.status.success() {

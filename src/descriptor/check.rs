@@ -300,7 +300,58 @@ impl Checker<'_> {
             ));
         }
         self.check_unit_text(&text)?;
+        if let Some(socket) = &s.socket {
+            self.check_socket(socket, &text)?;
+        }
         Ok(hardening_warning(&unit, &text).into_iter().collect())
+    }
+
+    /// The socket unit must be readable, named after the service (systemd
+    /// activates NAME.service from NAME.socket), and its socket must
+    /// survive the service's stops: systemd removes a `RuntimeDirectory=`,
+    /// and the socket in it, each time the service stops unless it is
+    /// preserved.
+    fn check_socket(&self, socket: &Path, service_text: &str) -> Result<(), DescriptorError> {
+        let path = self.root.join(socket);
+        std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                "service.socket",
+                format!("cannot read {}: {e}", path.display()),
+                "point it at the systemd socket unit, relative to the descriptor",
+            )
+        })?;
+        let service_name = self.d.service.unit.file_name().unwrap_or_default();
+        let expected = Path::new(service_name).with_extension("socket");
+        if socket.file_name() != expected.file_name() {
+            return Err(self.err(
+                "service.socket",
+                format!("{} is not named after the service", path.display()),
+                &format!(
+                    "name the socket unit {} (systemd starts NAME.service for NAME.socket)",
+                    expected.display()
+                ),
+            ));
+        }
+        let settings = service_assignments(service_text);
+        let get = |key: &str| {
+            settings
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        if get("RuntimeDirectory").is_some_and(|v| !v.is_empty())
+            && get("RuntimeDirectoryPreserve") != Some("yes")
+        {
+            return Err(self.err(
+                "service.unit",
+                "the unit has RuntimeDirectory= without RuntimeDirectoryPreserve=: systemd would remove the \
+                 runtime directory, and the socket unit's socket in it, each time the agent stops"
+                    .into(),
+                "add RuntimeDirectoryPreserve=yes to the [Service] section",
+            ));
+        }
+        Ok(())
     }
 
     /// The unit must run as the declared user and let the agent write its

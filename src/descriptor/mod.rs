@@ -138,6 +138,10 @@ pub struct Asset {
 pub struct ServiceSection {
     /// The systemd unit file, relative to the descriptor's directory.
     pub unit: PathBuf,
+    /// A `.socket` unit of the same name that owns the agent's control
+    /// socket (systemd socket activation): it keeps listening through
+    /// restarts and upgrades, so clients wait instead of being refused.
+    pub socket: Option<PathBuf>,
     pub user: String,
     pub group: String,
     /// Files under /etc created empty (mode 0640, group `group`) for the

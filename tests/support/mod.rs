@@ -2,8 +2,8 @@
 //! (`lab`), the reference agent inside them (`agent`), a throwaway signing key (`signing`), signed local apt and rpm
 //! repositories (`repo`) and tiny probe packages (`probe`). See docs/LAB.md.
 //!
-//! The assertions of the upgrade paths (`upgrade`) serve tests/hooks.rs and
-//! tests/interrupted.rs.
+//! The assertions of the upgrade paths (`upgrade`, with a `client` of the
+//! agent's socket) serve tests/hooks.rs and tests/interrupted.rs.
 //!
 //! Each test crate compiles this module and uses only part of it; tests/lab.rs
 //! exercises all of it but `upgrade`, which the upgrade suites use whole, so
@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod client;
 pub mod lab;
 pub mod probe;
 pub mod repo;

@@ -95,6 +95,9 @@ pub enum Variant {
     /// The same, but the unit cannot start (`ExecStartPre=/bin/false`): a
     /// new version whose postinst / %posttrans health check fails.
     Broken,
+    /// As `Good`, but without the socket unit: the agent binds its control
+    /// socket itself, as agents that are not socket-activated do.
+    Bound,
 }
 
 /// `ferry build --version VERSION` of pkg/ as it is.
@@ -108,6 +111,7 @@ pub fn agent_variant(version: &str, schema: u32, variant: Variant) -> AgentPacka
     let tag = match variant {
         Variant::Good => format!("{version}-s{schema}"),
         Variant::Broken => format!("{version}-s{schema}-broken"),
+        Variant::Bound => format!("{version}-s{schema}-bound"),
     };
     build_once(&tag, version, Some((schema, variant)))
 }
@@ -176,6 +180,16 @@ fn pkg_copy(dir: &Path, version: &str, schema: u32, variant: Variant) {
         .replace("schema = 3", &format!("schema = {schema}"))
         .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5")
         .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
+    let descriptor = if variant == Variant::Bound {
+        let socket = "socket = \"roboconf-agent.socket\"\n";
+        assert!(
+            descriptor.contains(socket),
+            "pkg/ferry.toml declares the socket"
+        );
+        descriptor.replace(socket, "")
+    } else {
+        descriptor
+    };
     fs::write(dir.join("ferry.toml"), descriptor).unwrap();
     let mut conffile = fs::read_to_string(dir.join("agent.toml")).unwrap();
     // Only the hook migrates: an upgrade whose hook did not migrate up

@@ -8,6 +8,7 @@ use super::agent::{
     agent, header, install, log_since, sorted_tree, status, version_running, MARKER, RECORD,
     SNAPSHOTS, STATE,
 };
+use super::client::{socket_activated, socket_since, Client};
 use super::lab::{Host, HostKind};
 use serde_json::Value;
 use std::path::Path;
@@ -150,6 +151,7 @@ pub fn upgrade_step(host: &Host, package: &Path, version: &str, schema: u32, ext
     queue_one(host, &queued);
     let before = before(host);
     let log_from = super::agent::log_len(host);
+    let socket = SocketWatch::start(host);
     let out = install(host, package, extra);
     assert!(out.success(), "installing {version}: {out}");
     wait_for(
@@ -157,6 +159,15 @@ pub fn upgrade_step(host: &Host, package: &Path, version: &str, schema: u32, ext
         Duration::from_secs(30),
         || status(host)["queue_length"] == 0,
     );
+    if let Some(socket) = socket {
+        socket.assert_waited_through(host, version);
+    }
+    if socket_activated(host) {
+        assert!(
+            socket_since(host).is_some(),
+            "{version} has a socket unit: it listens after the upgrade"
+        );
+    }
     let mut tree = before.tree.clone();
     tree.push((format!("/vm/{queued}"), "App".into(), "NOT_DEPLOYED".into()));
     assert_four(host, &before, &tree, version, schema);
@@ -176,6 +187,58 @@ pub fn upgrade_step(host: &Host, package: &Path, version: &str, schema: u32, ext
                 "finish: migrating the state up from schema {from_schema} to {schema}"
             )),
             "the hook migrated {from_schema} -> {schema}: {log}"
+        );
+    }
+}
+
+/// A socket-activated agent's upgrade, watched: the socket unit's start
+/// time and a client asking `status` every 5 ms throughout.
+struct SocketWatch {
+    since: String,
+    from: String,
+    client: Client,
+}
+
+impl SocketWatch {
+    /// Nothing to watch if the installed agent binds its socket itself.
+    fn start(host: &Host) -> Option<SocketWatch> {
+        let since = socket_since(host)?;
+        Some(SocketWatch {
+            since,
+            from: version_running(host),
+            client: Client::start(host),
+        })
+    }
+
+    /// The socket unit kept listening through the upgrade (never
+    /// restarted), and every request the client made was answered: none
+    /// refused, reset or timed out, the first by the outgoing version, the
+    /// last by `version`.
+    #[track_caller]
+    fn assert_waited_through(self, host: &Host, version: &str) {
+        let seen = self.client.finish();
+        eprintln!(
+            "socket client, {} -> {version}: {} answers, longest wait {:?}, versions {:?}",
+            self.from, seen.answered, seen.longest, seen.versions
+        );
+        assert!(
+            seen.errors.is_empty(),
+            "{} of {} requests failed during {} -> {version}: {:?}",
+            seen.errors.len(),
+            seen.answered + seen.errors.len(),
+            self.from,
+            &seen.errors[..seen.errors.len().min(5)]
+        );
+        assert_eq!(seen.versions.first(), Some(&self.from), "{seen:?}");
+        assert_eq!(
+            seen.versions.last().map(String::as_str),
+            Some(version),
+            "{seen:?}"
+        );
+        assert_eq!(
+            socket_since(host),
+            Some(self.since),
+            "the socket unit stayed active, never restarted"
         );
     }
 }
