@@ -361,6 +361,13 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
             "service.unit",
             &["ReadWritePaths", "/var/lib/other"],
         ),
+        (
+            "socket",
+            "socket = \"roboconf-agent.socket\"",
+            "socket = \"roboconf-agent.service\"",
+            "service.socket",
+            &["not named after the service", "roboconf-agent.socket"],
+        ),
         // Checked with the rest: before, a bad rpm requirement failed while
         // the rpm was written, and the .deb built beside it landed.
         (
@@ -382,6 +389,12 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
         let dir = broken_descriptor(name, |s| s.replacen(from, to, 1));
         assert_refused(&dir, field, words);
     }
+    // A socket-activated agent whose runtime directory, and the socket in
+    // it, systemd would remove at each stop.
+    let dir = edited_pkg("preserve", "roboconf-agent.service", |s| {
+        s.replace("RuntimeDirectoryPreserve=yes\n", "")
+    });
+    assert_refused(&dir, "service.unit", &["RuntimeDirectoryPreserve=yes"]);
 }
 
 /// The exit statuses README.md documents (`ferry::exit`): 2 for a usage
