@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::error::closest;
 use super::unit::{hardening_warning, service_assignments};
-use super::{dependencies, Descriptor, DescriptorError, DescriptorWarning};
+use super::{dependencies, Agent, Descriptor, DescriptorError, DescriptorWarning};
 use crate::version::{self, PackageVersion};
 
 /// Architecture names of both formats.
@@ -56,9 +56,18 @@ impl Checker<'_> {
         let version = self.check_version(version_override)?;
         let architecture = self.check_architecture()?;
         self.check_assets()?;
-        let warnings = self.check_service()?;
-        self.check_state()?;
-        self.check_hooks()?;
+        let warnings = match self.d.agent() {
+            Some(agent) => {
+                let warnings = self.check_service(agent)?;
+                self.check_state(agent)?;
+                self.check_hooks(agent)?;
+                warnings
+            }
+            None => {
+                self.check_plain()?;
+                Vec::new()
+            }
+        };
         self.check_dependencies()?;
         Ok((version, architecture, warnings))
     }
@@ -248,9 +257,38 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// A package without an agent has none of the agent's sections: half of
+    /// them would build a package whose scripts miss the other half.
+    fn check_plain(&self) -> Result<(), DescriptorError> {
+        let d = self.d;
+        if d.service.is_some() {
+            return Err(self.err(
+                "state",
+                "is missing: [service] runs an agent, and an agent's package keeps its state across upgrades".into(),
+                "add [state] with the schema and the directories the agent writes, or remove [service] for a package without an agent",
+            ));
+        }
+        if d.state.is_some() {
+            return Err(self.err(
+                "service",
+                "is missing: [state] is an agent's, and no [service] runs one".into(),
+                "add [service] with the agent's unit, user and group, or remove [state] for a package without an agent",
+            ));
+        }
+        if d.hooks.is_some() {
+            return Err(self.err(
+                "hooks",
+                "configures the upgrade hook of an agent, and there is no [service] or [state]"
+                    .into(),
+                "remove [hooks] for a package without an agent, or add [service] and [state]",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a bad `[service]`; warns about a unit without the hardening set.
-    fn check_service(&self) -> Result<Vec<DescriptorWarning>, DescriptorError> {
-        let s = &self.d.service;
+    fn check_service(&self, agent: Agent) -> Result<Vec<DescriptorWarning>, DescriptorError> {
+        let s = agent.service;
         for (field, value) in [("service.user", &s.user), ("service.group", &s.group)] {
             let valid = !value.is_empty()
                 && value.len() <= 32
@@ -299,13 +337,13 @@ impl Checker<'_> {
                 "name the unit file NAME.service",
             ));
         }
-        self.check_unit_text(&text)?;
+        self.check_unit_text(agent, &text)?;
         Ok(hardening_warning(&unit, &text).into_iter().collect())
     }
 
     /// The unit must run as the declared user and let the agent write its
     /// state directories under `ProtectSystem=strict`.
-    fn check_unit_text(&self, text: &str) -> Result<(), DescriptorError> {
+    fn check_unit_text(&self, agent: Agent, text: &str) -> Result<(), DescriptorError> {
         let assignments = service_assignments(text);
         // Every word of every assignment of `key` (list settings add up).
         let values = |key: &str| -> Vec<String> {
@@ -318,15 +356,15 @@ impl Checker<'_> {
                 })
                 .collect()
         };
-        if values("User") != vec![self.d.service.user.clone()] {
+        if values("User") != vec![agent.service.user.clone()] {
             return Err(self.err(
                 "service.unit",
-                format!("the unit does not say `User={}`", self.d.service.user),
+                format!("the unit does not say `User={}`", agent.service.user),
                 "add User= with service.user to the [Service] section",
             ));
         }
         let writable = values("ReadWritePaths");
-        for dir in &self.d.state.directories {
+        for dir in &agent.state.directories {
             if !writable.contains(dir) {
                 return Err(self.err(
                     "service.unit",
@@ -338,8 +376,8 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_state(&self) -> Result<(), DescriptorError> {
-        let st = &self.d.state;
+    fn check_state(&self, agent: Agent) -> Result<(), DescriptorError> {
+        let st = agent.state;
         if st.schema == 0 {
             return Err(self.err(
                 "state.schema",
@@ -359,7 +397,7 @@ impl Checker<'_> {
                 ));
             }
         }
-        for (i, path) in self.d.state.purge.iter().flatten().enumerate() {
+        for (i, path) in st.purge.iter().flatten().enumerate() {
             let allowed = st
                 .directories
                 .iter()
@@ -378,8 +416,8 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
-    fn check_hooks(&self) -> Result<(), DescriptorError> {
-        let h = &self.d.hooks;
+    fn check_hooks(&self, agent: Agent) -> Result<(), DescriptorError> {
+        let h = agent.hooks;
         for (field, value) in [
             ("hooks.keep_snapshots", u64::from(h.keep_snapshots)),
             ("hooks.quiesce_timeout_secs", h.quiesce_timeout_secs),
