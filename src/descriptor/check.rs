@@ -69,6 +69,7 @@ impl Checker<'_> {
             }
         };
         self.check_dependencies()?;
+        self.check_lintian_overrides()?;
         Ok((version, architecture, warnings))
     }
 
@@ -472,6 +473,36 @@ impl Checker<'_> {
                     dependencies::RPM_SHAPE,
                 )
             })?;
+        }
+        Ok(())
+    }
+}
+
+impl Checker<'_> {
+    /// Each override is one line of lintian's override file, under its
+    /// reason as a comment.
+    fn check_lintian_overrides(&self) -> Result<(), DescriptorError> {
+        for (i, o) in self.d.lintian_overrides.iter().enumerate() {
+            let tag = o.tag.split_whitespace().next().unwrap_or_default();
+            let valid_tag = tag
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+                && !tag.is_empty()
+                && !o.tag.contains('\n');
+            if !valid_tag {
+                return Err(self.err(
+                    &format!("lintian_override[{i}].tag"),
+                    format!("`{}` is not a lintian tag", o.tag),
+                    "write the tag as lintian prints it, e.g. `uses-dpkg-database-directly [usr/bin/NAME]`",
+                ));
+            }
+            if o.reason.trim().is_empty() {
+                return Err(self.err(
+                    &format!("lintian_override[{i}].reason"),
+                    "is empty".into(),
+                    "say why lintian is wrong about this package",
+                ));
+            }
         }
         Ok(())
     }

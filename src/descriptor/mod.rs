@@ -43,6 +43,18 @@ pub struct Descriptor {
     #[serde(default)]
     pub dependencies: Dependencies,
     pub hooks: Option<HooksSection>,
+    #[serde(default, rename = "lintian_override")]
+    pub lintian_overrides: Vec<LintianOverride>,
+}
+
+/// A lintian tag the .deb overrides, and why lintian is wrong about this
+/// package; both go into its override file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LintianOverride {
+    /// The tag, and optionally its pointer: `TAG [usr/bin/NAME]`.
+    pub tag: String,
+    pub reason: String,
 }
 
 impl Descriptor {

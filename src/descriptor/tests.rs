@@ -184,3 +184,27 @@ fn half_an_agent_is_refused_naming_the_missing_section() {
         assert!(err.to_string().contains("ferry.toml: field"), "{err}");
     }
 }
+
+#[test]
+fn a_lintian_override_needs_a_tag_and_its_reason() {
+    let with = |tag: &str, reason: &str| {
+        format!("{PLAIN}\n[[lintian_override]]\ntag = \"{tag}\"\nreason = \"{reason}\"\n")
+    };
+    let v = load_text(
+        "override",
+        &with("uses-dpkg-database-directly [usr/bin/tool]", "why"),
+    );
+    assert_eq!(v.unwrap().descriptor.lintian_overrides.len(), 1);
+    for (tag, reason, field) in [
+        ("Not A Tag", "why", "lintian_override[0].tag"),
+        ("", "why", "lintian_override[0].tag"),
+        (
+            "uses-dpkg-database-directly",
+            " ",
+            "lintian_override[0].reason",
+        ),
+    ] {
+        let err = load_text("override", &with(tag, reason)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+}
