@@ -234,7 +234,9 @@ fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()
     command
         .args(args)
         .current_dir(&v.root)
-        .env("FERRY_VERSION", v.version.semver.to_string());
+        .env("FERRY_VERSION", v.version.semver.to_string())
+        // ferry's stdout carries its report alone (`--json` is parsed).
+        .stdout(std::io::stderr());
     if let Some(agent) = v.descriptor.agent() {
         command.env("FERRY_STATE_SCHEMA", agent.state.schema.to_string());
     }
