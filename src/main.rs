@@ -31,10 +31,11 @@ enum Command {
     /// Build the .deb and .rpm described by a descriptor.
     ///
     /// With no argument, builds the reference agent of this repository
-    /// (pkg/ferry.toml) into dist/. The descriptor's [build] command runs
-    /// first, with FERRY_VERSION and FERRY_STATE_SCHEMA in its environment.
-    /// Packages are written beside their final name and renamed into place,
-    /// so a failed build leaves nothing half-written.
+    /// (pkg/ferry.toml) into dist/; pkg/ferry-cli.toml packages ferry
+    /// itself. The descriptor's [build] command runs first, with
+    /// FERRY_VERSION (and, for an agent, FERRY_STATE_SCHEMA) in its
+    /// environment. Packages are written beside their final name and
+    /// renamed into place, so a failed build leaves nothing half-written.
     ///
     /// Examples:
     ///   ferry build
