@@ -43,6 +43,7 @@ pub struct Descriptor {
     #[serde(default)]
     pub dependencies: Dependencies,
     pub hooks: Option<HooksSection>,
+    /// What the .deb tells lintian to accept, each with its reason.
     #[serde(default, rename = "lintian_override")]
     pub lintian_overrides: Vec<LintianOverride>,
 }
@@ -79,7 +80,8 @@ pub struct Agent<'a> {
     pub hooks: &'a HooksSection,
 }
 
-/// How the upgrade hook (`ferry-hook`, shipped in every package) behaves.
+/// How the upgrade hook (`ferry-hook`, shipped in every agent's package)
+/// behaves.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksSection {
