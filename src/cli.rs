@@ -162,23 +162,29 @@ pub enum ChannelCommand {
     /// Installed and available versions, pin, the automatic tool's last run,
     /// and why the agent was not updated.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Keep the agent at VERSION (downgrading to it on the next automatic run).
     Pin {
+        /// The version to hold: upstream (`1.2.0`) or full (`1.2.0-1`).
         version: String,
+        /// Print what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Remove the pin.
     Unpin {
+        /// Print what would be removed; change nothing.
         #[arg(long)]
         dry_run: bool,
     },
     /// Install the previous (or given) version through the package manager,
     /// so the upgrade hooks carry the state down, then pin it.
     Rollback {
+        /// The version to go back to (default: the newest one below the
+        /// installed version that the repository offers).
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
     },

@@ -11,6 +11,7 @@ use ferry::build::{self, BuildOptions, Profile};
 use ferry::plan::Format;
 
 mod cli;
+mod generate;
 
 /// Build, publish and roll out state-safe .deb and .rpm packages of a VM agent.
 ///
@@ -30,10 +31,11 @@ enum Command {
     /// Build the .deb and .rpm described by a descriptor.
     ///
     /// With no argument, builds the reference agent of this repository
-    /// (pkg/ferry.toml) into dist/. The descriptor's [build] command runs
-    /// first, with FERRY_VERSION and FERRY_STATE_SCHEMA in its environment.
-    /// Packages are written beside their final name and renamed into place,
-    /// so a failed build leaves nothing half-written.
+    /// (pkg/ferry.toml) into dist/; pkg/ferry-cli.toml packages ferry
+    /// itself. The descriptor's [build] command runs first, with
+    /// FERRY_VERSION (and, for an agent, FERRY_STATE_SCHEMA) in its
+    /// environment. Packages are written beside their final name and
+    /// renamed into place, so a failed build leaves nothing half-written.
     ///
     /// Examples:
     ///   ferry build
@@ -107,6 +109,26 @@ enum Command {
     ///   ferry channel disable
     #[command(verbatim_doc_comment)]
     Channel(cli::ChannelCli),
+    /// Write ferry's manual pages and its bash, zsh and fish completions.
+    ///
+    /// Writes OUT/man/ferry.1 and a page per command (ferry-build.1,
+    /// ferry-channel-status.1, …), and the completions
+    /// OUT/completions/ferry.bash, _ferry and ferry.fish, all made from
+    /// ferry's own command line. ferry's package installs them
+    /// (pkg/ferry-cli.toml); after a `cargo install`, copy them where man
+    /// and the shells look.
+    ///
+    /// Example:
+    ///   ferry generate --out /tmp/ferry
+    ///   cp /tmp/ferry/man/*.1 ~/.local/share/man/man1/
+    ///   cp /tmp/ferry/completions/ferry.bash \
+    ///       ~/.local/share/bash-completion/completions/ferry
+    #[command(verbatim_doc_comment)]
+    Generate {
+        /// The directory to write man/ and completions/ into (created).
+        #[arg(long, value_name = "OUT")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,8 +241,10 @@ enum StateCommand {
     Restore {
         /// The snapshot's name, as `ferry state list` prints it.
         name: String,
+        /// The installed package.
         #[arg(long, default_value = "roboconf-agent")]
         package: String,
+        /// The root of the system the package is installed in.
         #[arg(long, default_value = "/")]
         root: PathBuf,
     },
@@ -264,6 +288,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
         Command::Channel(args) => cli::run_channel(args),
+        Command::Generate { out } => {
+            for dir in generate::generate(&out)? {
+                println!("{}", dir.display());
+            }
+            Ok(())
+        }
         Command::Publish { args, json } => print_report(&ferry::repo::publish(&args.into())?, json),
         Command::Promote { args, json } => print_report(&ferry::repo::promote(&args.into())?, json),
         Command::Bench(BenchCommand::Build {

@@ -6,38 +6,37 @@
 use anyhow::{Context, Result};
 use ferry_hook::package::{PackageManifest, HOOK_PROTOCOL};
 
-use crate::descriptor::Validated;
+use crate::descriptor::{Agent, Validated};
 
-/// What the hook needs to know, from the descriptor.
-pub fn of(v: &Validated) -> Result<PackageManifest> {
-    let d = &v.descriptor;
-    let name = d.package.name.clone();
-    let agent = v.agent_program().with_context(|| {
+/// What the hook needs to know, from the descriptor of an agent.
+pub fn of(v: &Validated, agent: Agent) -> Result<PackageManifest> {
+    let name = v.descriptor.package.name.clone();
+    let program = v.agent_program(agent).with_context(|| {
         format!(
             "{}: no agent program for the upgrade hook; set hooks.agent",
             v.file.display()
         )
     })?;
-    let unit = file_name(&d.service.unit);
+    let unit = file_name(&agent.service.unit);
     Ok(PackageManifest {
         format: "ferry-package".into(),
         hook_protocol: HOOK_PROTOCOL,
         version: v.version.semver.to_string(),
-        schema: d.state.schema,
-        agent,
-        user: d.service.user.clone(),
-        group: d.service.group.clone(),
+        schema: agent.state.schema,
+        agent: program,
+        user: agent.service.user.clone(),
+        group: agent.service.group.clone(),
         unit,
-        socket: d.service.socket.as_ref().map(|s| file_name(s)),
-        state_dir: v.state_dir().to_string(),
+        socket: agent.service.socket.as_ref().map(|s| file_name(s)),
+        state_dir: agent.state.state_dir().to_string(),
         config_dir: format!("/etc/{name}"),
         runtime_dir: format!("/run/{name}"),
         log_file: format!("/var/log/{name}/upgrades.log"),
         skip_migration_file: format!("/etc/{name}/ferry-skip-migration"),
         work_dir: format!("/var/lib/ferry/{name}"),
-        keep_snapshots: d.hooks.keep_snapshots,
-        quiesce_timeout_secs: d.hooks.quiesce_timeout_secs,
-        health_timeout_secs: d.hooks.health_timeout_secs,
+        keep_snapshots: agent.hooks.keep_snapshots,
+        quiesce_timeout_secs: agent.hooks.quiesce_timeout_secs,
+        health_timeout_secs: agent.hooks.health_timeout_secs,
         name,
     })
 }

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use ferry_hook::package::PackageManifest;
 
-use crate::descriptor::{self, Architecture, Validated};
-use crate::scripts::Scripts;
+use crate::descriptor::{self, Agent, Architecture, Validated};
+use crate::scripts::{self, Scripts};
 use crate::version::PackageVersion;
 
 pub use crate::format::Format;
@@ -68,15 +68,11 @@ impl Plan {
     }
 }
 
-/// Reads every asset and generated file into a plan, with the package
-/// manifest (`crate::manifest`) and the maintainer scripts rendered from it
-/// (`crate::scripts`).
-pub fn resolve(
-    v: &Validated,
-    manifest: &PackageManifest,
-    scripts: Scripts,
-    source_date: u64,
-) -> Result<Plan> {
+/// Reads every asset and generated file into a plan. An agent's package
+/// adds its unit, the upgrade hook, the package manifest the hook reads
+/// (`crate::manifest`) and the maintainer scripts rendered from it
+/// (`crate::scripts`); a plain package has none of them.
+pub fn resolve(v: &Validated, source_date: u64) -> Result<Plan> {
     let d = &v.descriptor;
     let mut files = Vec::new();
     for asset in &d.assets {
@@ -98,8 +94,13 @@ pub fn resolve(
             only: None,
         });
     }
-    files.extend(unit_files(v, manifest)?);
-    files.extend(hook_files(v, manifest)?);
+    let mut scripts = Scripts::default();
+    if let Some(agent) = d.agent() {
+        let manifest = crate::manifest::of(v, agent)?;
+        scripts = scripts::render(v, agent, &manifest)?;
+        files.extend(unit_files(v, agent, &manifest)?);
+        files.extend(hook_files(v, agent, &manifest)?);
+    }
     files.sort_by(|a, b| a.dest.cmp(&b.dest).then(a.only.cmp(&b.only)));
     let p = &d.package;
     Ok(Plan {
@@ -132,10 +133,11 @@ fn compress_manual_page(dest: &str, data: Vec<u8>) -> Result<(String, Vec<u8>)> 
     }
 }
 
-/// The upgrade hook program and the manifest it reads: in every package, so
-/// the next version's scripts always find the installed version's hook.
-fn hook_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
-    let program = v.hook_program();
+/// The upgrade hook program and the manifest it reads: in every agent's
+/// package, so the next version's scripts always find the installed
+/// version's hook.
+fn hook_files(v: &Validated, agent: Agent, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
+    let program = v.hook_program(agent);
     let data = std::fs::read(&program).with_context(|| {
         format!(
             "reading the upgrade hook program {}: build it with `cargo build --release -p ferry-hook` or set hooks.program",
@@ -163,8 +165,8 @@ fn hook_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFi
 /// The unit goes where each distribution family keeps packaged units:
 /// Debian 12 still uses /lib (lintian flags /usr/lib there), rpm /usr/lib.
 /// The socket unit, if any, goes beside it.
-fn unit_files(v: &Validated, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
-    let service = &v.descriptor.service;
+fn unit_files(v: &Validated, agent: Agent, manifest: &PackageManifest) -> Result<Vec<PlannedFile>> {
+    let service = agent.service;
     let mut units = vec![(&service.unit, &manifest.unit)];
     if let (Some(socket), Some(name)) = (&service.socket, &manifest.socket) {
         units.push((socket, name));

@@ -14,7 +14,7 @@ use serde::Serialize;
 use ferry_hook::package::{self, PackageManifest};
 use ferry_hook::snapshot;
 
-use crate::descriptor::Validated;
+use crate::descriptor::{Agent, DescriptorError, Validated};
 
 /// The templates, compiled into ferry so an installed binary needs no files.
 const PARTIALS: &[(&str, &str)] = &[
@@ -98,8 +98,8 @@ impl RpmScriptlet {
     }
 }
 
-/// Rendered scripts for both formats.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Rendered scripts for both formats; none for a package without an agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scripts {
     /// (file name in the control archive, script)
     pub deb: Vec<(&'static str, String)>,
@@ -156,11 +156,10 @@ fn registry() -> Result<Handlebars<'static>> {
     Ok(hb)
 }
 
-/// Renders every maintainer script for the validated descriptor, with the
-/// names the hook uses (unit, paths, marker, record, snapshot layout) taken
-/// from its package manifest.
-pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
-    let d = &v.descriptor;
+/// Renders every maintainer script for the validated descriptor of an
+/// agent, with the names the hook uses (unit, paths, marker, record,
+/// snapshot layout) taken from its package manifest.
+pub fn render(v: &Validated, agent: Agent, m: &PackageManifest) -> Result<Scripts> {
     let ctx = TemplateValues {
         ferry_version: env!("CARGO_PKG_VERSION"),
         name: &m.name,
@@ -170,10 +169,10 @@ pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
         unit: &m.unit,
         socket: m.socket.as_deref(),
         home: &m.state_dir,
-        state_dirs: &d.state.directories,
-        secrets: &d.service.secrets,
-        linger: d.service.linger,
-        purge: v.purge_paths(),
+        state_dirs: &agent.state.directories,
+        secrets: &agent.service.secrets,
+        linger: agent.service.linger,
+        purge: agent.state.purge_paths(),
         semver: &m.version,
         schema: m.schema,
         hook: m.hook_path(),
@@ -206,8 +205,16 @@ pub fn render(v: &Validated, m: &PackageManifest) -> Result<Scripts> {
 /// validated descriptor, written for cargo-deb and cargo-generate-rpm
 /// ([`write_for_cargo_tools`]); returns the paths written.
 pub fn render_for_cargo_tools(v: &Validated, out: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let manifest = crate::manifest::of(v)?;
-    let scripts = render(v, &manifest)?;
+    let agent = v.descriptor.agent().ok_or_else(|| DescriptorError {
+        file: v.file.clone(),
+        field: "service".into(),
+        problem:
+            "is missing: a package without an agent has no maintainer scripts or manifest to render"
+                .into(),
+        fix: "render the scripts of an agent's descriptor, one with [service] and [state]".into(),
+    })?;
+    let manifest = crate::manifest::of(v, agent)?;
+    let scripts = render(v, agent, &manifest)?;
     write_for_cargo_tools(&scripts, &crate::manifest::to_json(&manifest)?, out)
 }
 

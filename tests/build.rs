@@ -1,5 +1,6 @@
-//! `ferry build` of the reference agent, checked with the tools a Debian or
-//! RPM maintainer would use: lintian, rpmlint, dpkg-deb, rpm, shellcheck.
+//! `ferry build` of the reference agent and of ferry itself, checked with
+//! the tools a Debian or RPM maintainer would use: lintian, rpmlint,
+//! dpkg-deb, rpm, shellcheck.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -36,7 +37,8 @@ fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
-/// The reference agent's packages, built once for every test here.
+/// A descriptor's packages, built (its [build] command included) once for
+/// every test here.
 struct Built {
     deb: PathBuf,
     rpm: PathBuf,
@@ -44,46 +46,67 @@ struct Built {
     output: String,
 }
 
+/// `ferry build --json` with `args`, into a directory of its own, the
+/// packages' paths read from its report.
+fn build(name: &str, args: &[&str]) -> Built {
+    let out = tempdir(name);
+    let mut all = vec!["build", "--json", "--out", out.to_str().unwrap()];
+    all.extend(args);
+    let o = ferry(&all);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report on stdout ({e}): {}", text(&o)));
+    let path = |format: &str| {
+        report["packages"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["format"] == format))
+            .and_then(|p| p["path"].as_str())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("no {format} package in {report:#}"))
+    };
+    Built {
+        deb: path("deb"),
+        rpm: path("rpm"),
+        output: text(&o),
+    }
+}
+
+/// The reference agent's packages (pkg/ferry.toml).
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = tempdir("build");
-        let o = ferry(&[
-            "build",
-            "--out",
-            out.to_str().unwrap(),
-            "--version",
-            "1.2.0-rc.1",
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-        Built {
-            output: text(&o),
-            deb: out.join(format!("roboconf-agent_1.2.0~rc.1-1_{}.deb", deb_arch())),
-            rpm: out.join(format!(
-                "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
-                std::env::consts::ARCH
-            )),
-        }
+        let built = build("build", &["--version", "1.2.0-rc.1"]);
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        assert!(built
+            .deb
+            .ends_with(format!("roboconf-agent_1.2.0~rc.1-1_{arch}.deb")));
+        assert!(built.rpm.ends_with(format!(
+            "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
+            std::env::consts::ARCH
+        )));
+        built
     })
 }
 
-fn deb_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
+/// ferry's own packages (pkg/ferry-cli.toml), at the version of its
+/// Cargo.toml.
+fn ferry_built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| build("ferry-cli", &["--descriptor", "pkg/ferry-cli.toml"]))
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
-#[test]
-fn lintian_reports_no_error_and_no_warning() {
+fn assert_lintian_clean(deb: &Path) {
     let o = run(Command::new("lintian")
         .args(["--fail-on", "error,warning", "--allow-root"])
-        .arg(&built().deb));
+        .arg(deb));
     let flagged: Vec<&str> = std::str::from_utf8(&o.stdout)
         .unwrap()
         .lines()
@@ -92,13 +115,12 @@ fn lintian_reports_no_error_and_no_warning() {
     assert!(o.status.success() && flagged.is_empty(), "{}", text(&o));
 }
 
-#[test]
-fn rpmlint_reports_no_error() {
+fn assert_rpmlint_clean(rpm: &Path) {
     // ci/rpmlintrc filters exactly one check, with its reason.
     let o = run(Command::new("rpmlint")
         .arg("-r")
         .arg(repo().join("ci/rpmlintrc"))
-        .arg(&built().rpm));
+        .arg(rpm));
     let errors: Vec<&str> = std::str::from_utf8(&o.stdout)
         .unwrap()
         .lines()
@@ -106,6 +128,16 @@ fn rpmlint_reports_no_error() {
         .collect();
     assert!(errors.is_empty(), "{}", text(&o));
     assert!(text(&o).contains("0 errors"), "{}", text(&o));
+}
+
+#[test]
+fn lintian_reports_no_error_and_no_warning() {
+    assert_lintian_clean(&built().deb);
+}
+
+#[test]
+fn rpmlint_reports_no_error() {
+    assert_rpmlint_clean(&built().rpm);
 }
 
 #[test]
@@ -180,27 +212,28 @@ fn rpm_carries_every_file_with_its_mode_and_flags() {
     assert_eq!(String::from_utf8_lossy(&evr.stdout), "1.2.0~rc.1-1");
 }
 
-#[test]
-fn two_builds_with_the_same_source_date_are_byte_identical() {
-    let again = tempdir("again");
-    let o = ferry(&[
-        "build",
-        "--no-build-command",
-        "--out",
-        again.to_str().unwrap(),
-        "--version",
-        "1.2.0-rc.1",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    for first in [&built().deb, &built().rpm] {
-        let second = again.join(first.file_name().unwrap());
+/// Builds again with `args` into another directory and compares each
+/// package byte for byte with `first`'s.
+fn assert_rebuilt_identically(name: &str, first: &Built, args: &[&str]) {
+    let again = build(name, args);
+    for (one, two) in [(&first.deb, &again.deb), (&first.rpm, &again.rpm)] {
+        assert_eq!(one.file_name(), two.file_name());
         assert!(
-            std::fs::read(first).unwrap() == std::fs::read(&second).unwrap(),
+            std::fs::read(one).unwrap() == std::fs::read(two).unwrap(),
             "{} and {} differ",
-            first.display(),
-            second.display()
+            one.display(),
+            two.display()
         );
     }
+}
+
+#[test]
+fn two_builds_with_the_same_source_date_are_byte_identical() {
+    assert_rebuilt_identically(
+        "again",
+        built(),
+        &["--no-build-command", "--version", "1.2.0-rc.1"],
+    );
 }
 
 #[test]
@@ -575,5 +608,60 @@ fn piuparts_installs_removes_and_purges_cleanly() {
         o.status.success() && log.contains("PASS: All tests."),
         "piuparts failed:\n{}",
         failures.join("\n")
+    );
+}
+
+/// ferry's own package: lintian and rpmlint clean, the binary, a manual
+/// page for every command (the ones `ferry generate` writes), the three
+/// completions and the docs; no maintainer script, since there is no
+/// agent; and a second build, [build] command included, byte-identical.
+#[test]
+fn ferrys_own_packages_carry_every_manual_page_and_completion() {
+    let built = ferry_built();
+    assert_lintian_clean(&built.deb);
+    assert_rpmlint_clean(&built.rpm);
+
+    let generated = tempdir("generated");
+    let o = ferry(&["generate", "--out", generated.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut expected = vec![
+        "/usr/bin/ferry".to_string(),
+        "/usr/share/bash-completion/completions/ferry".into(),
+        "/usr/share/zsh/vendor-completions/_ferry".into(),
+        "/usr/share/fish/vendor_completions.d/ferry.fish".into(),
+        "/usr/share/doc/ferry/README.md".into(),
+    ];
+    for page in std::fs::read_dir(generated.join("man")).unwrap() {
+        let page = page.unwrap().file_name();
+        expected.push(format!("/usr/share/man/man1/{}.gz", page.to_string_lossy()));
+    }
+    assert!(expected.len() > 20, "{expected:?}");
+
+    let deb =
+        String::from_utf8(run(Command::new("dpkg-deb").arg("--contents").arg(&built.deb)).stdout)
+            .unwrap();
+    let rpm =
+        String::from_utf8(run(Command::new("rpm").arg("-qlp").arg(&built.rpm)).stdout).unwrap();
+    for path in &expected {
+        assert!(
+            deb.lines().any(|l| l.ends_with(&format!(".{path}"))),
+            "{path} missing from\n{deb}"
+        );
+        assert!(rpm.lines().any(|l| l == path), "{path} missing from\n{rpm}");
+    }
+    assert!(deb.contains("./usr/share/doc/ferry/copyright"), "{deb}");
+    let info = text(&run(Command::new("dpkg-deb").arg("--info").arg(&built.deb)));
+    for script in ["preinst", "postinst", "prerm", "postrm"] {
+        assert!(!info.contains(script), "a {script} in\n{info}");
+    }
+    let scripts = run(Command::new("rpm")
+        .args(["-qp", "--scripts"])
+        .arg(&built.rpm));
+    assert!(scripts.stdout.is_empty(), "{}", text(&scripts));
+
+    assert_rebuilt_identically(
+        "ferry-cli-again",
+        built,
+        &["--descriptor", "pkg/ferry-cli.toml"],
     );
 }

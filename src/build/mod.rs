@@ -14,7 +14,6 @@ use anyhow::{bail, Context, Result};
 use crate::descriptor::{self, DescriptorWarning, Validated};
 use crate::exit::PartiallyDone;
 use crate::plan::{self, Format, Plan};
-use crate::{manifest, scripts};
 
 /// One package format's writer.
 pub trait Packager: Sync {
@@ -125,9 +124,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Buil
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let manifest = manifest::of(&validated)?;
-    let scripts = scripts::render(&validated, &manifest)?;
-    let plan = plan::resolve(&validated, &manifest, scripts, opts.source_date)?;
+    let plan = plan::resolve(&validated, opts.source_date)?;
     let packagers = packagers(&opts.formats, opts.profile);
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating the output directory {}", opts.out.display()))?;
@@ -219,8 +216,9 @@ fn write_one(plan: &Plan, packager: &dyn Packager, out: &Path) -> Result<Artifac
 }
 
 /// Runs `[build] command` in the descriptor's directory. The payload learns
-/// the package version and state schema from the environment, so two
-/// builds of one source can differ in schema (the end-to-end tests do).
+/// the package version and an agent's state schema from the environment,
+/// so two builds of one source can differ in schema (the end-to-end tests
+/// do).
 fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()> {
     let Some(build) = &v.descriptor.build else {
         return Ok(());
@@ -232,11 +230,17 @@ fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()
         );
     };
     progress(&format!("running {}", build.command.join(" ")));
-    let status = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .current_dir(&v.root)
         .env("FERRY_VERSION", v.version.semver.to_string())
-        .env("FERRY_STATE_SCHEMA", v.descriptor.state.schema.to_string())
+        // ferry's stdout carries its report alone (`--json` is parsed).
+        .stdout(std::io::stderr());
+    if let Some(agent) = v.descriptor.agent() {
+        command.env("FERRY_STATE_SCHEMA", agent.state.schema.to_string());
+    }
+    let status = command
         .status()
         .with_context(|| format!("{}: cannot run build.command `{program}`", v.file.display()))?;
     if !status.success() {

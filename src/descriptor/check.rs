@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::error::closest;
 use super::unit::{hardening_warning, service_assignments};
-use super::{dependencies, Descriptor, DescriptorError, DescriptorWarning};
+use super::{dependencies, Agent, Descriptor, DescriptorError, DescriptorWarning, ServiceSection};
 use crate::version::{self, PackageVersion};
 
 /// Architecture names of both formats.
@@ -56,10 +56,20 @@ impl Checker<'_> {
         let version = self.check_version(version_override)?;
         let architecture = self.check_architecture()?;
         self.check_assets()?;
-        let warnings = self.check_service()?;
-        self.check_state()?;
-        self.check_hooks()?;
+        let warnings = match self.d.agent() {
+            Some(agent) => {
+                let warnings = self.check_service(agent)?;
+                self.check_state(agent)?;
+                self.check_hooks(agent)?;
+                warnings
+            }
+            None => {
+                self.check_plain()?;
+                Vec::new()
+            }
+        };
         self.check_dependencies()?;
+        self.check_lintian_overrides()?;
         Ok((version, architecture, warnings))
     }
 
@@ -248,9 +258,38 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// A package without an agent has none of the agent's sections: half of
+    /// them would build a package whose scripts miss the other half.
+    fn check_plain(&self) -> Result<(), DescriptorError> {
+        let d = self.d;
+        if d.service.is_some() {
+            return Err(self.err(
+                "state",
+                "is missing: [service] runs an agent, and an agent's package keeps its state across upgrades".into(),
+                "add [state] with the schema and the directories the agent writes, or remove [service] for a package without an agent",
+            ));
+        }
+        if d.state.is_some() {
+            return Err(self.err(
+                "service",
+                "is missing: [state] is an agent's, and no [service] runs one".into(),
+                "add [service] with the agent's unit, user and group, or remove [state] for a package without an agent",
+            ));
+        }
+        if d.hooks.is_some() {
+            return Err(self.err(
+                "hooks",
+                "configures the upgrade hook of an agent, and there is no [service] or [state]"
+                    .into(),
+                "remove [hooks] for a package without an agent, or add [service] and [state]",
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a bad `[service]`; warns about a unit without the hardening set.
-    fn check_service(&self) -> Result<Vec<DescriptorWarning>, DescriptorError> {
-        let s = &self.d.service;
+    fn check_service(&self, agent: Agent) -> Result<Vec<DescriptorWarning>, DescriptorError> {
+        let s = agent.service;
         for (field, value) in [("service.user", &s.user), ("service.group", &s.group)] {
             let valid = !value.is_empty()
                 && value.len() <= 32
@@ -299,9 +338,9 @@ impl Checker<'_> {
                 "name the unit file NAME.service",
             ));
         }
-        self.check_unit_text(&text)?;
+        self.check_unit_text(agent, &text)?;
         if let Some(socket) = &s.socket {
-            self.check_socket(socket, &text)?;
+            self.check_socket(s, socket, &text)?;
         }
         Ok(hardening_warning(&unit, &text).into_iter().collect())
     }
@@ -311,7 +350,12 @@ impl Checker<'_> {
     /// survive the service's stops: systemd removes a `RuntimeDirectory=`,
     /// and the socket in it, each time the service stops unless it is
     /// preserved.
-    fn check_socket(&self, socket: &Path, service_text: &str) -> Result<(), DescriptorError> {
+    fn check_socket(
+        &self,
+        service: &ServiceSection,
+        socket: &Path,
+        service_text: &str,
+    ) -> Result<(), DescriptorError> {
         let path = self.root.join(socket);
         std::fs::read_to_string(&path).map_err(|e| {
             self.err(
@@ -320,7 +364,7 @@ impl Checker<'_> {
                 "point it at the systemd socket unit, relative to the descriptor",
             )
         })?;
-        let service_name = self.d.service.unit.file_name().unwrap_or_default();
+        let service_name = service.unit.file_name().unwrap_or_default();
         let expected = Path::new(service_name).with_extension("socket");
         if socket.file_name() != expected.file_name() {
             return Err(self.err(
@@ -356,7 +400,7 @@ impl Checker<'_> {
 
     /// The unit must run as the declared user and let the agent write its
     /// state directories under `ProtectSystem=strict`.
-    fn check_unit_text(&self, text: &str) -> Result<(), DescriptorError> {
+    fn check_unit_text(&self, agent: Agent, text: &str) -> Result<(), DescriptorError> {
         let assignments = service_assignments(text);
         // Every word of every assignment of `key` (list settings add up).
         let values = |key: &str| -> Vec<String> {
@@ -369,15 +413,15 @@ impl Checker<'_> {
                 })
                 .collect()
         };
-        if values("User") != vec![self.d.service.user.clone()] {
+        if values("User") != vec![agent.service.user.clone()] {
             return Err(self.err(
                 "service.unit",
-                format!("the unit does not say `User={}`", self.d.service.user),
+                format!("the unit does not say `User={}`", agent.service.user),
                 "add User= with service.user to the [Service] section",
             ));
         }
         let writable = values("ReadWritePaths");
-        for dir in &self.d.state.directories {
+        for dir in &agent.state.directories {
             if !writable.contains(dir) {
                 return Err(self.err(
                     "service.unit",
@@ -389,8 +433,8 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn check_state(&self) -> Result<(), DescriptorError> {
-        let st = &self.d.state;
+    fn check_state(&self, agent: Agent) -> Result<(), DescriptorError> {
+        let st = agent.state;
         if st.schema == 0 {
             return Err(self.err(
                 "state.schema",
@@ -410,7 +454,7 @@ impl Checker<'_> {
                 ));
             }
         }
-        for (i, path) in self.d.state.purge.iter().flatten().enumerate() {
+        for (i, path) in st.purge.iter().flatten().enumerate() {
             let allowed = st
                 .directories
                 .iter()
@@ -429,8 +473,8 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
-    fn check_hooks(&self) -> Result<(), DescriptorError> {
-        let h = &self.d.hooks;
+    fn check_hooks(&self, agent: Agent) -> Result<(), DescriptorError> {
+        let h = agent.hooks;
         for (field, value) in [
             ("hooks.keep_snapshots", u64::from(h.keep_snapshots)),
             ("hooks.quiesce_timeout_secs", h.quiesce_timeout_secs),
@@ -485,6 +529,36 @@ impl Checker<'_> {
                     dependencies::RPM_SHAPE,
                 )
             })?;
+        }
+        Ok(())
+    }
+}
+
+impl Checker<'_> {
+    /// Each override is one line of lintian's override file, under its
+    /// reason as a comment.
+    fn check_lintian_overrides(&self) -> Result<(), DescriptorError> {
+        for (i, o) in self.d.lintian_overrides.iter().enumerate() {
+            let tag = o.tag.split_whitespace().next().unwrap_or_default();
+            let valid_tag = tag
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+                && !tag.is_empty()
+                && !o.tag.contains('\n');
+            if !valid_tag {
+                return Err(self.err(
+                    &format!("lintian_override[{i}].tag"),
+                    format!("`{}` is not a lintian tag", o.tag),
+                    "write the tag as lintian prints it, e.g. `uses-dpkg-database-directly [usr/bin/NAME]`",
+                ));
+            }
+            if o.reason.trim().is_empty() {
+                return Err(self.err(
+                    &format!("lintian_override[{i}].reason"),
+                    "is empty".into(),
+                    "say why lintian is wrong about this package",
+                ));
+            }
         }
         Ok(())
     }

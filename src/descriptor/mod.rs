@@ -5,6 +5,10 @@
 //! result; `error` how problems are reported, `check` the validation,
 //! `dependencies` the relation grammars of both formats, `unit` what is
 //! read from the agent's systemd unit.
+//!
+//! A descriptor packages an agent (`[service]` and `[state]`, with the
+//! upgrade hook's `[hooks]`) or a plain program, such as ferry itself, with
+//! none of the three: no user, unit, maintainer scripts or hook.
 
 mod check;
 pub mod dependencies;
@@ -33,15 +37,51 @@ pub struct Descriptor {
     pub build: Option<BuildSection>,
     #[serde(default, rename = "asset")]
     pub assets: Vec<Asset>,
-    pub service: ServiceSection,
-    pub state: StateSection,
+    /// With `state`, makes the package an agent's; see [`Descriptor::agent`].
+    pub service: Option<ServiceSection>,
+    pub state: Option<StateSection>,
     #[serde(default)]
     pub dependencies: Dependencies,
-    #[serde(default)]
-    pub hooks: HooksSection,
+    pub hooks: Option<HooksSection>,
+    /// What the .deb tells lintian to accept, each with its reason.
+    #[serde(default, rename = "lintian_override")]
+    pub lintian_overrides: Vec<LintianOverride>,
 }
 
-/// How the upgrade hook (`ferry-hook`, shipped in every package) behaves.
+/// A lintian tag the .deb overrides, and why lintian is wrong about this
+/// package; both go into its override file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LintianOverride {
+    /// The tag, and optionally its pointer: `TAG [usr/bin/NAME]`.
+    pub tag: String,
+    pub reason: String,
+}
+
+impl Descriptor {
+    /// The agent's sections, `[hooks]` defaulted; `None` for a plain
+    /// package. Validation refuses `[service]` without `[state]` and the
+    /// reverse, so on a `Validated` descriptor `None` means neither.
+    pub fn agent(&self) -> Option<Agent<'_>> {
+        Some(Agent {
+            service: self.service.as_ref()?,
+            state: self.state.as_ref()?,
+            hooks: self.hooks.as_ref().unwrap_or(&DEFAULT_HOOKS),
+        })
+    }
+}
+
+/// What makes a package an agent's: the service that runs it, the state
+/// its upgrades keep, and how the upgrade hook behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Agent<'a> {
+    pub service: &'a ServiceSection,
+    pub state: &'a StateSection,
+    pub hooks: &'a HooksSection,
+}
+
+/// How the upgrade hook (`ferry-hook`, shipped in every agent's package)
+/// behaves.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HooksSection {
@@ -62,26 +102,23 @@ pub struct HooksSection {
     pub program: Option<PathBuf>,
 }
 
-impl Default for HooksSection {
-    fn default() -> Self {
-        HooksSection {
-            keep_snapshots: default_keep_snapshots(),
-            quiesce_timeout_secs: default_quiesce_timeout(),
-            health_timeout_secs: default_health_timeout(),
-            agent: None,
-            program: None,
-        }
-    }
-}
+/// An agent's `[hooks]` when its descriptor leaves the section out.
+static DEFAULT_HOOKS: HooksSection = HooksSection {
+    keep_snapshots: 3,
+    quiesce_timeout_secs: 120,
+    health_timeout_secs: 60,
+    agent: None,
+    program: None,
+};
 
 fn default_keep_snapshots() -> u32 {
-    3
+    DEFAULT_HOOKS.keep_snapshots
 }
 fn default_quiesce_timeout() -> u64 {
-    120
+    DEFAULT_HOOKS.quiesce_timeout_secs
 }
 fn default_health_timeout() -> u64 {
-    60
+    DEFAULT_HOOKS.health_timeout_secs
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,7 +152,8 @@ pub struct PackageSection {
 #[serde(deny_unknown_fields)]
 pub struct BuildSection {
     /// Run from the descriptor's directory before packaging, with
-    /// FERRY_VERSION and FERRY_STATE_SCHEMA in its environment.
+    /// FERRY_VERSION (and, for an agent, FERRY_STATE_SCHEMA) in its
+    /// environment.
     pub command: Vec<String>,
 }
 
@@ -209,10 +247,10 @@ impl Validated {
     }
 
     /// The agent program the upgrade hook drives.
-    pub fn agent_program(&self) -> Option<String> {
-        let d = &self.descriptor;
-        d.hooks.agent.clone().or_else(|| {
-            d.assets
+    pub fn agent_program(&self, agent: Agent) -> Option<String> {
+        agent.hooks.agent.clone().or_else(|| {
+            self.descriptor
+                .assets
                 .iter()
                 .map(|a| a.dest.clone())
                 .find(|dest| dest.starts_with("/usr/bin/") || dest.starts_with("/usr/sbin/"))
@@ -220,8 +258,8 @@ impl Validated {
     }
 
     /// The `ferry-hook` binary to ship.
-    pub fn hook_program(&self) -> PathBuf {
-        match &self.descriptor.hooks.program {
+    pub fn hook_program(&self, agent: Agent) -> PathBuf {
+        match &agent.hooks.program {
             Some(p) => self.resolve(p),
             None => std::env::current_exe()
                 .ok()
@@ -229,23 +267,21 @@ impl Validated {
                 .unwrap_or_else(|| PathBuf::from("ferry-hook")),
         }
     }
+}
 
+impl StateSection {
     /// The state directory the hook snapshots: the first one declared.
     pub fn state_dir(&self) -> &str {
-        self.descriptor
-            .state
-            .directories
+        self.directories
             .first()
             .map_or("/nonexistent", String::as_str)
     }
 
     /// What purge removes.
     pub fn purge_paths(&self) -> Vec<String> {
-        let state = &self.descriptor.state;
-        state
-            .purge
+        self.purge
             .clone()
-            .unwrap_or_else(|| state.directories.clone())
+            .unwrap_or_else(|| self.directories.clone())
     }
 }
 
@@ -298,7 +334,10 @@ pub fn check_sources(v: &Validated) -> Result<(), DescriptorError> {
             });
         }
     }
-    let hook = v.hook_program();
+    let Some(agent) = v.descriptor.agent() else {
+        return Ok(());
+    };
+    let hook = v.hook_program(agent);
     if !hook.is_file() {
         return Err(DescriptorError {
             file: v.file.clone(),

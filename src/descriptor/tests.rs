@@ -132,3 +132,79 @@ fn closest_needs_to_be_close() {
     assert_eq!(closest("sorce", &known).as_deref(), Some("source"));
     assert_eq!(closest("banana", &known), None);
 }
+
+/// A descriptor in a directory of its own, loaded.
+fn load_text(name: &str, text: &str) -> Result<Validated, DescriptorError> {
+    let dir = tempfile::Builder::new().prefix(name).tempdir().unwrap();
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, text).unwrap();
+    load(&file, None)
+}
+
+const PLAIN: &str = r#"
+[package]
+name = "tool"
+version = "1.0.0"
+maintainer = "A Maintainer <a@example.org>"
+summary = "a command-line tool"
+description = "It does one thing."
+license = "Apache-2.0"
+
+[[asset]]
+source = "tool"
+dest = "/usr/bin/tool"
+mode = "0755"
+"#;
+
+#[test]
+fn a_plain_package_needs_no_service_state_or_hooks() {
+    let v = load_text("plain", PLAIN).unwrap();
+    assert!(v.descriptor.agent().is_none());
+    assert_eq!(v.warnings, Vec::new());
+}
+
+#[test]
+fn half_an_agent_is_refused_naming_the_missing_section() {
+    for (section, missing, fix) in [
+        (
+            "[service]\nunit = \"tool.service\"\nuser = \"tool\"\ngroup = \"tool\"\n",
+            "state",
+            "add [state]",
+        ),
+        (
+            "[state]\nschema = 1\ndirectories = [\"/var/lib/tool\"]\n",
+            "service",
+            "add [service]",
+        ),
+        ("[hooks]\nkeep_snapshots = 2\n", "hooks", "remove [hooks]"),
+    ] {
+        let err = load_text("half", &format!("{PLAIN}\n{section}")).unwrap_err();
+        assert_eq!(err.field, missing, "{err}");
+        assert!(err.fix.contains(fix), "{err}");
+        assert!(err.to_string().contains("ferry.toml: field"), "{err}");
+    }
+}
+
+#[test]
+fn a_lintian_override_needs_a_tag_and_its_reason() {
+    let with = |tag: &str, reason: &str| {
+        format!("{PLAIN}\n[[lintian_override]]\ntag = \"{tag}\"\nreason = \"{reason}\"\n")
+    };
+    let v = load_text(
+        "override",
+        &with("uses-dpkg-database-directly [usr/bin/tool]", "why"),
+    );
+    assert_eq!(v.unwrap().descriptor.lintian_overrides.len(), 1);
+    for (tag, reason, field) in [
+        ("Not A Tag", "why", "lintian_override[0].tag"),
+        ("", "why", "lintian_override[0].tag"),
+        (
+            "uses-dpkg-database-directly",
+            " ",
+            "lintian_override[0].reason",
+        ),
+    ] {
+        let err = load_text("override", &with(tag, reason)).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+    }
+}

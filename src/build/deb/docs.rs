@@ -1,6 +1,7 @@
 //! The files Debian policy (and lintian) want in every binary package,
 //! written from the descriptor: the changelog, the copyright file, and the
-//! lintian override ferry's packages need.
+//! lintian overrides: the one every ferry package needs, and the
+//! descriptor's.
 
 use anyhow::Result;
 
@@ -37,16 +38,27 @@ pub(super) fn files(plan: &Plan) -> Result<Vec<PlannedFile>> {
         },
         PlannedFile {
             dest: format!("/usr/share/lintian/overrides/{}", p.name),
-            data: format!(
-                "# ferry's packages go to their own repositories, never to the Debian\n# archive: there is no ITP bug for the first changelog entry to close.\n{}: initial-upload-closes-no-bugs\n",
-                p.name
-            )
-            .into_bytes(),
+            data: lintian_overrides(plan).into_bytes(),
             mode: 0o644,
             config: false,
             only: Some(Format::Deb),
         },
     ])
+}
+
+/// ferry's own override, then the descriptor's, each under its reason.
+fn lintian_overrides(plan: &Plan) -> String {
+    let name = &plan.declared.package.name;
+    let mut text = format!(
+        "# ferry's packages go to their own repositories, never to the Debian\n# archive: there is no ITP bug for the first changelog entry to close.\n{name}: initial-upload-closes-no-bugs\n"
+    );
+    for o in &plan.declared.lintian_overrides {
+        for line in o.reason.trim().lines() {
+            text.push_str(&format!("# {}\n", line.trim()));
+        }
+        text.push_str(&format!("{name}: {}\n", o.tag.trim()));
+    }
+    text
 }
 
 /// Licenses whose full text Debian ships in /usr/share/common-licenses.
