@@ -11,7 +11,14 @@
 //! old process to the first answer of the new one; "no new work" starts at
 //! the first answer that says `quiesced` (a restart has none: it is the gap).
 //! The hooks' time is read from their log lines (millisecond stamps), one
-//! span per ferry-hook process.
+//! span per ferry-hook process. The agent is socket-activated (pkg/), so a
+//! request made while it is down waits instead of failing: the longest
+//! wait of one request is reported beside the gap.
+//!
+//! The agent holds a real state: a deployed tree with a running instance,
+//! and `FERRY_BENCH_STATE_MIB` MiB (default 100) in `FERRY_BENCH_STATE_FILES`
+//! files (default 10 000) in the instance's work directory, which every
+//! snapshot copies; `FERRY_BENCH_RUNS` runs each (default 10).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,18 +36,30 @@ use support::agent::{log_len, log_since};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 
-const RUNS: usize = 10;
 const SOCKET: &str = "/run/roboconf-agent/control.sock";
 const POLL: Duration = Duration::from_millis(5);
 /// systemd refuses a sixth start within 10 s (StartLimitBurst): runs are
 /// spaced so that no measured start is refused.
 const PAUSE: Duration = Duration::from_millis(2500);
 
-/// One answer to `status`, stamped in seconds since the UNIX epoch.
+/// One answer to `status`, stamped in seconds since the UNIX epoch, and
+/// how long its request waited for it.
 struct Answer {
     at: f64,
+    waited: f64,
     pid: u64,
     quiesced: bool,
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn runs() -> usize {
+    env_number("FERRY_BENCH_RUNS", 10)
 }
 
 fn unix_now() -> f64 {
@@ -52,7 +71,7 @@ fn unix_now() -> f64 {
 
 fn ask_status(socket: &Path) -> Option<(u64, bool)> {
     let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
     stream
         .write_all(b"{\"protocol\":1,\"cmd\":\"status\"}\n")
         .ok()?;
@@ -71,9 +90,11 @@ fn watch(socket: PathBuf, action: impl FnOnce()) -> (Vec<Answer>, f64) {
         thread::spawn(move || {
             let mut answers = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let asked = Instant::now();
                 if let Some((pid, quiesced)) = ask_status(&socket) {
                     answers.push(Answer {
                         at: unix_now(),
+                        waited: asked.elapsed().as_secs_f64(),
                         pid,
                         quiesced,
                     });
@@ -130,21 +151,24 @@ fn hook_seconds(host: &Host, from: usize) -> f64 {
     spans.values().map(|(a, b)| b - a).sum()
 }
 
+#[derive(Default)]
 struct Figures {
     gap: Vec<f64>,
     no_work: Vec<f64>,
+    longest_wait: Vec<f64>,
     total: Vec<f64>,
     hooks: Vec<f64>,
 }
 
 impl Figures {
-    fn new() -> Figures {
-        Figures {
-            gap: Vec::new(),
-            no_work: Vec::new(),
-            total: Vec::new(),
-            hooks: Vec::new(),
-        }
+    fn add(&mut self, answers: &[Answer], took: f64, hooks: f64) {
+        let (gap, no_work) = gap_and_no_work(answers);
+        self.gap.push(gap);
+        self.no_work.push(no_work);
+        self.longest_wait
+            .push(answers.iter().map(|a| a.waited).fold(0.0, f64::max));
+        self.total.push(took);
+        self.hooks.push(hooks);
     }
 }
 
@@ -155,16 +179,12 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn restarts(host: &Host) -> Figures {
-    let mut f = Figures::new();
-    for _ in 0..RUNS {
+    let mut f = Figures::default();
+    for _ in 0..runs() {
         let (answers, took) = watch(host.live_path(SOCKET), || {
             host.sh_ok("systemctl restart roboconf-agent");
         });
-        let (gap, no_work) = gap_and_no_work(&answers);
-        f.gap.push(gap);
-        f.no_work.push(no_work);
-        f.total.push(took);
-        f.hooks.push(0.0);
+        f.add(&answers, took, 0.0);
         thread::sleep(PAUSE);
     }
     f
@@ -173,17 +193,13 @@ fn restarts(host: &Host) -> Figures {
 /// `RUNS` upgrades from `old` to `new` with `upgrade`, each followed by an
 /// unmeasured way back with `back`.
 fn upgrades(host: &Host, upgrade: &str, back: &str) -> Figures {
-    let mut f = Figures::new();
-    for _ in 0..RUNS {
+    let mut f = Figures::default();
+    for _ in 0..runs() {
         let from = log_len(host);
         let (answers, took) = watch(host.live_path(SOCKET), || {
             host.sh_ok(upgrade);
         });
-        let (gap, no_work) = gap_and_no_work(&answers);
-        f.gap.push(gap);
-        f.no_work.push(no_work);
-        f.total.push(took);
-        f.hooks.push(hook_seconds(host, from));
+        f.add(&answers, took, hook_seconds(host, from));
         host.sh_ok(back);
         support::agent::wait_answering(host);
         thread::sleep(PAUSE);
@@ -195,10 +211,12 @@ fn row(what: &str, f: &Figures, restart: &Figures) {
     let hooks = median(&f.hooks);
     let manager = median(&f.total) - hooks;
     println!(
-        "| {what} | {:.3} | {:.3} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} |",
+        "| {what} | {:.3} | {:.3} | {:.2} | {:.3} | {:.2} | {:.3} | {:.2} | {:.2} | {:.2} |",
         median(&f.gap),
         median(&f.no_work),
         median(&f.gap) / median(&restart.gap),
+        median(&f.longest_wait),
+        median(&f.longest_wait) / median(&restart.gap),
         median(&f.total),
         hooks,
         manager,
@@ -210,15 +228,19 @@ fn main() {
     support::require_root();
     let old = probe::agent_variant("1.0.0", 2, Variant::Good);
     let new = probe::agent_variant("1.1.0", 2, Variant::Good);
+    let state_mib = env_number("FERRY_BENCH_STATE_MIB", 100);
+    let state_files = env_number("FERRY_BENCH_STATE_FILES", 10_000);
     println!(
-        "{RUNS} runs each, medians, seconds; load average before: {}",
+        "{} runs each, medians, seconds; state {state_mib} MiB in {state_files} files beside a deployed tree; load average before: {}",
+        runs(),
         std::fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()
     );
     println!();
-    println!("| host: what | gap | no new work | gap / restart gap | command time | in ferry's hooks | in the package manager | hooks / package manager |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| host: what | gap | no new work | gap / restart gap | longest wait | longest wait / restart gap | command time | in ferry's hooks | in the package manager | hooks / package manager |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut disk = Vec::new();
     for kind in [HostKind::Debian, HostKind::Rpm] {
         let mut host = Host::new(kind);
         host.boot();
@@ -250,6 +272,8 @@ fn main() {
         };
         host.sh_ok(install);
         support::agent::wait_answering(&host);
+        support::agent::deploy_tree(&host);
+        fill_state(&host, state_mib, state_files);
         let restart = restarts(&host);
         row(
             &format!("{}: systemctl restart", kind.name()),
@@ -263,6 +287,35 @@ fn main() {
             "dnf upgrade"
         };
         row(&format!("{}: {tool}", kind.name()), &upgraded, &restart);
+        disk.push(format!(
+            "{}: state {} MiB, snapshots {} MiB (keep_snapshots = 3, unchanged files linked)",
+            kind.name(),
+            du_mib(&host, support::agent::STATE),
+            du_mib(&host, support::agent::SNAPSHOTS),
+        ));
         host.poweroff();
     }
+    println!();
+    for line in disk {
+        println!("{line}");
+    }
+}
+
+/// `mib` MiB of random bytes in `files` files of the App instance's work
+/// directory, written as the agent's user (as a recipe would).
+fn fill_state(host: &Host, mib: usize, files: usize) {
+    let bytes = mib << 20;
+    host.sh_ok(&format!(
+        "runuser -u roboconf-agent -- sh -c 'mkdir -p {state}/work/vm/app/data && cd {state}/work/vm/app/data \
+         && head -c {bytes} /dev/urandom | split -a 5 -d -b {size} - part-'",
+        state = support::agent::STATE,
+        size = bytes.div_ceil(files.max(1)),
+    ));
+}
+
+/// Disk used under `dir` in the host, in MiB (hard links counted once).
+fn du_mib(host: &Host, dir: &str) -> String {
+    host.sh_ok(&format!("du -s --block-size=1M {dir} | cut -f1"))
+        .trim()
+        .to_string()
 }
