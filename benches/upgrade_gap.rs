@@ -71,7 +71,9 @@ fn unix_now() -> f64 {
 
 fn ask_status(socket: &Path) -> Option<(u64, bool)> {
     let mut stream = UnixStream::connect(socket).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
     stream
         .write_all(b"{\"protocol\":1,\"cmd\":\"status\"}\n")
         .ok()?;

@@ -420,16 +420,30 @@ impl Dir {
             .context("creating the symlink")
     }
 
-    /// Hard-links `rel` of `from` as `rel` here; false if that fails (the
-    /// caller copies instead).
-    pub fn link_from(&self, from: &Dir, rel: &str) -> bool {
-        let Ok((src, src_leaf)) = from.parent_of(rel) else {
-            return false;
+    /// Hard-links each of `rels`, all in directory `parent` (`""` for this
+    /// one), of `from` under the same name here, opening the two
+    /// directories once; says for each whether it was linked (the caller
+    /// copies the others).
+    pub fn link_all_from(&self, from: &Dir, parent: &str, rels: &[&str]) -> Vec<bool> {
+        let dirs = if parent.is_empty() {
+            Ok((
+                std::borrow::Cow::Borrowed(from),
+                std::borrow::Cow::Borrowed(self),
+            ))
+        } else {
+            from.open_dir(parent)
+                .and_then(|src| Ok((src, self.open_dir(parent)?)))
+                .map(|(src, dst)| (std::borrow::Cow::Owned(src), std::borrow::Cow::Owned(dst)))
         };
-        let Ok((dst, dst_leaf)) = self.parent_of(rel) else {
-            return false;
+        let Ok((src, dst)) = dirs else {
+            return vec![false; rels.len()];
         };
-        rustix::fs::linkat(&src.fd, src_leaf, &dst.fd, dst_leaf, AtFlags::empty()).is_ok()
+        rels.iter()
+            .map(|rel| {
+                let leaf = rel.rsplit_once('/').map_or(*rel, |(_, leaf)| leaf);
+                rustix::fs::linkat(&src.fd, leaf, &dst.fd, leaf, AtFlags::empty()).is_ok()
+            })
+            .collect()
     }
 
     /// Gives this directory `uid:gid` and `mode` (the owner first, as chown

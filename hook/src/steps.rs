@@ -108,6 +108,20 @@ impl<'a> Ctx<'a> {
         Ok(Some(snap.name))
     }
 
+    /// Removes a snapshot the record no longer names.
+    fn drop_snapshot(&self, name: Option<String>) -> Result<()> {
+        let Some(name) = name else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        snapshot::remove_if_present(&self.m.snapshots_dir().join(&name))?;
+        self.log.line(&format!(
+            "removed the superseded snapshot {name} in {:.0?}",
+            started.elapsed()
+        ));
+        Ok(())
+    }
+
     fn log_skipped(&self, snap: &snapshot::Snapshot) {
         if !snap.skipped.is_empty() {
             self.log.line(&format!(
@@ -119,7 +133,8 @@ impl<'a> Ctx<'a> {
 
     /// Retakes the snapshot of an upgrade that was taken while the agent
     /// ran (`why` says when it is retaken), linking the files unchanged
-    /// since; the earlier one is removed.
+    /// since. The earlier one is left for the caller to remove once the
+    /// record names the new one (`drop_snapshot`).
     fn resnapshot(&self, record: &Record, why: &str) -> Result<Option<String>> {
         let from = record.from_version.as_deref().unwrap_or("(predates ferry)");
         let reason = format!("before {from} -> {}, {why}", record.to_version);
@@ -130,9 +145,8 @@ impl<'a> Ctx<'a> {
         let started = Instant::now();
         let earlier_path = self.m.snapshots_dir().join(earlier);
         let snap = snapshot::retake(&earlier_path, state, &reason, &[MARKER])?;
-        snapshot::remove_if_present(&earlier_path)?;
         self.log.line(&format!(
-            "snapshot {} retaken in {:.0?} ({why}; files unchanged since {earlier} are linked from it, and it is removed)",
+            "snapshot {} retaken in {:.0?} ({why}; files unchanged since {earlier} are linked from it)",
             snap.path.display(),
             started.elapsed()
         ));
@@ -403,8 +417,10 @@ fn prepare_steps(
         )?;
         record.save(&c.m.record_path())?;
     } else if earlier.is_some_and(|r| r.quiesced_only) {
+        let earlier = record.snapshot.clone();
         record.snapshot = c.resnapshot(&record, "by a retried prepare")?;
         record.save(&c.m.record_path())?;
+        c.drop_snapshot(earlier)?;
     }
     if migrate_down {
         let from = check.schema.unwrap_or_default();
@@ -571,9 +587,10 @@ fn finish_steps(c: &Ctx, record: Option<&mut Record>, start: bool) -> Result<()>
     // the state again when it loads it.
     let mut check = c.agent.check()?;
     c.unit.reset_failed();
-    if let Some(r) = record.filter(|r| r.quiesced_only) {
-        stop_outgoing(c, r)?;
-    }
+    let superseded = match record.filter(|r| r.quiesced_only) {
+        Some(r) => stop_outgoing(c, r)?,
+        None => None,
+    };
     if !c.skip_migration() {
         match check.schema {
             Some(s) if s < c.m.schema && check.ok => {
@@ -604,13 +621,15 @@ fn finish_steps(c: &Ctx, record: Option<&mut Record>, start: bool) -> Result<()>
             c.m.unit
         ));
     }
-    Ok(())
+    // Only now: removing thousands of files must not keep the agent down.
+    c.drop_snapshot(superseded)
 }
 
 /// Stops the agent `prepare` left running and retakes the snapshot, since
 /// the agent kept what arrived while quiesced; from here on the record
-/// reads as if `prepare` had stopped it.
-fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<()> {
+/// reads as if `prepare` had stopped it. Returns the superseded snapshot,
+/// for `finish` to remove once the agent runs again.
+fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<Option<String>> {
     if c.unit.is_active() {
         c.log.line(&format!(
             "stopping the outgoing agent {} for upgrade (the machine is not announced as gone)",
@@ -618,9 +637,11 @@ fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<()> {
         ));
         stop_for_upgrade(c)?;
     }
+    let earlier = record.snapshot.clone();
     record.snapshot = c.resnapshot(record, "once the agent stopped")?;
     record.quiesced_only = false;
-    record.save(&c.m.record_path())
+    record.save(&c.m.record_path())?;
+    Ok(earlier)
 }
 
 /// Stops the failed agent, restores the snapshot taken before the upgrade,

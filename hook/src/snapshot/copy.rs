@@ -47,6 +47,8 @@ pub struct Copied {
 struct FileCopy<'a> {
     rel: &'a str,
     slot: usize,
+    /// As the walk saw it.
+    stat: &'a rustix::fs::Stat,
 }
 
 /// Copies `tree` (walked from `src`) into the new directory `name` of
@@ -97,13 +99,17 @@ pub fn copy_tree(
                 files.push(FileCopy {
                     rel: &found.rel,
                     slot: entries.len(),
+                    stat: &found.stat,
                 });
                 entries.push(None);
             }
             Kind::Socket => skipped.push(format!("{:?}", src.show(&found.rel))),
         }
     }
-    for (slot, entry) in copy_files(src, &dst, &files, checksum, reuse, owner)? {
+    if let Some(reuse) = reuse {
+        files = link_unchanged(reuse, &dst, files, &mut entries);
+    }
+    for (slot, entry) in copy_files(src, &dst, &files, checksum, owner)? {
         entries[slot] = Some(entry);
     }
     // Deepest first (the walk's order), so a read-only directory is filled
@@ -123,6 +129,42 @@ pub fn copy_tree(
     })
 }
 
+/// Links the earlier snapshot's copy of every file `reuse` holds unchanged,
+/// a directory at a time (each opened once: a retake of a large state is
+/// mostly this, and it keeps the agent down); returns the files left to
+/// copy.
+fn link_unchanged<'a>(
+    reuse: &Reuse,
+    dst: &Dir,
+    files: Vec<FileCopy<'a>>,
+    entries: &mut [Option<Entry>],
+) -> Vec<FileCopy<'a>> {
+    let mut by_parent: std::collections::BTreeMap<&str, Vec<(FileCopy<'a>, Option<Entry>)>> =
+        std::collections::BTreeMap::new();
+    for file in files {
+        let parent = file.rel.rsplit_once('/').map_or("", |(parent, _)| parent);
+        let earlier = reuse.unchanged(file.rel, file.stat);
+        by_parent.entry(parent).or_default().push((file, earlier));
+    }
+    let mut left = Vec::new();
+    for (parent, group) in by_parent {
+        let (candidates, changed): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .partition(|(_, earlier)| earlier.is_some());
+        left.extend(changed.into_iter().map(|(file, _)| file));
+        let rels: Vec<&str> = candidates.iter().map(|(f, _)| f.rel).collect();
+        let linked = dst.link_all_from(reuse.data(), parent, &rels);
+        for ((file, earlier), linked) in candidates.into_iter().zip(linked) {
+            match earlier {
+                // The earlier copy already has the attributes and time.
+                Some(entry) if linked => entries[file.slot] = Some(entry),
+                _ => left.push(file),
+            }
+        }
+    }
+    left
+}
+
 /// Copies `files` on a thread per core, each taking the next file not yet
 /// taken, so big and small files spread evenly; returns each file's slot
 /// and entry. Meanwhile this thread starts the writeback of the small files
@@ -132,7 +174,6 @@ fn copy_files(
     dst: &Dir,
     files: &[FileCopy],
     checksum: Checksum,
-    reuse: Option<&Reuse>,
     owner: Option<u32>,
 ) -> Result<Vec<(usize, Entry)>> {
     let threads = std::thread::available_parallelism()
@@ -154,7 +195,6 @@ fn copy_files(
                 dst,
                 rel: file.rel,
                 checksum,
-                reuse,
                 owner,
             };
             match one.run(&mut buf, &unflushed) {
@@ -207,14 +247,12 @@ struct OneCopy<'a> {
     dst: &'a Dir,
     rel: &'a str,
     checksum: Checksum,
-    reuse: Option<&'a Reuse>,
     owner: Option<u32>,
 }
 
 impl OneCopy<'_> {
     /// Copies the file, hashing it as it is read (once), and gives the copy
-    /// the original's owner, mode and modification time; or links the
-    /// earlier snapshot's copy when `reuse` holds the file unchanged.
+    /// the original's owner, mode and modification time.
     fn run(&self, buf: &mut [u8], unflushed: &AtomicU64) -> Result<Entry> {
         let (src, dst, rel) = (self.src, self.dst, self.rel);
         let (input, st) = src.open_file(rel, self.owner)?;
@@ -227,10 +265,6 @@ impl OneCopy<'_> {
                 src.show(rel),
                 st.st_blocks * 512
             );
-        }
-        if let Some(linked) = self.reuse.and_then(|r| r.link(rel, &st, dst)) {
-            // The earlier copy already has these attributes and time.
-            return Ok(linked);
         }
         let attrs = attrs_of(&st);
         // With its mode less the set-id bits (which must follow the owner)

@@ -53,9 +53,17 @@ impl Reuse {
         }))
     }
 
-    /// Links the earlier copy of `rel` into `to` and returns its entry when
-    /// the live file (`st`) did not change since; None when it must be copied.
-    pub fn link(&self, rel: &str, st: &Stat, to: &Dir) -> Option<Entry> {
+    /// The earlier snapshot's copies, for `Dir::link_all_from`.
+    pub fn data(&self) -> &Dir {
+        &self.data
+    }
+
+    /// The earlier entry of `rel`, to link, when the live file (`st`, as
+    /// the walk saw it) did not change since; None when it must be copied.
+    /// The live file is not opened: its inode change time is older than the
+    /// earlier snapshot, so no link to it was made since the earlier
+    /// snapshot refused or accepted it, and what is linked is root's copy.
+    pub fn unchanged(&self, rel: &str, st: &Stat) -> Option<Entry> {
         let Some(Entry::File {
             size,
             digest,
@@ -68,7 +76,7 @@ impl Reuse {
         let unchanged = u64::try_from(st.st_size) == Ok(*size)
             && st.st_mtime == *mtime
             && st.st_ctime < self.changed_before;
-        if !unchanged || !to.link_from(&self.data, rel) {
+        if !unchanged {
             return None;
         }
         Some(Entry::File {
