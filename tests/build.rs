@@ -46,25 +46,39 @@ struct Built {
 
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| build_reference("build", &[]))
+}
+
+/// The same packages with the small profile (xz payloads in both), built
+/// from what the first build's command made.
+fn built_small() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let out = tempdir("build");
-        let o = ferry(&[
-            "build",
-            "--out",
-            out.to_str().unwrap(),
-            "--version",
-            "1.2.0-rc.1",
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-        Built {
-            output: text(&o),
-            deb: out.join(format!("roboconf-agent_1.2.0~rc.1-1_{}.deb", deb_arch())),
-            rpm: out.join(format!(
-                "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
-                std::env::consts::ARCH
-            )),
-        }
+        built();
+        build_reference("small", &["--no-build-command", "--profile", "small"])
     })
+}
+
+fn build_reference(name: &str, extra: &[&str]) -> Built {
+    let out = tempdir(name);
+    let mut args = vec![
+        "build",
+        "--out",
+        out.to_str().unwrap(),
+        "--version",
+        "1.2.0-rc.1",
+    ];
+    args.extend(extra);
+    let o = ferry(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    Built {
+        output: text(&o),
+        deb: out.join(format!("roboconf-agent_1.2.0~rc.1-1_{}.deb", deb_arch())),
+        rpm: out.join(format!(
+            "roboconf-agent-1.2.0~rc.1-1.{}.rpm",
+            std::env::consts::ARCH
+        )),
+    }
 }
 
 fn deb_arch() -> &'static str {
@@ -81,31 +95,49 @@ fn run(cmd: &mut Command) -> Output {
 
 #[test]
 fn lintian_reports_no_error_and_no_warning() {
-    let o = run(Command::new("lintian")
-        .args(["--fail-on", "error,warning", "--allow-root"])
-        .arg(&built().deb));
-    let flagged: Vec<&str> = std::str::from_utf8(&o.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
-        .collect();
-    assert!(o.status.success() && flagged.is_empty(), "{}", text(&o));
+    for built in [built(), built_small()] {
+        let o = run(Command::new("lintian")
+            .args(["--fail-on", "error,warning", "--allow-root"])
+            .arg(&built.deb));
+        let flagged: Vec<&str> = std::str::from_utf8(&o.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+            .collect();
+        assert!(o.status.success() && flagged.is_empty(), "{}", text(&o));
+    }
 }
 
 #[test]
 fn rpmlint_reports_no_error() {
-    // ci/rpmlintrc filters exactly one check, with its reason.
-    let o = run(Command::new("rpmlint")
-        .arg("-r")
-        .arg(repo().join("ci/rpmlintrc"))
-        .arg(&built().rpm));
-    let errors: Vec<&str> = std::str::from_utf8(&o.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains(": E: "))
-        .collect();
-    assert!(errors.is_empty(), "{}", text(&o));
-    assert!(text(&o).contains("0 errors"), "{}", text(&o));
+    for built in [built(), built_small()] {
+        // ci/rpmlintrc filters exactly one check, with its reason.
+        let o = run(Command::new("rpmlint")
+            .arg("-r")
+            .arg(repo().join("ci/rpmlintrc"))
+            .arg(&built.rpm));
+        let errors: Vec<&str> = std::str::from_utf8(&o.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(": E: "))
+            .collect();
+        assert!(errors.is_empty(), "{}", text(&o));
+        assert!(text(&o).contains("0 errors"), "{}", text(&o));
+    }
+}
+
+#[test]
+fn both_profiles_pack_the_same_archives() {
+    // rpm2cpio and dpkg-deb decompress with rpm's and dpkg's own code.
+    let cpio = |rpm: &Path| run(Command::new("rpm2cpio").arg(rpm)).stdout;
+    let tar = |deb: &Path| run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb)).stdout;
+    let (fast, small) = (built(), built_small());
+    let small_cpio = cpio(&small.rpm);
+    assert!(!small_cpio.is_empty());
+    assert!(cpio(&fast.rpm) == small_cpio, "the rpm payloads differ");
+    let small_tar = tar(&small.deb);
+    assert!(!small_tar.is_empty());
+    assert!(tar(&fast.deb) == small_tar, "the deb data members differ");
 }
 
 #[test]
