@@ -66,10 +66,10 @@ pub struct Settings {
 /// format. Nothing is stored, so that a compressed asset shipped twice is
 /// found (0.62 of the size of storing on the bench's `.gz` payload). On the
 /// bench corpus the x86 filter makes programs 4.5% smaller, other payloads
-/// within 1% either way. A 32 MiB dictionary saves 0.3% more for 2.5 times
-/// the memory (250 MiB a format); preset 5 (nice length 32) is 0.8-1.4%
-/// larger for a tenth less CPU, preset 4 with 3-byte trees 3-4% larger.
-/// Decompression needs 8 MiB.
+/// within 1.2% either way. A 32 MiB dictionary saves at most 0.3% more for
+/// 2.5 times the memory (250 MiB a format); preset 5 (nice length 32) is
+/// 0.3-1.4% larger, preset 4 with 3-byte trees 3-7% larger. Decompression
+/// needs 8 MiB.
 pub const SMALL: Settings = Settings {
     preset: 6,
     match_finder: MatchFinder::BinaryTree4,

@@ -53,9 +53,9 @@ impl Deb {
             // segments stored without running LZMA (see `xz.rs`). xz -0's
             // fast mode over 4-byte hash chains instead of 3-byte ones, a
             // nice length of 32 and the x86 filter: on the bench corpus
-            // 4-9% smaller than xz -0 for about 1.4 times its CPU, which
-            // keeps many small text files (Python modules) under nfpm's
-            // gzip -9. Decompression needs 4 MiB.
+            // 1-7% smaller than xz -0 for 5-45% more CPU, which keeps many
+            // small text files (Python modules) under nfpm's gzip -9.
+            // Decompression needs 4 MiB.
             Profile::Fast => xz::Settings {
                 preset: 0,
                 match_finder: xz::MatchFinder::HashChain4,
