@@ -194,10 +194,10 @@ struct BuildArgs {
     /// package.version and the agent's Cargo.toml.
     #[arg(long)]
     version: Option<String>,
-    /// Compression: `fast` (deb xz preset 0 in 4 MiB blocks, rpm zstd -3) or
-    /// `small` (deb xz preset 4 with a 32 MiB dictionary, rpm zstd -16 with a
-    /// 32 MiB window); incompressible data is stored, not compressed.
-    /// docs/BENCHMARKS.md has the measurements.
+    /// Compression: `fast` (deb xz preset 0 in 4 MiB blocks, incompressible
+    /// data stored; rpm zstd -6) or `small` (deb and rpm xz preset 6 in
+    /// blocks of 32 MiB); xz with the x86 filter. docs/BENCHMARKS.md has the
+    /// measurements.
     #[arg(long, value_parser = cli::profile_parser(), default_value = "fast")]
     profile: Profile,
     /// Do not run the descriptor's [build] command; package what exists.

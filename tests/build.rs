@@ -92,6 +92,25 @@ fn built() -> &'static Built {
     })
 }
 
+/// The same packages with the small profile (xz payloads in both), built
+/// from what the first build's command made.
+fn built_small() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        built();
+        build(
+            "small",
+            &[
+                "--version",
+                "1.2.0-rc.1",
+                "--no-build-command",
+                "--profile",
+                "small",
+            ],
+        )
+    })
+}
+
 /// ferry's own packages (pkg/ferry-cli.toml), at the version of its
 /// Cargo.toml.
 fn ferry_built() -> &'static Built {
@@ -132,12 +151,30 @@ fn assert_rpmlint_clean(rpm: &Path) {
 
 #[test]
 fn lintian_reports_no_error_and_no_warning() {
-    assert_lintian_clean(&built().deb);
+    for built in [built(), built_small()] {
+        assert_lintian_clean(&built.deb);
+    }
 }
 
 #[test]
 fn rpmlint_reports_no_error() {
-    assert_rpmlint_clean(&built().rpm);
+    for built in [built(), built_small()] {
+        assert_rpmlint_clean(&built.rpm);
+    }
+}
+
+#[test]
+fn both_profiles_pack_the_same_archives() {
+    // rpm2cpio and dpkg-deb decompress with rpm's and dpkg's own code.
+    let cpio = |rpm: &Path| run(Command::new("rpm2cpio").arg(rpm)).stdout;
+    let tar = |deb: &Path| run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb)).stdout;
+    let (fast, small) = (built(), built_small());
+    let small_cpio = cpio(&small.rpm);
+    assert!(!small_cpio.is_empty());
+    assert!(cpio(&fast.rpm) == small_cpio, "the rpm payloads differ");
+    let small_tar = tar(&small.deb);
+    assert!(!small_tar.is_empty());
+    assert!(tar(&fast.deb) == small_tar, "the deb data members differ");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod deb;
 pub mod rpm;
+mod xz;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,11 +28,12 @@ pub trait Packager: Sync {
 /// How hard to compress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// deb xz -0 in 4 MiB blocks, rpm zstd -3: about a second for tens
-    /// of MiB, spread over every core.
+    /// deb xz -0 (4-byte hash chains, x86 filter) in 4 MiB blocks with
+    /// incompressible data stored, rpm zstd -6: about a second for tens of
+    /// MiB, spread over every core.
     Fast,
-    /// deb xz -4 and rpm zstd -16, each with 32 MiB of history: the
-    /// smallest downloads, one core per 32 MiB and format.
+    /// deb and rpm both xz -6 with the x86 filter, in blocks of 32 MiB:
+    /// the smallest downloads, one core per 32 MiB and format.
     Small,
 }
 
@@ -48,8 +50,8 @@ impl Profile {
     /// What the profile does, for `--help`.
     pub fn help(self) -> &'static str {
         match self {
-            Profile::Fast => "deb xz -0 in 4 MiB blocks, rpm zstd -3: about a second for tens of MiB, spread over every core",
-            Profile::Small => "deb xz -4 and rpm zstd -16, each with 32 MiB of history: the smallest downloads, one core per 32 MiB and format",
+            Profile::Fast => "deb xz -0 with the x86 filter in 4 MiB blocks, incompressible data stored; rpm zstd -6: about a second for tens of MiB, spread over every core",
+            Profile::Small => "deb and rpm xz -6 with the x86 filter, in blocks of 32 MiB: the smallest downloads, one core per 32 MiB and format",
         }
     }
 

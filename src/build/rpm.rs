@@ -1,12 +1,13 @@
 //! The `.rpm` writer, on the `rpm` crate (the engine under
 //! cargo-generate-rpm, which has no library of its own).
 //!
-//! The crate compresses the payload with a zstd level and nothing else: no
-//! window size, no job size. So ferry has it write the payload
-//! uncompressed, compresses it itself, and puts back what the crate would
-//! have written for a zstd payload: the compressor tag, the flags, the
-//! digest of the compressed payload, `rpmlib(PayloadIsZstd)`, and a
-//! signature header over the new header and size.
+//! The crate compresses the payload with a level and nothing else: no
+//! window size, no job size, no filter. So ferry has it write the payload
+//! uncompressed, compresses it itself (zstd, or xz with ferry's writer),
+//! and puts back what rpmbuild writes for such a payload: the compressor
+//! tag, the flags, the digest of the compressed payload,
+//! `rpmlib(PayloadIsZstd)` or `rpmlib(PayloadIsXz)`, and a signature header
+//! over the new header and size.
 
 use std::io::Write;
 
@@ -18,7 +19,7 @@ use rpm::{
 use sha2::{Digest, Sha256};
 use zstd::zstd_safe::CParameter;
 
-use super::{Packager, Profile};
+use super::{xz, Packager, Profile};
 use crate::plan::{Format, Plan};
 use crate::scripts::RpmScriptlet;
 
@@ -26,8 +27,15 @@ pub struct Rpm {
     pub profile: Profile,
 }
 
-/// How the payload is compressed. rpm >= 4.14 reads zstd payloads, and
-/// decompresses them several times faster than xz on the VMs.
+/// How the payload is compressed: rpm >= 4.14 reads zstd, every rpm xz.
+#[derive(Debug, Clone, Copy)]
+enum Compression {
+    /// Decompresses several times faster than xz on the VMs.
+    Zstd(Zstd),
+    /// Smaller than zstd -19 for about as much CPU.
+    Xz(xz::Settings),
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Zstd {
     level: i32,
@@ -49,34 +57,59 @@ struct Zstd {
 }
 
 impl Rpm {
-    fn compression(&self) -> Zstd {
+    fn compression(&self) -> Compression {
         match self.profile {
             // 0.2 s for 28 MiB: the crate's own work (digests, cpio)
-            // costs more than this.
-            Profile::Fast => Zstd {
-                level: 3,
+            // costs more than this. Level 6 rather than 3 keeps many small
+            // text files (Python modules) under nfpm's gzip -9, for 0.1 s
+            // of CPU more on 14 MiB.
+            Profile::Fast => Compression::Zstd(Zstd {
+                level: 6,
                 window_log: 23,
                 chain_log: 0,
                 min_match: 0,
                 job_mib: 4,
+            }),
+            // The .deb's xz: zstd -19 (what cargo-generate-rpm writes) is
+            // 1-13% larger on the bench corpus, a 32 MiB window barely
+            // helps it, and it takes about as much CPU.
+            Profile::Small => Compression::Xz(xz::SMALL),
+        }
+    }
+}
+
+impl Compression {
+    fn compress(self, data: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Compression::Zstd(zstd) => zstd.compress(data, super::threads()),
+            Compression::Xz(settings) => xz::compress(data, settings),
+        }
+    }
+
+    /// What rpmbuild writes in the header for such a payload.
+    fn tags(self) -> PayloadTags {
+        match self {
+            Compression::Zstd(zstd) => PayloadTags {
+                compressor: "zstd",
+                flags: zstd.level.to_string(),
+                rpmlib: ("PayloadIsZstd", "5.4.18-1"),
             },
-            // A 32 MiB window finds files that repeat one another far
-            // apart (level 19 keeps 8 MiB), and level 16 over it makes a
-            // smaller payload than level 19 at about half its CPU time. A
-            // chain table of 2^20 instead of 2^22 costs about a sixth less
-            // for 0.3% more bytes (matches of 4 bytes, level 16 seeking 5,
-            // win back part of that). One job per 32 MiB: payloads under
-            // that take one core and no reloading, the other core being
-            // the .deb's.
-            Profile::Small => Zstd {
-                level: 16,
-                window_log: 25,
-                chain_log: 20,
-                min_match: 4,
-                job_mib: 32,
+            Compression::Xz(settings) => PayloadTags {
+                compressor: "xz",
+                flags: settings.preset.to_string(),
+                rpmlib: ("PayloadIsXz", "5.2-1"),
             },
         }
     }
+}
+
+/// What the header says of the payload's compression.
+struct PayloadTags {
+    compressor: &'static str,
+    /// rpmbuild writes the level.
+    flags: String,
+    /// The rpmlib() feature and version the package requires.
+    rpmlib: (&'static str, &'static str),
 }
 
 impl Zstd {
@@ -96,12 +129,12 @@ impl Zstd {
     }
 }
 
-/// Replaces the uncompressed payload the crate wrote with `zstd`'s, and
-/// updates the header and signature header to match.
-fn compress_payload(package: rpm::Package, zstd: Zstd) -> Result<rpm::Package> {
-    let payload = zstd.compress(&package.payload, super::threads())?;
+/// Replaces the uncompressed payload the crate wrote with a compressed
+/// one, and updates the header and signature header to match.
+fn compress_payload(package: rpm::Package, compression: Compression) -> Result<rpm::Package> {
+    let payload = compression.compress(&package.payload)?;
     let mut metadata = package.metadata;
-    metadata.header = zstd_header(&metadata.header, &payload, zstd.level)?;
+    metadata.header = payload_header(&metadata.header, &payload, &compression.tags())?;
     let header_bytes = metadata.header_bytes()?;
     metadata.signature = SignatureHeaderBuilder::from_existing(&metadata.signature)?
         .set_content_length((header_bytes.len() + payload.len()) as u64)
@@ -110,8 +143,12 @@ fn compress_payload(package: rpm::Package, zstd: Zstd) -> Result<rpm::Package> {
     Ok(rpm::Package { metadata, payload })
 }
 
-/// The main header as the crate writes it for a zstd payload.
-fn zstd_header(header: &Header<IndexTag>, payload: &[u8], level: i32) -> Result<Header<IndexTag>> {
+/// The main header as rpmbuild writes it for the compressed payload.
+fn payload_header(
+    header: &Header<IndexTag>,
+    payload: &[u8],
+    tags: &PayloadTags,
+) -> Result<Header<IndexTag>> {
     let tag = |t: IndexTag| u32::from(t);
     let mut entries: Vec<HeaderEntry> = header
         .get_all_entries()?
@@ -132,11 +169,11 @@ fn zstd_header(header: &Header<IndexTag>, payload: &[u8], level: i32) -> Result<
     entries.extend([
         HeaderEntry::new(
             tag(IndexTag::RPMTAG_PAYLOADCOMPRESSOR),
-            IndexData::StringTag("zstd".into()),
+            IndexData::StringTag(tags.compressor.into()),
         ),
         HeaderEntry::new(
             tag(IndexTag::RPMTAG_PAYLOADFLAGS),
-            IndexData::StringTag(level.to_string()),
+            IndexData::StringTag(tags.flags.clone()),
         ),
         HeaderEntry::new(
             tag(IndexTag::RPMTAG_PAYLOADSHA256),
@@ -206,8 +243,10 @@ impl Packager for Rpm {
             b.with_file_contents(f.data.clone(), options)
                 .with_context(|| format!("adding {} to the rpm", f.dest))?;
         }
-        // What the crate adds itself when it compresses with zstd.
-        b.requires(Dependency::rpmlib("PayloadIsZstd", "5.4.18-1"));
+        let compression = self.compression();
+        // What rpmbuild requires for the payload's compressor.
+        let (feature, version) = compression.tags().rpmlib;
+        b.requires(Dependency::rpmlib(feature, version));
         for requirement in &plan.declared.dependencies.rpm {
             b.requires(parse_requirement(requirement)?);
         }
@@ -223,7 +262,7 @@ impl Packager for Rpm {
             };
         }
         let package = b.build().context("building the rpm")?;
-        let package = compress_payload(package, self.compression())?;
+        let package = compress_payload(package, compression)?;
         package.write(&mut &mut *out).context("writing the rpm")?;
         Ok(())
     }
@@ -260,28 +299,35 @@ mod tests {
 
     #[test]
     fn recompressed_package_keeps_valid_digests_and_the_archive() {
-        let mut b = rpm::PackageBuilder::new("probe", "1", "MIT", "noarch", "probe");
-        b.using_config(BuildConfig::v4().compression(CompressionWithLevel::None))
-            .with_file_contents(
-                b"agent started\n".repeat(10_000),
-                FileOptions::new("/usr/share/probe/log"),
-            )
-            .unwrap();
-        let package = b.build().unwrap();
-        let archive = package.payload.clone();
-        let zstd = SMALL_TEST_SETTINGS;
-        let mut written = Vec::new();
-        compress_payload(package, zstd)
-            .unwrap()
-            .write(&mut written)
-            .unwrap();
-        let mut read = rpm::Package::parse(&mut &written[..]).unwrap();
-        read.verify_digests().unwrap();
-        let compressor = read.metadata.get_payload_compressor().unwrap();
-        assert_eq!(compressor, rpm::CompressionType::Zstd);
-        assert!(read.payload.len() < archive.len() / 10);
-        read.decompress_payload().unwrap();
-        assert_eq!(read.payload, archive);
+        let cases = [
+            (
+                Compression::Zstd(SMALL_TEST_SETTINGS),
+                rpm::CompressionType::Zstd,
+            ),
+            (Compression::Xz(xz::SMALL), rpm::CompressionType::Xz),
+        ];
+        for (compression, compressor) in cases {
+            let mut b = rpm::PackageBuilder::new("probe", "1", "MIT", "noarch", "probe");
+            b.using_config(BuildConfig::v4().compression(CompressionWithLevel::None))
+                .with_file_contents(
+                    b"agent started\n".repeat(10_000),
+                    FileOptions::new("/usr/share/probe/log"),
+                )
+                .unwrap();
+            let package = b.build().unwrap();
+            let archive = package.payload.clone();
+            let mut written = Vec::new();
+            compress_payload(package, compression)
+                .unwrap()
+                .write(&mut written)
+                .unwrap();
+            let mut read = rpm::Package::parse(&mut &written[..]).unwrap();
+            read.verify_digests().unwrap();
+            assert_eq!(read.metadata.get_payload_compressor().unwrap(), compressor);
+            assert!(read.payload.len() < archive.len() / 10);
+            read.decompress_payload().unwrap();
+            assert_eq!(read.payload, archive);
+        }
     }
 
     #[test]
