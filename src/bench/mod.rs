@@ -642,20 +642,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn goals_are_ratios_against_the_tools_combined() {
-        let report = PayloadReport {
+    /// A one-file text payload's report of `measurements`.
+    fn one_file_report(measurements: Vec<Measurement>) -> PayloadReport {
+        PayloadReport {
             payload: Payload::Text,
             files: 1,
             payload_bytes: 1,
-            measurements: vec![
-                m("ferry fast", "deb", 0.5, 90),
-                m("ferry fast", "rpm", 0.2, 120),
-                m("ferry fast", "both", 0.5, 210),
-                m("nfpm", "deb", 1.5, 100),
-                m("nfpm", "rpm", 0.5, 100),
-            ],
-        };
+            measurements,
+        }
+    }
+
+    #[test]
+    fn goals_are_ratios_against_the_tools_combined() {
+        let report = one_file_report(vec![
+            m("ferry fast", "deb", 0.5, 90),
+            m("ferry fast", "rpm", 0.2, 120),
+            m("ferry fast", "both", 0.5, 210),
+            m("nfpm", "deb", 1.5, 100),
+            m("nfpm", "rpm", 0.5, 100),
+        ]);
         let table = report.goals();
         assert!(
             table.contains("| fast: time of both / nfpm's deb + rpm | 0.25 | ≤ 0.50 | yes |"),
@@ -674,18 +679,13 @@ mod tests {
 
     #[test]
     fn small_goal_is_0_55_of_the_cargo_tools_time() {
-        let report = PayloadReport {
-            payload: Payload::Text,
-            files: 1,
-            payload_bytes: 1,
-            measurements: vec![
-                m("ferry small", "deb", 4.0, 100),
-                m("ferry small", "rpm", 3.0, 100),
-                m("ferry small", "both", 4.0, 200),
-                m("cargo-deb", "deb", 5.0, 100),
-                m("cargo-generate-rpm", "rpm", 3.0, 101),
-            ],
-        };
+        let report = one_file_report(vec![
+            m("ferry small", "deb", 4.0, 100),
+            m("ferry small", "rpm", 3.0, 100),
+            m("ferry small", "both", 4.0, 200),
+            m("cargo-deb", "deb", 5.0, 100),
+            m("cargo-generate-rpm", "rpm", 3.0, 101),
+        ]);
         let table = report.goals();
         assert!(
             table.contains(
