@@ -9,6 +9,9 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::Duration;
 use support::agent::AGENT;
+
+/// ferry's own package (pkg/ferry-cli.toml).
+const FERRY: &str = "ferry";
 use support::lab::{self, Host, HostKind};
 use support::probe;
 use support::repo::{AptRepo, RpmRepo};
@@ -110,7 +113,35 @@ fn debian_unattended_upgrade(up: Upgrade) {
     if up.name == AGENT {
         assert_agent_runs(&host, up.new_version.split('-').next().unwrap());
     }
+    if up.name == FERRY {
+        assert_ferry_runs(&host);
+    }
     power_off_clean(host);
+}
+
+/// ferry's own package, as the updater left it: the program runs (it says
+/// the version of the ferry that was built: the test packages it at made-up
+/// versions to have an upgrade), and its manual pages and completions are
+/// where man and the shells look.
+fn assert_ferry_runs(host: &Host) {
+    assert_eq!(
+        host.sh_ok("ferry --version").trim(),
+        format!("ferry {}", env!("CARGO_PKG_VERSION"))
+    );
+    host.sh_ok("ferry channel status --help >/dev/null");
+    for file in [
+        "/usr/share/man/man1/ferry.1.gz",
+        "/usr/share/man/man1/ferry-channel-status.1.gz",
+        "/usr/share/bash-completion/completions/ferry",
+        "/usr/share/zsh/vendor-completions/_ferry",
+        "/usr/share/fish/vendor_completions.d/ferry.fish",
+    ] {
+        assert!(
+            host.path(file).is_file(),
+            "{file} missing in the {} host",
+            host.kind().name()
+        );
+    }
 }
 
 /// A booted RPM host installs `old` with dnf from a repository with package
@@ -151,6 +182,9 @@ fn rpm_automatic_upgrade(up: Upgrade) {
     );
     if up.name == AGENT {
         assert_agent_runs(&host, up.new_version.split('-').next().unwrap());
+    }
+    if up.name == FERRY {
+        assert_ferry_runs(&host);
     }
     power_off_clean(host);
 }
@@ -284,4 +318,29 @@ fn a_booted_host_is_cleaned_up_when_its_test_panics() {
         Vec::<String>::new()
     );
     assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+/// ferry itself, from its own package (pkg/ferry-cli.toml): installed from
+/// the signed repository and upgraded by each host's unattended updater,
+/// like the agent, with its manual pages and completions.
+#[test]
+fn debian_host_installs_and_upgrades_ferry_itself_unattended() {
+    debian_unattended_upgrade(Upgrade {
+        name: FERRY,
+        old: &probe::ferry_cli("1.0.0").deb,
+        old_version: "1.0.0-1",
+        new: &probe::ferry_cli("1.1.0").deb,
+        new_version: "1.1.0-1",
+    });
+}
+
+#[test]
+fn rpm_host_installs_and_upgrades_ferry_itself_with_dnf_automatic() {
+    rpm_automatic_upgrade(Upgrade {
+        name: FERRY,
+        old: &probe::ferry_cli("1.0.0").rpm,
+        old_version: "1.0.0-1",
+        new: &probe::ferry_cli("1.1.0").rpm,
+        new_version: "1.1.0-1",
+    });
 }

@@ -105,6 +105,40 @@ pub fn agent(version: &str) -> AgentPackages {
     build_once(version, version, None)
 }
 
+/// ferry's own packages (pkg/ferry-cli.toml) at `version`, built once per
+/// test process and version.
+pub fn ferry_cli(version: &str) -> AgentPackages {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lab-ferry-cli-{version}-{}", std::process::id()));
+    let packages = AgentPackages {
+        deb: out.join(format!("ferry_{version}-1_amd64.deb")),
+        rpm: out.join(format!("ferry-{version}-1.x86_64.rpm")),
+    };
+    if packages.deb.is_file() && packages.rpm.is_file() {
+        return packages;
+    }
+    fs::create_dir_all(&out).unwrap();
+    // Its [build] command compiles into the shared target/package.
+    let lock = fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-build.lock"))
+        .expect("build lock");
+    // SAFETY: flock on a valid open file descriptor; released on close.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    run(Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--descriptor",
+            "pkg/ferry-cli.toml",
+            "--version",
+            version,
+            "--out",
+        ])
+        .arg(&out));
+    assert!(packages.deb.is_file(), "{} missing", packages.deb.display());
+    assert!(packages.rpm.is_file(), "{} missing", packages.rpm.display());
+    packages
+}
+
 /// `ferry build --version VERSION` of a copy of pkg/ made as `variant` says,
 /// whose state schema is `schema`.
 pub fn agent_variant(version: &str, schema: u32, variant: Variant) -> AgentPackages {
