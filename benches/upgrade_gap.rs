@@ -24,8 +24,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,10 +31,10 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::agent::{log_len, log_since};
+use support::client::{self, SOCKET};
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 
-const SOCKET: &str = "/run/roboconf-agent/control.sock";
 const POLL: Duration = Duration::from_millis(5);
 /// systemd refuses a sixth start within 10 s (StartLimitBurst): runs are
 /// spaced so that no measured start is refused.
@@ -70,16 +68,7 @@ fn unix_now() -> f64 {
 }
 
 fn ask_status(socket: &Path) -> Option<(u64, bool)> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    stream
-        .write_all(b"{\"protocol\":1,\"cmd\":\"status\"}\n")
-        .ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    let v = client::ask(socket).ok()?;
     Some((v["pid"].as_u64()?, v["quiesced"].as_bool()?))
 }
 
@@ -192,7 +181,7 @@ fn restarts(host: &Host) -> Figures {
     f
 }
 
-/// `RUNS` upgrades from `old` to `new` with `upgrade`, each followed by an
+/// `runs()` upgrades from `old` to `new` with `upgrade`, each followed by an
 /// unmeasured way back with `back`.
 fn upgrades(host: &Host, upgrade: &str, back: &str) -> Figures {
     let mut f = Figures::default();

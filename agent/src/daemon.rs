@@ -16,10 +16,10 @@ pub fn run(paths: &Paths) -> Result<()> {
     // The marker comes first: while an upgrade changes the state, even
     // reading it could see a half-finished migration.
     let marker = paths.state_dir.join(state::UPGRADE_MARKER);
-    if marker.exists() && activation::socket_passed() {
-        return activation::hold_until_upgraded(&marker);
-    }
     if marker.exists() {
+        if activation::socket_passed() {
+            return activation::hold_until_upgraded(&marker);
+        }
         let note = fs::read_to_string(&marker).unwrap_or_default();
         return Err(Exit::new(
             UPGRADE_IN_PROGRESS,
@@ -94,16 +94,14 @@ pub fn run(paths: &Paths) -> Result<()> {
     // before any thread exists makes every thread inherit the mask.
     // (Recipe processes get a clean mask: std resets it before exec.)
     let signals = blocked_stop_signals()?;
-    let passed = activation::take_listener()?;
-    let origin = if passed.is_some() {
-        "passed by systemd"
-    } else {
-        "bound by the agent"
+    let (listener, bound_socket) = match activation::take_listener()? {
+        Some(listener) => (listener, false),
+        None => (bind(paths)?, true),
     };
-    let bound_socket = passed.is_none();
-    let listener = match passed {
-        Some(listener) => listener,
-        None => bind(paths)?,
+    let origin = if bound_socket {
+        "bound by the agent"
+    } else {
+        "passed by systemd"
     };
     let agent = Arc::new(Agent::new(paths.clone(), config, model, bound_socket));
     {

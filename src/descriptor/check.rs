@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::error::closest;
-use super::unit::{hardening_warning, service_assignments};
+use super::unit::{hardening_warning, service_assignments, service_settings};
 use super::{dependencies, Agent, Descriptor, DescriptorError, DescriptorWarning, ServiceSection};
 use crate::version::{self, PackageVersion};
 
@@ -376,14 +376,8 @@ impl Checker<'_> {
                 ),
             ));
         }
-        let settings = service_assignments(service_text);
-        let get = |key: &str| {
-            settings
-                .iter()
-                .rev()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
-        };
+        let settings = service_settings(service_text);
+        let get = |key: &str| settings.get(key).map(String::as_str);
         if get("RuntimeDirectory").is_some_and(|v| !v.is_empty())
             && get("RuntimeDirectoryPreserve") != Some("yes")
         {

@@ -62,7 +62,7 @@ pub(super) fn service_assignments(unit: &str) -> Vec<(String, String)> {
 }
 
 /// The last value each key of the unit's `[Service]` section is assigned.
-fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
+pub(super) fn service_settings(unit: &str) -> std::collections::BTreeMap<String, String> {
     service_assignments(unit).into_iter().collect()
 }
 

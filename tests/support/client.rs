@@ -7,7 +7,7 @@ use super::lab::Host;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -52,7 +52,7 @@ impl Client {
     }
 }
 
-fn ask_until(socket: &PathBuf, stop: &AtomicBool) -> Seen {
+fn ask_until(socket: &Path, stop: &AtomicBool) -> Seen {
     let mut seen = Seen::default();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -75,7 +75,8 @@ fn ask_until(socket: &PathBuf, stop: &AtomicBool) -> Seen {
     seen
 }
 
-fn ask(socket: &PathBuf) -> std::io::Result<Value> {
+/// One `status` request on a connection of its own, and its answer.
+pub fn ask(socket: &Path) -> std::io::Result<Value> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     (&stream).write_all(b"{\"protocol\": 1, \"cmd\": \"status\"}\n")?;

@@ -119,10 +119,7 @@ pub fn ferry_cli(version: &str) -> AgentPackages {
     }
     fs::create_dir_all(&out).unwrap();
     // Its [build] command compiles into the shared target/package.
-    let lock = fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-build.lock"))
-        .expect("build lock");
-    // SAFETY: flock on a valid open file descriptor; released on close.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = build_lock();
     run(Command::new(env!("CARGO_BIN_EXE_ferry"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args([
@@ -173,11 +170,7 @@ fn build_once(tag: &str, version: &str, variant: Option<(u32, Variant)>) -> Agen
     }
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).unwrap();
-    // `ferry build` writes the agent to the shared target/package: one
-    // lock across the test processes of every suite.
-    let lock = fs::File::create(base.join("ferry-build.lock")).expect("build lock");
-    // SAFETY: flock on a valid open file descriptor; released on close.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let _lock = build_lock();
     let mut build = Command::new(env!("CARGO_BIN_EXE_ferry"));
     build
         .args(["build", "--version", version, "--out"])
@@ -197,6 +190,16 @@ fn build_once(tag: &str, version: &str, variant: Option<(u32, Variant)>) -> Agen
     assert!(packages.rpm.is_file(), "{} missing", packages.rpm.display());
     built.push(tag.to_string());
     packages
+}
+
+/// Held while `ferry build` writes to the shared target/package: one lock
+/// across the test processes of every suite (released when dropped).
+fn build_lock() -> fs::File {
+    let lock = fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-build.lock"))
+        .expect("build lock");
+    // SAFETY: flock on a valid open file descriptor; released on close.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    lock
 }
 
 /// A copy of pkg/ with the schema, timeouts, conffile and unit `variant`
