@@ -144,6 +144,11 @@ pub struct ChannelCli {
     /// apt or dnf; detected, and needed only on a host that has both.
     #[arg(long, global = true, value_parser = family_parser())]
     pub family: Option<String>,
+    /// Print the result as JSON: the status, or what changed (`changed`,
+    /// `dry_run`, and `changes`, each with `path`, `action`, `before`,
+    /// `after`), with the text report as `message`.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: ChannelCommand,
 }
@@ -161,11 +166,7 @@ pub enum ChannelCommand {
     },
     /// Installed and available versions, pin, the automatic tool's last run,
     /// and why the agent was not updated.
-    Status {
-        /// Print the status as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Keep the agent at VERSION (downgrading to it on the next automatic run).
     Pin {
         /// The version to hold: upstream (`1.2.0`) or full (`1.2.0-1`).
@@ -187,6 +188,9 @@ pub enum ChannelCommand {
         /// installed version that the repository offers).
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+        /// Say which version it would install and pin; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -233,29 +237,53 @@ impl From<EnableCli> for EnableArgs {
 }
 
 /// `--family`'s possible values: the backends' names.
-fn family_parser() -> PossibleValuesParser {
+pub fn family_parser() -> PossibleValuesParser {
     PossibleValuesParser::new(BACKENDS.iter().map(|b| b.name()))
 }
 
 /// Runs one `ferry channel` command and prints its report.
 pub fn run_channel(args: ChannelCli) -> Result<()> {
     let host = Host::open(&args.root, &args.package, args.family.as_deref())?;
-    let text = match args.command {
-        ChannelCommand::Enable(e) => channel::enable(&host, &e.into())?,
-        ChannelCommand::Disable { dry_run } => channel::disable(&host, dry_run)?,
-        ChannelCommand::Status { json } => {
-            let s = channel::status(&host)?;
-            if json {
-                serde_json::to_string_pretty(&s)? + "\n"
-            } else {
-                s.to_string()
-            }
+    let (verb, dry_run, report) = match args.command {
+        ChannelCommand::Enable(e) => {
+            let dry_run = e.dry_run;
+            ("enable", dry_run, channel::enable(&host, &e.into())?)
         }
-        ChannelCommand::Pin { version, dry_run } => channel::pin(&host, &version, dry_run)?,
-        ChannelCommand::Unpin { dry_run } => channel::unpin(&host, dry_run)?,
-        ChannelCommand::Rollback { to } => channel::rollback(&host, to.as_deref())?,
+        ChannelCommand::Disable { dry_run } => {
+            ("disable", dry_run, channel::disable(&host, dry_run)?)
+        }
+        ChannelCommand::Status => {
+            let s = channel::status(&host)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print!("{s}");
+            }
+            return Ok(());
+        }
+        ChannelCommand::Pin { version, dry_run } => {
+            ("pin", dry_run, channel::pin(&host, &version, dry_run)?)
+        }
+        ChannelCommand::Unpin { dry_run } => ("unpin", dry_run, channel::unpin(&host, dry_run)?),
+        ChannelCommand::Rollback { to, dry_run } => (
+            "rollback",
+            dry_run,
+            channel::rollback(&host, to.as_deref(), dry_run)?,
+        ),
     };
-    print!("{text}");
+    if args.json {
+        let json = serde_json::json!({
+            "command": verb,
+            "package": host.package,
+            "dry_run": dry_run,
+            "changed": report.changed(),
+            "changes": report.changes(),
+            "message": report.text(),
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        print!("{}", report.text());
+    }
     Ok(())
 }
 

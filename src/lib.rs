@@ -17,6 +17,7 @@ pub mod digest;
 pub mod exit;
 pub mod format;
 pub mod fsutil;
+pub mod info;
 pub mod manifest;
 pub mod names;
 pub mod plan;

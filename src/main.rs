@@ -109,6 +109,34 @@ enum Command {
     ///   ferry channel disable
     #[command(verbatim_doc_comment)]
     Channel(cli::ChannelCli),
+    /// The agent on this VM in one answer: version, state schema, health,
+    /// an unfinished upgrade, snapshots, and the channel's status.
+    ///
+    /// Read only. Healthy means the agent's unit is active and the agent
+    /// answers `status` (asked as its own user, as the upgrade hook asks
+    /// it) as the installed version. Exit status 0 whatever the health:
+    /// read `healthy`. The Ansible module ferry.fleet.ferry_info returns
+    /// the JSON (docs/FLEET.md).
+    ///
+    /// Examples:
+    ///   ferry info
+    ///   ferry info --json | jq .healthy
+    #[command(verbatim_doc_comment)]
+    Info {
+        /// The installed package.
+        #[arg(long, default_value = "roboconf-agent")]
+        package: String,
+        /// The root of the system the package is installed in (the agent
+        /// is asked only when it is /).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// apt or dnf; detected, and needed only on a host that has both.
+        #[arg(long, value_parser = cli::family_parser())]
+        family: Option<String>,
+        /// Print the info as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write ferry's manual pages and its bash, zsh and fish completions.
     ///
     /// Writes OUT/man/ferry.1 and a page per command (ferry-build.1,
@@ -235,6 +263,10 @@ enum StateCommand {
         /// The root of the system the package is installed in.
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// Print the snapshots as JSON: name, version, schema, entries,
+        /// and `damaged` (why) or null.
+        #[arg(long)]
+        json: bool,
     },
     /// Put a snapshot back as the state directory (the agent must be
     /// stopped; a damaged snapshot is refused and nothing changes).
@@ -330,11 +362,29 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::State(StateCommand::List { package, root }) => {
+        Command::State(StateCommand::List {
+            package,
+            root,
+            json,
+        }) => {
             let installed = ferry::state::Installed::find(&root, &package)?;
-            print!("{}", ferry::state::list(&installed)?);
+            if json {
+                let listed = ferry::state::list_verified(&installed)?;
+                println!("{}", serde_json::to_string_pretty(&listed)?);
+            } else {
+                print!("{}", ferry::state::list(&installed)?);
+            }
             Ok(())
         }
+        Command::Info {
+            package,
+            root,
+            family,
+            json,
+        } => print_report(
+            &ferry::info::info(&root, &package, family.as_deref())?,
+            json,
+        ),
         Command::State(StateCommand::Restore {
             name,
             package,

@@ -35,6 +35,40 @@ pub fn list(installed: &Installed) -> Result<String> {
     snapshot::listing(&installed.snapshots)
 }
 
+/// One snapshot as `ferry state list --json` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub version: Option<String>,
+    pub schema: Option<u32>,
+    pub entries: Option<usize>,
+    /// Why the snapshot is damaged; null when it verified.
+    pub damaged: Option<String>,
+}
+
+/// The snapshots, oldest first, each verified.
+pub fn list_verified(installed: &Installed) -> Result<Vec<Listed>> {
+    Ok(snapshot::list(&installed.snapshots)?
+        .into_iter()
+        .map(|l| match l.verified {
+            Ok(m) => Listed {
+                name: l.snapshot.name,
+                version: Some(m.version),
+                schema: m.schema,
+                entries: Some(m.entries.len()),
+                damaged: None,
+            },
+            Err(e) => Listed {
+                name: l.snapshot.name,
+                version: None,
+                schema: None,
+                entries: None,
+                damaged: Some(e),
+            },
+        })
+        .collect())
+}
+
 /// Restores snapshot `name` over the state directory; refuses a damaged
 /// snapshot, and refuses while the agent's unit runs.
 pub fn restore(installed: &Installed, name: &str, root: &Path) -> Result<()> {

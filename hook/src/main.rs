@@ -7,9 +7,7 @@
 // Tests build their fixtures by path, as the agent's user would.
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
 
-mod account;
 mod steps;
-mod system;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +15,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use ferry_hook::package::{PackageManifest, HOOK_PROTOCOL};
 use ferry_hook::snapshot;
+use ferry_hook::system;
 
 const USAGE: &str = "usage: ferry-hook [--manifest FILE] COMMAND
   protocol                          print the hook protocol version

@@ -11,7 +11,7 @@ use ferry_hook::confined::{self, Dir};
 use ferry_hook::package::{compare_versions, PackageManifest, Record, MARKER};
 use ferry_hook::snapshot::{self, Label};
 
-use crate::system::{Agent, Log, Process, Systemd};
+use ferry_hook::system::{Agent, Log, Process, Systemd};
 
 /// How long the agent may take to exit after `stop-for-upgrade`.
 const STOP_TIMEOUT: Duration = Duration::from_secs(90);

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::confined::{self, Dir};
+use crate::package::PackageManifest;
 use anyhow::{bail, Context, Result};
-use ferry_hook::confined::{self, Dir};
-use ferry_hook::package::PackageManifest;
 
 use crate::account::Account;
 use serde_json::Value;

@@ -13,6 +13,7 @@ use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
 use super::gpg::TempGpg;
 use super::host::{output, Host};
+use super::report::Report;
 use super::status::Status;
 use super::write::{apply, check_removable, plan_changes, remove_recorded};
 
@@ -350,7 +351,13 @@ impl Backend for Apt {
         }
     }
 
-    fn rollback(&self, host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
+    fn rollback(
+        &self,
+        host: &Host,
+        to: Option<&str>,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String> {
         let (installed, _, versions) = policy(host)?;
         let installed = installed
             .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
@@ -377,6 +384,16 @@ impl Backend for Apt {
             "rolling {} back from {installed} to {target} (apt-get; the hooks carry the state down)",
             host.package
         );
+        out.change(
+            format!("package {}", host.package),
+            "install",
+            &installed,
+            &target,
+        );
+        if dry_run {
+            let _ = writeln!(out, "dry run: nothing was installed");
+            return Ok(target);
+        }
         let mut c = apt(host, "apt-get");
         c.env("DEBIAN_FRONTEND", "noninteractive").args([
             "install",

@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use super::files::{Planned, Record};
 use super::gpg::TempGpg;
 use super::host::Host;
+use super::report::Report;
 use super::status::Status;
 use super::window::Window;
 use super::EnableArgs;
@@ -61,11 +62,11 @@ pub struct Enable<'a> {
 pub struct Edit<'a> {
     pub rec: &'a mut Record,
     pub dry_run: bool,
-    pub out: &'a mut String,
+    pub out: &'a mut Report,
 }
 
 impl<'a> Edit<'a> {
-    pub fn new(rec: &'a mut Record, dry_run: bool, out: &'a mut String) -> Edit<'a> {
+    pub fn new(rec: &'a mut Record, dry_run: bool, out: &'a mut Report) -> Edit<'a> {
         Edit { rec, dry_run, out }
     }
 }
@@ -90,7 +91,7 @@ pub trait Backend: Sync {
         Ok(false)
     }
     /// Once `enable` wrote its files: starts what runs the updates.
-    fn after_enable(&self, _host: &Host, _out: &mut String) {}
+    fn after_enable(&self, _host: &Host, _out: &mut Report) {}
     /// Before `disable` removes its files: stops the updater and drops a
     /// pin kept outside files.
     fn before_disable(&self, _host: &Host, _edit: &mut Edit) -> Result<()> {
@@ -113,8 +114,14 @@ pub trait Backend: Sync {
     /// Removes the pin.
     fn unpin(&self, host: &Host, edit: &mut Edit) -> Result<()>;
     /// Installs the previous (or given) version through the package
-    /// manager; the version installed.
-    fn rollback(&self, host: &Host, to: Option<&str>, out: &mut String) -> Result<String>;
+    /// manager (in a dry run, only says which); the version.
+    fn rollback(
+        &self,
+        host: &Host,
+        to: Option<&str>,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String>;
     /// Fills in what the package manager and the updater know.
     fn status(&self, host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()>;
 

@@ -11,11 +11,12 @@ use super::backend::{Edit, Enable, Source};
 use super::files::{self, Record};
 use super::gpg::checked_key;
 use super::host::Host;
+use super::report::Report;
 use super::window::Window;
 use super::write::{apply, check_removable, daemon_reload, plan_changes, remove_recorded};
 use super::EnableArgs;
 
-pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
+pub fn enable(host: &Host, args: &EnableArgs) -> Result<Report> {
     let backend = host.backend;
     if let Some(problem) = crate::names::channel_name_problem(&args.channel) {
         bail!("--channel: {problem}")
@@ -63,7 +64,7 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
         .filter(|p| !pin_paths.contains(p) && !plans.iter().any(|pl| &pl.path == *p))
         .cloned()
         .collect();
-    let mut out = String::new();
+    let mut out = Report::new();
     let mut changed = apply(host, &changes, &mut rec, args.dry_run, &mut out)?;
     for p in &stale {
         changed += 1;
@@ -84,6 +85,7 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
         return Ok(out);
     }
     rec.origin = origin.or(rec.origin);
+    rec.window = args.window.clone();
     files::save_record(&host.root, &rec)?;
     daemon_reload(host, &mut out);
     backend.after_enable(host, &mut out);
@@ -98,18 +100,21 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<String> {
     Ok(out)
 }
 
-pub fn disable(host: &Host, dry_run: bool) -> Result<String> {
+pub fn disable(host: &Host, dry_run: bool) -> Result<Report> {
     let Some(mut rec) = host.record()? else {
-        return Ok(format!(
-            "nothing to change: ferry channel is not enabled for {}\n",
+        let mut out = Report::new();
+        let _ = writeln!(
+            out,
+            "nothing to change: ferry channel is not enabled for {}",
             host.package
-        ));
+        );
+        return Ok(out);
     };
     // Every refusal before any removal.
     for p in rec.files.keys() {
         check_removable(host, &rec, p)?;
     }
-    let mut out = String::new();
+    let mut out = Report::new();
     host.backend
         .before_disable(host, &mut Edit::new(&mut rec, dry_run, &mut out))?;
     let paths: Vec<String> = rec.files.keys().cloned().collect();
@@ -146,9 +151,9 @@ fn enabled_record(host: &Host) -> Result<Record> {
     })
 }
 
-pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<String> {
+pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
     let mut rec = enabled_record(host)?;
-    let mut out = String::new();
+    let mut out = Report::new();
     let full = host.backend.resolve_version(host, version)?;
     let mut edit = Edit::new(&mut rec, dry_run, &mut out);
     if !host.backend.pin(host, &mut edit, &full)? {
@@ -168,9 +173,9 @@ pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<String> {
     Ok(out)
 }
 
-pub fn unpin(host: &Host, dry_run: bool) -> Result<String> {
+pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
     let mut rec = enabled_record(host)?;
-    let mut out = String::new();
+    let mut out = Report::new();
     if rec.pinned.is_none() {
         let _ = writeln!(out, "nothing to change: {} is not pinned", host.package);
         return Ok(out);
@@ -187,10 +192,12 @@ pub fn unpin(host: &Host, dry_run: bool) -> Result<String> {
     Ok(out)
 }
 
-pub fn rollback(host: &Host, to: Option<&str>) -> Result<String> {
+pub fn rollback(host: &Host, to: Option<&str>, dry_run: bool) -> Result<Report> {
     enabled_record(host)?;
-    let mut out = String::new();
-    let version = host.backend.rollback(host, to, &mut out)?;
-    out.push_str(&pin(host, &version, false)?);
+    let mut out = Report::new();
+    let version = host.backend.rollback(host, to, dry_run, &mut out)?;
+    let pinned = pin(host, &version, dry_run)?;
+    out.push_str(pinned.text());
+    out.extend(pinned);
     Ok(out)
 }

@@ -56,6 +56,8 @@ pub struct Record {
     pub rpm_key: Option<String>,
     /// The version pinned by `ferry channel pin`, if any.
     pub pinned: Option<String>,
+    /// The maintenance window `enable` was given, if any.
+    pub window: Option<String>,
     /// dnf: versionlock.list before ferry's first lock, put back by unpin
     /// when dnf left only its comments behind.
     pub versionlock_before: Option<String>,

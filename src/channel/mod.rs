@@ -19,6 +19,7 @@ mod fetch;
 pub mod files;
 mod gpg;
 pub mod host;
+pub mod report;
 mod status;
 pub mod window;
 mod write;
@@ -28,7 +29,8 @@ use std::path::PathBuf;
 pub use backend::{Backend, BACKENDS};
 pub use commands::{disable, enable, pin, rollback, unpin};
 pub use host::Host;
-pub use status::{status, Status};
+pub use report::Report;
+pub use status::{read_upgrade_log, status, Status};
 
 /// What `enable` is asked to do (`ferry channel enable`'s options).
 #[derive(Debug, Clone)]

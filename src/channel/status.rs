@@ -18,6 +18,8 @@ pub struct Status {
     pub installed: Option<String>,
     pub newest_available: Option<String>,
     pub pinned: Option<String>,
+    /// The maintenance window of the automatic upgrade, if any.
+    pub window: Option<String>,
     /// apt: Unattended-Upgrade::Allow-downgrade is set host-wide by the pin.
     pub allow_downgrade_host_wide: bool,
     pub held: bool,
@@ -38,6 +40,7 @@ pub fn status(host: &Host) -> Result<Status> {
         repo: rec.as_ref().map(|r| r.repo.clone()),
         channel: rec.as_ref().map(|r| r.channel.clone()),
         pinned: rec.as_ref().and_then(|r| r.pinned.clone()),
+        window: rec.as_ref().and_then(|r| r.window.clone()),
         ..Status::default()
     };
     host.backend.status(host, rec.as_ref(), &mut s)?;
@@ -59,7 +62,13 @@ pub fn status(host: &Host) -> Result<Status> {
 /// would otherwise block `status`), as the hook itself does
 /// (docs/SECURITY.md).
 fn upgrade_log(host: &Host) -> Option<String> {
-    let dir = host.path(&format!("/var/log/{}", host.package));
+    read_upgrade_log(&host.root, &host.package)
+}
+
+/// The hook's upgrade log of `package` under `root`, read as `upgrade_log`
+/// says (`ferry info` shows its last line).
+pub fn read_upgrade_log(root: &std::path::Path, package: &str) -> Option<String> {
+    let dir = root.join(format!("var/log/{package}"));
     let dir = confined::Dir::open_trusted_if_present(&dir).ok()??;
     let bytes = dir.read("upgrades.log").ok()??;
     Some(String::from_utf8_lossy(&bytes).into_owned())
@@ -109,6 +118,9 @@ impl std::fmt::Display for Status {
                 ""
             }
         )?;
+        if let Some(w) = &self.window {
+            writeln!(f, "window:           {w}")?;
+        }
         writeln!(
             f,
             "held:             {}",

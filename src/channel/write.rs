@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::files::{self, Change, FileRecord, Planned, Record};
 use super::host::{output, Host};
+use super::report::Report;
 
 /// What applying a list of planned files would change, refusals first.
 pub fn plan_changes(
@@ -29,7 +30,7 @@ pub fn apply(
     changes: &[(Planned, Change)],
     record: &mut Record,
     dry_run: bool,
-    out: &mut String,
+    out: &mut Report,
 ) -> Result<usize> {
     let mut changed = 0;
     for (plan, change) in changes {
@@ -39,6 +40,12 @@ pub fn apply(
             Change::Update { old } => (old.clone(), "update"),
         };
         changed += 1;
+        out.change(
+            &plan.path,
+            verb,
+            String::from_utf8_lossy(&old),
+            String::from_utf8_lossy(&plan.contents),
+        );
         if dry_run {
             let old_name = if old.is_empty() {
                 "/dev/null".to_string()
@@ -74,7 +81,7 @@ pub fn apply(
 }
 
 /// Reloads systemd on a live host after a unit or drop-in changed.
-pub fn daemon_reload(host: &Host, out: &mut String) {
+pub fn daemon_reload(host: &Host, out: &mut Report) {
     if host.is_live() && Path::new("/run/systemd/system").is_dir() {
         if let Err(e) = output(Command::new("systemctl").arg("daemon-reload")) {
             let _ = writeln!(out, "warning: systemctl daemon-reload: {e:#}");
@@ -88,9 +95,11 @@ pub fn remove_recorded(
     rec: &mut Record,
     path: &str,
     dry_run: bool,
-    out: &mut String,
+    out: &mut Report,
 ) -> Result<()> {
     check_removable(host, rec, path)?;
+    let before = fs::read(host.path(path)).unwrap_or_default();
+    out.change(path, "remove", String::from_utf8_lossy(&before), "");
     if dry_run {
         let _ = writeln!(out, "would remove {path}");
         return Ok(());

@@ -13,6 +13,7 @@ use super::fetch::{fetch, require_channel};
 use super::files::{Planned, Record};
 use super::gpg::{normalize_fingerprint, same_fingerprint, TempGpg};
 use super::host::{output, Host};
+use super::report::Report;
 use super::status::Status;
 
 pub fn key_path(pkg: &str) -> String {
@@ -175,7 +176,7 @@ pub fn import_key(
     armored: &str,
     rec: &mut Record,
     dry_run: bool,
-    out: &mut String,
+    out: &mut Report,
 ) -> Result<bool> {
     let want = normalize_fingerprint(fingerprint);
     if find_key(&installed_keys(host, gpg)?, &want).is_some() {
@@ -197,6 +198,7 @@ pub fn import_key(
             found.join(", ")
         ),
     }
+    out.change("rpm key", "import", "", format!("fingerprint {want}"));
     if dry_run {
         let _ = writeln!(out, "would rpm --import {path} (fingerprint {want})");
         return Ok(true);
@@ -212,8 +214,9 @@ pub fn import_key(
     Ok(true)
 }
 
-pub fn remove_key(host: &Host, rec: &mut Record, dry_run: bool, out: &mut String) -> Result<()> {
+pub fn remove_key(host: &Host, rec: &mut Record, dry_run: bool, out: &mut Report) -> Result<()> {
     if let Some(name) = rec.rpm_key.clone() {
+        out.change("rpm key", "remove", name.as_str(), "");
         if dry_run {
             let _ = writeln!(out, "would rpm -e {name}");
         } else {
@@ -239,7 +242,7 @@ fn timer_systemctl(host: &Host, verb: &str) -> Command {
     c
 }
 
-pub fn enable_timer(host: &Host, out: &mut String) {
+pub fn enable_timer(host: &Host, out: &mut Report) {
     let timer = timer(&host.package);
     match output(&mut timer_systemctl(host, "enable")) {
         Ok(_) => {
@@ -251,7 +254,7 @@ pub fn enable_timer(host: &Host, out: &mut String) {
     }
 }
 
-pub fn disable_timer(host: &Host, dry_run: bool, out: &mut String) {
+pub fn disable_timer(host: &Host, dry_run: bool, out: &mut Report) {
     let timer = timer(&host.package);
     if dry_run {
         let _ = writeln!(out, "would disable {timer}");
@@ -291,12 +294,21 @@ pub fn versionlock(
     rec: &mut Record,
     version: Option<&str>,
     dry_run: bool,
-    out: &mut String,
+    out: &mut Report,
 ) -> Result<()> {
     let (verb, spec) = match version {
         Some(v) => ("add", format!("{}-{v}", host.package)),
         None => ("delete", host.package.clone()),
     };
+    let (action, before, after) = match version {
+        Some(_) => ("lock", String::new(), spec.clone()),
+        None => (
+            "unlock",
+            rec.pinned.clone().unwrap_or_default(),
+            String::new(),
+        ),
+    };
+    out.change("dnf versionlock", action, before, after);
     if dry_run {
         let _ = writeln!(out, "would run dnf versionlock {verb} {spec}");
         return Ok(());
@@ -382,7 +394,7 @@ impl Backend for Dnf {
         )
     }
 
-    fn after_enable(&self, host: &Host, out: &mut String) {
+    fn after_enable(&self, host: &Host, out: &mut Report) {
         enable_timer(host, out);
     }
 
@@ -433,7 +445,13 @@ impl Backend for Dnf {
             })
     }
 
-    fn rollback(&self, host: &Host, to: Option<&str>, out: &mut String) -> Result<String> {
+    fn rollback(
+        &self,
+        host: &Host,
+        to: Option<&str>,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String> {
         let inst = installed(host)
             .with_context(|| format!("{} is not installed: nothing to roll back", host.package))?;
         let avail = available(host)?;
@@ -456,6 +474,16 @@ impl Backend for Dnf {
             "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
             host.package
         );
+        out.change(
+            format!("package {}", host.package),
+            "install",
+            &inst,
+            &target,
+        );
+        if dry_run {
+            let _ = writeln!(out, "dry run: nothing was installed");
+            return Ok(target);
+        }
         // An earlier pin's versionlock would hide the target; rollback pins
         // the target right after.
         out.push_str(&output(dnf(host).args([

@@ -82,7 +82,7 @@ fn rpm_import_checks_full_fingerprints() {
     output(rpm(&host).arg("--import").arg(host.path(&key_path(pkg)))).unwrap();
     let gpg = TempGpg::new().unwrap();
     let mut rec = Record::default();
-    let mut out = String::new();
+    let mut out = Report::new();
     assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
     assert_eq!(
         rec.rpm_key, None,
@@ -104,11 +104,21 @@ fn rpm_import_checks_full_fingerprints() {
     // rpm does not have it: dry run, import, remove.
     let root = rpm_root("rpm-key-absent");
     let host = Host::open(&root, pkg, Some("dnf")).unwrap();
-    let mut out = String::new();
+    let mut out = Report::new();
     assert!(import_key(&host, &gpg, &fpr, &armored, &mut rec, true, &mut out).unwrap());
     assert!(
-        out.contains(&format!("would rpm --import {}", key_path(pkg))),
-        "{out}"
+        out.text()
+            .contains(&format!("would rpm --import {}", key_path(pkg))),
+        "{}",
+        out.text()
+    );
+    // --json's account of the dry run: the import it would do.
+    assert_eq!(
+        out.changes()
+            .iter()
+            .map(|c| (c.path.as_str(), c.action))
+            .collect::<Vec<_>>(),
+        [("rpm key", "import")]
     );
     assert!(
         installed_keys(&host, &gpg).unwrap().is_empty(),
@@ -125,6 +135,11 @@ fn rpm_import_checks_full_fingerprints() {
     );
     assert!(!import_key(&host, &gpg, &fpr, &armored, &mut rec, false, &mut out).unwrap());
     remove_key(&host, &mut rec, false, &mut out).unwrap();
-    assert!(installed_keys(&host, &gpg).unwrap().is_empty(), "{out}");
+    assert!(
+        installed_keys(&host, &gpg).unwrap().is_empty(),
+        "{}",
+        out.text()
+    );
+    assert_eq!(out.changes().last().unwrap().before, name);
     fs::remove_dir_all(&root).unwrap();
 }
