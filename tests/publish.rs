@@ -177,6 +177,57 @@ fn a_published_version_is_immutable() {
     }
 }
 
+/// A second package joins the repository (ferry's own package beside its
+/// agent, docs/FLEET.md): both are in the channel, each with its own
+/// retention.
+#[test]
+fn a_second_package_joins_the_repository_with_its_own_retention() {
+    let scratch = Scratch::new("two-packages");
+    let repo = scratch.path("repo");
+    let mut args = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
+    args.keep = 1;
+    publish(&args).unwrap();
+    for version in ["1.0.0", "1.1.0"] {
+        let mut other = publish_args(
+            &repo,
+            "candidate",
+            vec![build_deb_named(
+                &scratch.0,
+                "other-agent",
+                version,
+                "amd64",
+                "r",
+            )],
+        );
+        other.keep = 1;
+        publish(&other).unwrap();
+    }
+    let packages =
+        fs::read_to_string(repo.join("apt/dists/candidate/main/binary-amd64/Packages")).unwrap();
+    let mut entries: Vec<(String, String)> = Vec::new();
+    for stanza in packages.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        if let (Some(p), Some(v)) = (field("Package: "), field("Version: ")) {
+            entries.push((p, v));
+        }
+    }
+    entries.sort();
+    assert_eq!(
+        entries.len(),
+        2,
+        "one version of each package (keep 1): {entries:?}"
+    );
+    assert!(
+        entries.contains(&("other-agent".to_string(), "1.1.0-1".to_string())),
+        "{entries:?}"
+    );
+}
+
 /// Each refusal says what is wrong and leaves the directory as it was.
 #[test]
 fn refusals_are_clear_and_change_nothing() {
@@ -207,20 +258,6 @@ fn refusals_are_clear_and_change_nothing() {
     .unwrap();
     let before = snapshot(&repo);
     let refused: Vec<(PublishArgs, &str)> = vec![
-        (
-            publish_args(
-                &repo,
-                "candidate",
-                vec![build_deb_named(
-                    &scratch.0,
-                    "other-agent",
-                    "1.0.0",
-                    "amd64",
-                    "r",
-                )],
-            ),
-            "does not belong",
-        ),
         (
             publish_args(
                 &repo,

@@ -379,6 +379,10 @@ impl Backend for Apt {
         if !versions.iter().any(|(v, repo)| *v == target && *repo) {
             bail!("{} {target} is not offered by any repository", host.package)
         }
+        if target == installed {
+            let _ = writeln!(out, "{} is already at {target}", host.package);
+            return Ok(target);
+        }
         let _ = writeln!(
             out,
             "rolling {} back from {installed} to {target} (apt-get; the hooks carry the state down)",

@@ -447,7 +447,7 @@ fn input_id(input: &Inspected) -> String {
     entry_id(input.format, &input.name, &input.version, &input.arch)
 }
 
-/// Checks names, architectures and immutability; records the name and
+/// Checks architectures and immutability; records the first name and the
 /// architectures of a format the repository sees for the first time.
 fn accept_inputs(state: &mut RepoState, inputs: &[Inspected], repo: &Path) -> Result<()> {
     let known_formats: BTreeSet<Format> = state.names.keys().copied().collect();
@@ -461,19 +461,13 @@ fn accept_inputs(state: &mut RepoState, inputs: &[Inspected], repo: &Path) -> Re
                 input.arch
             )
         };
-        let name = state
+        // The first name of a format labels the repository; other packages
+        // join it (ferry's own package beside its agent), each with its own
+        // retention.
+        state
             .names
             .entry(input.format)
             .or_insert_with(|| input.name.clone());
-        if *name != input.name {
-            bail!(
-                "{} does not belong in {}: the repository holds {} package {name} (fixed by its first publish). \
-                 Nothing was changed; publish it into a repository of its own",
-                what(),
-                repo.display(),
-                input.format
-            );
-        }
         let arches = state.architectures.entry(input.format).or_default();
         if known_formats.contains(&input.format) && !arches.contains(&input.arch) {
             bail!(

@@ -72,7 +72,8 @@ pub struct RepoState {
     pub label: String,
     /// Fingerprint of the signing key; later publishes must use the same key.
     pub key: String,
-    /// Package name per format, fixed by the first publish of that format.
+    /// The first package name published per format (the formats the
+    /// repository holds); other packages may join it.
     pub names: BTreeMap<Format, String>,
     /// Architectures per format, fixed by the first publish of that format.
     pub architectures: BTreeMap<Format, BTreeSet<String>>,

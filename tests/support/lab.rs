@@ -161,6 +161,12 @@ impl Host {
         self.pid_namespace.as_deref()
     }
 
+    /// The booted host's PID 1 as the machine sees it (what `nsenter -t`
+    /// and Ansible's `community.docker.nsenter` connection take).
+    pub fn leader(&self) -> Option<u32> {
+        self.leader
+    }
+
     /// Makes `host_path` visible read-only at `guest_path` (e.g. a repository
     /// used as a `file://` URL). Takes effect at boot and for unbooted `exec`.
     pub fn bind_ro(&mut self, host_path: impl AsRef<Path>, guest_path: &str) -> &mut Self {

@@ -469,6 +469,10 @@ impl Backend for Dnf {
                     )
                 })?,
         };
+        if target == inst {
+            let _ = writeln!(out, "{} is already at {target}", host.package);
+            return Ok(target);
+        }
         let _ = writeln!(
             out,
             "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",

@@ -1,0 +1,379 @@
+//! The Ansible collection (ansible/) driving six booted lab hosts, three
+//! Debian and three RPM, from this machine: a pinned ansible-core
+//! (ci/ansible-requirements.txt, installed by ci/test) reaching each host
+//! through community.docker's nsenter connection. Enrolment, idempotence,
+//! check and diff modes, a health-gated rollout in batches, and ferry_info
+//! against what dpkg, rpm and the agent say. Root is required (docs/LAB.md).
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+use support::lab::{Host, HostKind};
+use support::probe;
+use support::signing::Signer;
+use support::Scratch;
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const AGENT_PACKAGE: &str = "roboconf-agent";
+
+/// Where ci/test installs Ansible (`FERRY_ANSIBLE_VENV` overrides it).
+fn ansible_venv() -> PathBuf {
+    let venv = std::env::var_os("FERRY_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ferry-ansible/venv"));
+    assert!(
+        venv.join("bin/ansible-playbook").exists(),
+        "no Ansible in {}: ci/test installs it from ci/ansible-requirements.txt \
+         (or set FERRY_ANSIBLE_VENV to a virtual environment that has it)",
+        venv.display()
+    );
+    venv
+}
+
+fn fingerprint(signer: &Signer) -> String {
+    signer
+        .gpg(&["--with-colons", "--list-keys"])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fpr:")
+                .map(|r| r.trim_matches(':').to_string())
+        })
+        .expect("a fingerprint")
+}
+
+/// `ferry publish` of `packages` into `channel` of the repository.
+fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
+    support::run(
+        Command::new(FERRY)
+            .args(["publish", "--repo"])
+            .arg(repo)
+            .args(["--channel", channel, "--key", &fingerprint(signer)])
+            .arg("--gnupghome")
+            .arg(signer.home())
+            .args(packages),
+    );
+}
+
+/// Six booted hosts, the collection installed for the controller, an
+/// inventory naming each host's PID 1.
+struct Fleet {
+    hosts: Vec<(String, Host)>,
+    dir: Scratch,
+    venv: PathBuf,
+}
+
+impl Fleet {
+    fn boot(repo: &Path, key: &Path, fpr: &str) -> Fleet {
+        let venv = ansible_venv();
+        let dir = Scratch::new("ferry-fleet");
+        let mut hosts: Vec<(String, Host)> =
+            ["debian1", "rpm1", "debian2", "rpm2", "debian3", "rpm3"]
+                .iter()
+                .map(|name| {
+                    let kind = if name.starts_with("rpm") {
+                        HostKind::Rpm
+                    } else {
+                        HostKind::Debian
+                    };
+                    let mut host = Host::new(kind);
+                    host.bind_ro(repo, "/srv/repo");
+                    (name.to_string(), host)
+                })
+                .collect();
+        std::thread::scope(|s| {
+            for (name, host) in hosts.iter_mut() {
+                s.spawn(move || assert_eq!(host.boot(), "running", "{name}"));
+            }
+        });
+        // The collection as `ansible-galaxy collection install ./ansible` lays it out.
+        let collections = dir.path().join("collections/ansible_collections/ferry");
+        fs::create_dir_all(&collections).unwrap();
+        support::run(
+            Command::new("cp")
+                .args(["-a", concat!(env!("CARGO_MANIFEST_DIR"), "/ansible")])
+                .arg(collections.join("fleet")),
+        );
+        // Batches of two in this order: debian1+rpm1, debian2+rpm2, debian3+rpm3.
+        let mut inventory = String::from("[agents]\n");
+        for (name, host) in &hosts {
+            inventory += &format!(
+                "{name} ansible_nsenter_pid={} ferry_family={}\n",
+                host.leader().unwrap(),
+                if host.kind() == HostKind::Rpm {
+                    "dnf"
+                } else {
+                    "apt"
+                }
+            );
+        }
+        inventory += &format!(
+            "\n[agents:vars]\nansible_connection=community.docker.nsenter\n\
+             ansible_python_interpreter=/usr/bin/python3\nferry_repo=file:///srv/repo\n\
+             ferry_repo_key_file={}\nferry_repo_fingerprint={fpr}\nferry_channel=stable\n",
+            key.display()
+        );
+        fs::write(dir.path().join("inventory"), inventory).unwrap();
+        fs::write(
+            dir.path().join("enroll.yml"),
+            "- hosts: agents\n  gather_facts: false\n  roles:\n    - ferry.fleet.enroll\n",
+        )
+        .unwrap();
+        Fleet { hosts, dir, venv }
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        &self.hosts.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// `ansible-playbook PLAYBOOK ARGS…` with the JSON callback; its output
+    /// and whether it succeeded.
+    fn playbook(&self, playbook: &str, args: &[&str]) -> (Value, bool) {
+        let started = Instant::now();
+        let out = Command::new(self.venv.join("bin/ansible-playbook"))
+            .current_dir(self.dir.path())
+            .env(
+                "ANSIBLE_COLLECTIONS_PATH",
+                self.dir.path().join("collections"),
+            )
+            .env("ANSIBLE_STDOUT_CALLBACK", "json")
+            .env("ANSIBLE_LOCAL_TEMP", self.dir.path().join("tmp"))
+            .env("ANSIBLE_FORKS", "6")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .args(["-i", "inventory", playbook])
+            .args(args)
+            .output()
+            .expect("ansible-playbook runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "ansible-playbook {playbook} {args:?} printed no JSON ({e}): {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        eprintln!(
+            "fleet: ansible-playbook {playbook} {args:?}: {} in {:.1?}",
+            out.status,
+            started.elapsed()
+        );
+        (json, out.status.success())
+    }
+
+    /// The collection's rollout playbook.
+    fn rollout_playbook(&self) -> String {
+        self.dir
+            .path()
+            .join("collections/ansible_collections/ferry/fleet/playbooks/rollout.yml")
+            .display()
+            .to_string()
+    }
+}
+
+/// A host's recap: changed, failures, ok…
+fn stats<'a>(run: &'a Value, host: &str) -> &'a Value {
+    &run["stats"][host]
+}
+
+/// Every result of the task named `task`, by host.
+fn task_results<'a>(run: &'a Value, task: &str) -> Vec<(&'a str, &'a Value)> {
+    let mut found = Vec::new();
+    for play in run["plays"].as_array().unwrap() {
+        for t in play["tasks"].as_array().unwrap() {
+            if t["task"]["name"] == task {
+                for (host, result) in t["hosts"].as_object().unwrap() {
+                    found.push((host.as_str(), result));
+                }
+            }
+        }
+    }
+    found
+}
+
+fn installed_version(host: &Host) -> String {
+    let query = match host.kind() {
+        HostKind::Debian => format!("dpkg-query -W -f '${{Version}}' {AGENT_PACKAGE}"),
+        HostKind::Rpm => format!("rpm -q --qf '%{{VERSION}}-%{{RELEASE}}' {AGENT_PACKAGE}"),
+    };
+    host.sh_ok(&query)
+}
+
+/// Everything under /etc with its checksum: what a check-mode run must leave alone.
+fn etc_listing(host: &Host) -> String {
+    host.sh_ok(
+        "find /etc -xdev -type f -newer /etc/hostname -print0 | sort -z | xargs -0 -r sha256sum",
+    )
+}
+
+#[test]
+fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches() {
+    support::require_root();
+    let started = Instant::now();
+    let v100 = probe::agent("1.0.0");
+    let v110 = probe::agent("1.1.0");
+    let ferry_pkg = probe::ferry_cli("1.0.0");
+    let signer = Signer::new("fleet");
+    let fpr = fingerprint(&signer);
+    let scratch = Scratch::new("ferry-fleet-repo");
+    let repo = scratch.path().join("repo");
+    publish(
+        &signer,
+        &repo,
+        "stable",
+        &[&v100.deb, &v100.rpm, &ferry_pkg.deb, &ferry_pkg.rpm],
+    );
+    let fleet = Fleet::boot(&repo, &repo.join("signing-key.asc"), &fpr);
+    eprintln!("fleet: six hosts booted after {:.0?}", started.elapsed());
+
+    // Enrolment: ferry and the agent from the repository, the channel followed.
+    let (run, ok) = fleet.playbook("enroll.yml", &[]);
+    assert!(ok, "enrolment failed: {:#}", run["stats"]);
+    for (name, host) in &fleet.hosts {
+        assert_eq!(installed_version(host), "1.0.0-1", "{name}");
+        assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
+        let status: Value = serde_json::from_str(&host.sh_ok(&format!(
+            "ferry channel --family {} status --json",
+            if host.kind() == HostKind::Rpm {
+                "dnf"
+            } else {
+                "apt"
+            }
+        )))
+        .unwrap();
+        assert_eq!(status["enabled"], true, "{name}: {status:#}");
+        assert_eq!(status["channel"], "stable", "{name}");
+        assert!(
+            host.sh("test ! -e /etc/apt/sources.list.d/ferry-bootstrap.sources && test ! -e /etc/yum.repos.d/ferry-bootstrap.repo").success(),
+            "{name}: the bootstrap source was left behind"
+        );
+    }
+    eprintln!("fleet: enrolled after {:.0?}", started.elapsed());
+
+    // A second run changes nothing.
+    let (run, ok) = fleet.playbook("enroll.yml", &[]);
+    assert!(ok, "{:#}", run["stats"]);
+    for (name, _) in &fleet.hosts {
+        assert_eq!(
+            stats(&run, name)["changed"],
+            0,
+            "{name}: {:#}",
+            run["stats"]
+        );
+    }
+
+    // Check and diff modes on a changed window: the diff names the timer,
+    // nothing on the hosts changes.
+    let before: Vec<String> = fleet.hosts.iter().map(|(_, h)| etc_listing(h)).collect();
+    let (run, ok) = fleet.playbook(
+        "enroll.yml",
+        &[
+            "--check",
+            "--diff",
+            "-e",
+            "ferry_window='Mon..Fri 02:00-04:00'",
+        ],
+    );
+    assert!(ok, "{:#}", run["stats"]);
+    let results = task_results(&run, "Follow the channel");
+    assert_eq!(results.len(), 6, "{run:#}");
+    for (name, result) in results {
+        assert_eq!(result["changed"], true, "{name}: {result:#}");
+        let diff = result["diff"].to_string();
+        assert!(
+            diff.contains("Mon..Fri *-*-* 02:00:00"),
+            "{name}: the diff does not show the window: {diff}"
+        );
+        assert_eq!(result["window"], "Mon..Fri 02:00-04:00", "{name}");
+    }
+    let after: Vec<String> = fleet.hosts.iter().map(|(_, h)| etc_listing(h)).collect();
+    assert_eq!(before, after, "a check-mode run changed /etc");
+
+    // The push path refuses a host whose updater follows the channel unpinned.
+    publish(&signer, &repo, "stable", &[&v110.deb, &v110.rpm]);
+    let rollout = fleet.rollout_playbook();
+    let (run, ok) = fleet.playbook(
+        &rollout,
+        &["--limit", "debian1", "-e", "ferry_rollout_version=1.1.0"],
+    );
+    assert!(!ok, "a racing host was rolled out: {run:#}");
+    let refusal = task_results(&run, "Refuse a host whose updater would race the rollout");
+    assert!(
+        refusal[0].1["msg"]
+            .as_str()
+            .unwrap()
+            .contains("without a pin"),
+        "{refusal:?}"
+    );
+    assert_eq!(installed_version(fleet.host("debian1")), "1.0.0-1");
+
+    // Pinned everywhere; debian2 made unhealthy (its agent stopped, so the
+    // upgrade leaves it stopped): the rollout stops after the second batch.
+    let pin = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - ferry.fleet.ferry_channel:\n        pin: 1.0.0\n        family: \"{{ ferry_family }}\"\n";
+    fs::write(fleet.dir.path().join("pin.yml"), pin).unwrap();
+    let (run, ok) = fleet.playbook("pin.yml", &[]);
+    assert!(ok, "{:#}", run["stats"]);
+    fleet
+        .host("debian2")
+        .sh_ok("systemctl stop roboconf-agent.socket roboconf-agent.service");
+    let (run, ok) = fleet.playbook(&rollout, &["-e", "ferry_rollout_version=1.1.0"]);
+    assert!(
+        !ok,
+        "the rollout went on past an unhealthy host: {:#}",
+        run["stats"]
+    );
+    for name in ["debian1", "rpm1", "debian2", "rpm2"] {
+        assert_eq!(installed_version(fleet.host(name)), "1.1.0-1", "{name}");
+    }
+    for name in ["debian3", "rpm3"] {
+        assert_eq!(
+            installed_version(fleet.host(name)),
+            "1.0.0-1",
+            "{name} is in the batch after the unhealthy one"
+        );
+        assert!(
+            stats(&run, name).is_null(),
+            "{name} was touched: {:#}",
+            run["stats"]
+        );
+    }
+    let stopped = task_results(
+        &run,
+        "Stop the rollout unless the agent is healthy at the new version",
+    );
+    let (_, debian2) = stopped.iter().find(|(h, _)| *h == "debian2").unwrap();
+    assert_eq!(debian2["failed"], true, "{debian2:#}");
+    eprintln!("fleet: rolled out after {:.0?}", started.elapsed());
+
+    // ferry_info tells the truth on each host.
+    let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ ferry_family }}\"\n";
+    fs::write(fleet.dir.path().join("info.yml"), info).unwrap();
+    let (run, ok) = fleet.playbook("info.yml", &["--check"]);
+    assert!(ok, "{:#}", run["stats"]);
+    for (name, result) in task_results(&run, "info") {
+        let host = fleet.host(name);
+        let installed = installed_version(host);
+        assert_eq!(
+            format!("{}-1", result["version"].as_str().unwrap()),
+            installed,
+            "{name}"
+        );
+        assert_eq!(result["channel"]["installed"], installed.as_str(), "{name}");
+        assert_eq!(result["changed"], false);
+        let running = host.sh("systemctl is-active roboconf-agent.service").stdout;
+        if name == "debian2" {
+            assert_eq!(result["healthy"], false, "{name}: {result:#}");
+            assert_eq!(running.trim(), "inactive");
+        } else {
+            assert_eq!(result["healthy"], true, "{name}: {result:#}");
+            assert_eq!(
+                result["agent"]["version"].as_str().unwrap(),
+                support::agent::version_running(host),
+                "{name}"
+            );
+        }
+    }
+    eprintln!("fleet: done after {:.0?}", started.elapsed());
+}
