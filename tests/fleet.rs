@@ -178,12 +178,31 @@ fn stats<'a>(run: &'a Value, host: &str) -> &'a Value {
     &run["stats"][host]
 }
 
-/// Every result of the task named `task`, by host.
+/// What failed in a run: each failed task's host, name and message.
+fn failures(run: &Value) -> String {
+    let mut out = String::new();
+    for play in run["plays"].as_array().into_iter().flatten() {
+        for t in play["tasks"].as_array().into_iter().flatten() {
+            for (host, result) in t["hosts"].as_object().into_iter().flatten() {
+                if result["failed"] == true || result["unreachable"] == true {
+                    out += &format!(
+                        "{host}: {}: {} {} {}\n",
+                        t["task"]["name"], result["msg"], result["stderr"], result["module_stderr"]
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every result of the task named `task` (in a role, after its prefix), by host.
 fn task_results<'a>(run: &'a Value, task: &str) -> Vec<(&'a str, &'a Value)> {
     let mut found = Vec::new();
     for play in run["plays"].as_array().unwrap() {
         for t in play["tasks"].as_array().unwrap() {
-            if t["task"]["name"] == task {
+            let name = t["task"]["name"].as_str().unwrap_or_default();
+            if name == task || name.ends_with(&format!(" : {task}")) {
                 for (host, result) in t["hosts"].as_object().unwrap() {
                     found.push((host.as_str(), result));
                 }
@@ -230,7 +249,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
 
     // Enrolment: ferry and the agent from the repository, the channel followed.
     let (run, ok) = fleet.playbook("enroll.yml", &[]);
-    assert!(ok, "enrolment failed: {:#}", run["stats"]);
+    assert!(ok, "enrolment failed:\n{}", failures(&run));
     for (name, host) in &fleet.hosts {
         assert_eq!(installed_version(host), "1.0.0-1", "{name}");
         assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
@@ -254,7 +273,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
 
     // A second run changes nothing.
     let (run, ok) = fleet.playbook("enroll.yml", &[]);
-    assert!(ok, "{:#}", run["stats"]);
+    assert!(ok, "{}", failures(&run));
     for (name, _) in &fleet.hosts {
         assert_eq!(
             stats(&run, name)["changed"],
@@ -276,7 +295,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
             "ferry_window='Mon..Fri 02:00-04:00'",
         ],
     );
-    assert!(ok, "{:#}", run["stats"]);
+    assert!(ok, "{}", failures(&run));
     let results = task_results(&run, "Follow the channel");
     assert_eq!(results.len(), 6, "{run:#}");
     for (name, result) in results {
@@ -314,7 +333,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     let pin = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - ferry.fleet.ferry_channel:\n        pin: 1.0.0\n        family: \"{{ ferry_family }}\"\n";
     fs::write(fleet.dir.path().join("pin.yml"), pin).unwrap();
     let (run, ok) = fleet.playbook("pin.yml", &[]);
-    assert!(ok, "{:#}", run["stats"]);
+    assert!(ok, "{}", failures(&run));
     fleet
         .host("debian2")
         .sh_ok("systemctl stop roboconf-agent.socket roboconf-agent.service");
@@ -325,7 +344,12 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
         run["stats"]
     );
     for name in ["debian1", "rpm1", "debian2", "rpm2"] {
-        assert_eq!(installed_version(fleet.host(name)), "1.1.0-1", "{name}");
+        assert_eq!(
+            installed_version(fleet.host(name)),
+            "1.1.0-1",
+            "{name}: {}",
+            failures(&run)
+        );
     }
     for name in ["debian3", "rpm3"] {
         assert_eq!(
@@ -351,7 +375,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ ferry_family }}\"\n";
     fs::write(fleet.dir.path().join("info.yml"), info).unwrap();
     let (run, ok) = fleet.playbook("info.yml", &["--check"]);
-    assert!(ok, "{:#}", run["stats"]);
+    assert!(ok, "{}", failures(&run));
     for (name, result) in task_results(&run, "info") {
         let host = fleet.host(name);
         let installed = installed_version(host);

@@ -226,7 +226,7 @@ fn plan_publish(
     args: &PublishArgs,
 ) -> Result<(RepoState, PublishReport)> {
     let mut state = before.clone();
-    accept_inputs(&mut state, inputs, &args.repo)?;
+    accept_inputs(&mut state, inputs)?;
     mark_kept(&mut state, inputs, &args.keep_versions)?;
     let ids: Vec<String> = inputs.iter().map(input_id).collect();
     let change = add_to_channel(&mut state, &args.channel, &ids, args.keep)?;
@@ -449,7 +449,7 @@ fn input_id(input: &Inspected) -> String {
 
 /// Checks architectures and immutability; records the first name and the
 /// architectures of a format the repository sees for the first time.
-fn accept_inputs(state: &mut RepoState, inputs: &[Inspected], repo: &Path) -> Result<()> {
+fn accept_inputs(state: &mut RepoState, inputs: &[Inspected]) -> Result<()> {
     let known_formats: BTreeSet<Format> = state.names.keys().copied().collect();
     for input in inputs {
         let what = || {

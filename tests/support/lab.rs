@@ -108,6 +108,8 @@ pub struct Host {
     nspawn: Option<Child>,
     leader: Option<u32>,
     pid_namespace: Option<String>,
+    /// `boot` restarted the units that failed with 219/CGROUP (once only).
+    spawn_failures_restarted: bool,
     binds: Vec<(PathBuf, String)>,
     root: PathBuf,
     scratch: Scratch,
@@ -136,6 +138,7 @@ impl Host {
             nspawn: None,
             leader: None,
             pid_namespace: None,
+            spawn_failures_restarted: false,
             binds: Vec::new(),
             root,
             scratch,
@@ -270,6 +273,7 @@ impl Host {
             let state = out.stdout.trim().to_string();
             match state.as_str() {
                 "running" => return state,
+                "degraded" if self.restart_spawn_failures() => continue,
                 "degraded" => {
                     let failed = self.sh("systemctl --failed --no-legend --plain; \
                          for u in $(systemctl --failed --no-legend --plain | cut -d' ' -f1); do \
@@ -294,6 +298,34 @@ impl Host {
             }
             sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Starts again, once, the failed units whose process systemd could not
+    /// place in its cgroup (status 219/CGROUP): under load this machine's
+    /// kernel sometimes refuses a cgroup write with EIO while several hosts
+    /// boot, which says nothing about the unit. Whether any was restarted;
+    /// a unit failing for any other reason is left failed.
+    fn restart_spawn_failures(&mut self) -> bool {
+        if self.spawn_failures_restarted {
+            return false;
+        }
+        self.spawn_failures_restarted = true;
+        let out = self.sh(
+            "for u in $(systemctl --failed --no-legend --plain | cut -d' ' -f1); do \
+               if [ \"$(systemctl show -P ExecMainStatus \"$u\")\" = 219 ]; then \
+                 echo \"$u\"; systemctl reset-failed \"$u\"; systemctl start \"$u\" || true; \
+               fi; \
+             done",
+        );
+        let restarted = out.stdout.split_whitespace().count() > 0;
+        if restarted {
+            eprintln!(
+                "lab: {} host: started again after 219/CGROUP: {}",
+                self.kind.name(),
+                out.stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+        }
+        restarted
     }
 
     pub fn is_booted(&self) -> bool {
