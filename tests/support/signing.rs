@@ -36,6 +36,11 @@ impl Signer {
         Signer { home, fingerprint }
     }
 
+    /// The key's full fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// The GNUPGHOME holding the key.
     pub fn home(&self) -> &Path {
         self.home.path()
