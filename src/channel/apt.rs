@@ -472,7 +472,7 @@ impl Backend for Apt {
         if kept_back {
             why.push("kept back by unattended-upgrades' last run (see its log)".into());
         }
-        if s.repository_check.starts_with("error") {
+        if check_failed {
             why.push(format!(
                 "the repository failed its check: {}",
                 s.repository_check

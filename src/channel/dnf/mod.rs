@@ -578,7 +578,7 @@ impl Backend for Dnf {
                 "locked with dnf versionlock ({p}); undo: `ferry channel unpin`"
             ));
         }
-        if s.repository_check.starts_with("error") {
+        if check_failed {
             why.push(format!(
                 "the repository failed its check: {}",
                 s.repository_check
