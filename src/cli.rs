@@ -17,7 +17,8 @@ use ferry::repo::{PromoteArgs, PublishArgs, SigningArgs};
 ///
 /// One directory holds an apt repository (DIR/apt: `deb [signed-by=DIR/signing-key.asc]
 /// file://DIR/apt CHANNEL main`) and an rpm repository (DIR/rpm/CHANNEL, for
-/// `baseurl=`). Every index is signed with one gpg key; rpms are signed too.
+/// `baseurl=`). Every index is signed with the repository's gpg key (two
+/// while it is rotated); rpms are signed too.
 /// A published version is immutable: publishing it again with the same
 /// content changes nothing, with other content is refused. Each publish is
 /// atomic: interrupted at any point, apt and dnf still read the repository.
@@ -56,9 +57,12 @@ pub struct PublishCli {
 pub struct SigningCli {
     /// gpg key that signs (id, fingerprint or user id of a secret key). Required
     /// on the first publish; later publishes and promotes default to the
-    /// repository's key and refuse any other.
-    #[arg(long, value_name = "KEYID")]
-    pub key: Option<String>,
+    /// repository's keys, and refuse keys that share none with them.
+    /// Repeatable, to rotate the key: every index is signed by each key, the
+    /// rpms by the first; a change of keys re-signs every channel
+    /// (docs/REPOSITORIES.md, "Rotating the signing key").
+    #[arg(long = "key", value_name = "KEYID")]
+    pub keys: Vec<String>,
 
     /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
     #[arg(long, value_name = "DIR")]
@@ -95,12 +99,17 @@ pub struct PromoteCli {
     /// package file of that version (deb and rpm, all architectures) is copied.
     #[arg(value_name = "VERSION")]
     pub version: String,
+
+    /// Only this package's files of that version (when the repository holds
+    /// several packages, e.g. the agent and ferry itself).
+    #[arg(long, value_name = "NAME")]
+    pub package: Option<String>,
 }
 
 impl From<SigningCli> for SigningArgs {
     fn from(c: SigningCli) -> SigningArgs {
         SigningArgs {
-            key: c.key,
+            keys: c.keys,
             gnupghome: c.gnupghome,
         }
     }
@@ -128,6 +137,7 @@ impl From<PromoteCli> for PromoteArgs {
             keep: c.keep,
             signing: c.signing.into(),
             version: c.version,
+            package: c.package,
         }
     }
 }

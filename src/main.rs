@@ -55,7 +55,8 @@ enum Command {
     /// One directory holds an apt repository (DIR/apt: `deb
     /// [signed-by=DIR/signing-key.asc] file://DIR/apt CHANNEL main`) and an
     /// rpm repository (DIR/rpm/CHANNEL, for `baseurl=`). Every index is
-    /// signed with one gpg key; rpms are signed too. The newest --keep
+    /// signed with the repository's gpg key (two while it is rotated); rpms
+    /// are signed too. The newest --keep
     /// versions stay in each channel, plus every --keep-version, so older
     /// versions stay installable for rollback. A published version is
     /// immutable, and each publish is atomic: interrupted at any point, apt

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ferry::repo::{promote, publish, PromoteArgs, PublishArgs};
+use ferry::repo::{promote, publish, PromoteArgs, PublishArgs, PUBLIC_KEY_FILE};
 
 #[path = "publish/fixtures.rs"]
 mod fixtures;
@@ -235,11 +235,11 @@ fn refusals_are_clear_and_change_nothing() {
     let repo = scratch.path("repo");
 
     let mut unsigned = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
-    unsigned.signing.key = None;
+    unsigned.signing.keys = Vec::new();
     let error = publish(&unsigned).unwrap_err();
     assert!(format!("{error:#}").contains("unsigned"), "{error:#}");
     let mut unknown = publish_args(&repo, "candidate", build_pair(&scratch.0, "1.0.0", "r"));
-    unknown.signing.key = Some("0123456789ABCDEF0123456789ABCDEF01234567".to_string());
+    unknown.signing.keys = vec!["0123456789ABCDEF0123456789ABCDEF01234567".to_string()];
     let error = publish(&unknown).unwrap_err();
     assert!(
         format!("{error:#}").contains("not a secret key"),
@@ -381,6 +381,7 @@ fn promote_copies_the_exact_bytes() {
 
     let missing = PromoteArgs {
         version: "9.0.0".to_string(),
+        package: None,
         ..args
     };
     let error = promote(&missing).unwrap_err();
@@ -652,4 +653,109 @@ fn left_running(repo: &Path) -> Vec<String> {
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
+}
+
+/// Rotating the signing key (docs/REPOSITORIES.md): keys sharing none with
+/// the repository's are refused; published with OLD and NEW, every channel
+/// (the one not published to as well) is re-signed by both, so clients
+/// trusting either read it, and rpms are signed by the first key; with NEW
+/// alone, clients trusting OLD alone are refused and clients trusting NEW
+/// read every channel.
+#[test]
+fn a_key_rotation_signs_every_channel_with_both_keys_then_the_new_one() {
+    let scratch = Scratch::new("rotation");
+    let repo = scratch.path("repo");
+    let (old, new) = (key(), second_key());
+    let old_file = export_key(old, &scratch.path("old.asc"));
+    let new_file = export_key(new, &scratch.path("new.asc"));
+    let signed_by = |keys: &[&Key], version: &str| {
+        let mut args = publish_args(&repo, "candidate", build_pair(&scratch.0, version, "k"));
+        args.signing.keys = keys.iter().map(|k| k.fingerprint.clone()).collect();
+        args
+    };
+    // Whether apt and dnf clients trusting `trusted` alone read `channel`.
+    let readable = |channel: &str, trusted: &Path, tag: &str| {
+        let apt = Apt::trusting(scratch.path(&format!("apt-{tag}")), &repo, channel, trusted);
+        let dnf = Dnf::trusting(scratch.path(&format!("dnf-{tag}")), &repo, channel, trusted);
+        (
+            apt.update().status.success(),
+            dnf.makecache().status.success(),
+        )
+    };
+    let rpm_signer = |version: &str| {
+        let out = run(Command::new("rpm")
+            .args(["-qp", "--qf", "%{RSAHEADER:pgpsig}"])
+            .arg(pool_rpm(&repo, version)));
+        String::from_utf8_lossy(&out.stdout).to_uppercase()
+    };
+
+    publish(&signed_by(&[old], "1.0.0")).unwrap();
+    promote(&promote_to_stable(&repo, "1.0.0")).unwrap();
+    let before = snapshot(&repo);
+    let error = publish(&signed_by(&[new], "1.1.0")).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("--key OLD --key NEW"),
+        "{error:#}"
+    );
+    assert_eq!(
+        snapshot(&repo),
+        before,
+        "a refused publish changed the repository"
+    );
+    assert_eq!(readable("stable", &new_file, "refused"), (false, false));
+
+    // Both keys: both channels readable by clients of either key.
+    publish(&signed_by(&[old, new], "1.1.0")).unwrap();
+    for channel in ["candidate", "stable"] {
+        assert_eq!(
+            readable(channel, &old_file, &format!("{channel}-old")),
+            (true, true),
+            "{channel}, OLD"
+        );
+        assert_eq!(
+            readable(channel, &new_file, &format!("{channel}-new")),
+            (true, true),
+            "{channel}, NEW"
+        );
+    }
+    assert!(
+        rpm_signer("1.1.0").contains(&old.fingerprint[24..]),
+        "rpms by the first key"
+    );
+    let public = fs::read_to_string(repo.join(PUBLIC_KEY_FILE)).unwrap();
+    assert_eq!(public.matches("BEGIN PGP PUBLIC KEY BLOCK").count(), 1);
+    let shown = run(Command::new("gpg")
+        .args(["--batch", "--show-keys", "--with-colons"])
+        .arg(repo.join(PUBLIC_KEY_FILE)));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&old.fingerprint) && shown.contains(&new.fingerprint),
+        "{shown}"
+    );
+
+    // NEW alone, defaulted to by the next publish.
+    publish(&signed_by(&[new], "1.2.0")).unwrap();
+    publish(&signed_by(&[], "1.3.0")).unwrap();
+    for channel in ["candidate", "stable"] {
+        assert_eq!(
+            readable(channel, &old_file, &format!("{channel}-old2")),
+            (false, false),
+            "{channel}, OLD"
+        );
+        assert_eq!(
+            readable(channel, &new_file, &format!("{channel}-new2")),
+            (true, true),
+            "{channel}, NEW"
+        );
+    }
+    assert!(
+        rpm_signer("1.3.0").contains(&new.fingerprint[24..]),
+        "rpms by NEW"
+    );
+    let record = fs::read_to_string(repo.join("ferry-repo.json")).unwrap();
+    assert!(
+        record.contains(&format!("\"key\": \"{}\"", new.fingerprint))
+            && !record.contains("also_signed_by"),
+        "{record}"
+    );
 }

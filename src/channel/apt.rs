@@ -465,7 +465,10 @@ impl Backend for Apt {
             ),
         };
         let newest = s.newest_available.clone();
-        s.up_to_date = matches!((&installed, &newest), (Some(i), Some(n)) if !dpkg_newer(n, i));
+        // What apt's lists say is newest is not known to be the channel's.
+        let check_failed = s.repository_check.starts_with("error");
+        s.up_to_date = !check_failed
+            && matches!((&installed, &newest), (Some(i), Some(n)) if !dpkg_newer(n, i));
         if s.pinned.is_some() && installed != s.pinned {
             s.up_to_date = false;
         }
@@ -473,7 +476,7 @@ impl Backend for Apt {
         match (&installed, &newest) {
             (None, _) => why.push(format!("{} is not installed (unattended-upgrades only upgrades installed packages)", host.package)),
             (_, None) => why.push("the channel is not in apt's lists yet (apt-daily.service has not run since enable), or it is empty".into()),
-            (Some(i), Some(n)) if !dpkg_newer(n, i) && s.pinned.is_none() => why.push("no newer version on the channel".into()),
+            (Some(i), Some(n)) if !dpkg_newer(n, i) && s.pinned.is_none() && !check_failed => why.push("no newer version on the channel".into()),
             _ => {}
         }
         if let Some(p) = &s.pinned {
@@ -490,7 +493,7 @@ impl Backend for Apt {
         if kept_back {
             why.push("kept back by unattended-upgrades' last run (see its log)".into());
         }
-        if s.repository_check.starts_with("error") {
+        if check_failed {
             why.push(format!(
                 "the repository failed its check: {}",
                 s.repository_check

@@ -54,6 +54,11 @@ pub struct Record {
     /// NAME-VERSION-RELEASE (older records hold NAME-VERSION; `rpm -e` takes
     /// either).
     pub rpm_key: Option<String>,
+    /// The keys ferry imported for this repository before its key was
+    /// rotated (`enable` with the new fingerprint): kept, since the rpms
+    /// published before the rotation carry their signature, and removed by
+    /// `disable` with `rpm_key`.
+    pub rotated_rpm_keys: Vec<String>,
     /// The version pinned by `ferry channel pin`, if any.
     pub pinned: Option<String>,
     /// The maintenance window `enable` was given, if any.

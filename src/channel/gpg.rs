@@ -32,20 +32,33 @@ impl TempGpg {
         let mut c = Command::new("gpg");
         c.arg("--homedir")
             .arg(&self.home)
-            .args(["--batch", "--no-tty"]);
+            .args(["--batch", "--no-tty", "--no-permission-warning"]);
         c
     }
 
-    /// Verifies a detached (`sig` given) or clear-signed file with the key.
+    /// Verifies a detached (`data` given) or clear-signed file with the
+    /// key, as apt and dnf do: one good signature by it is enough, others
+    /// by keys this keyring lacks are ignored (a repository whose key is
+    /// being rotated carries two), a bad one fails.
     pub fn verify(&self, what: &str, signed: &Path, data: Option<&Path>) -> Result<()> {
         let mut c = self.gpg();
-        c.arg("--verify").arg(signed);
+        c.args(["--status-fd", "1", "--verify"]).arg(signed);
         if let Some(d) = data {
             c.arg(d);
         }
-        output(&mut c).map(drop).with_context(|| {
-            format!("{what} is not signed by the checked key: the repository or the key is wrong")
-        })
+        let out = c.output().context("cannot run gpg")?;
+        let status = String::from_utf8_lossy(&out.stdout);
+        if !signature_accepted(&status) {
+            let said: Vec<String> = String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect();
+            bail!(
+                "{what} is not signed by the checked key: the repository or the key is wrong ({})",
+                said.join("; ")
+            )
+        }
+        Ok(())
     }
 
     /// The primary fingerprints of the keys in `file`, as gpg prints them
@@ -55,6 +68,22 @@ impl TempGpg {
             .with_context(|| format!("{} is not an OpenPGP public key", file.display()))?;
         Ok(primary_fingerprints(&listing))
     }
+}
+
+/// Whether gpg's `--status-fd` lines show a good signature (`VALIDSIG`,
+/// by a key of the keyring) and no bad one (`BADSIG`, `EXPSIG`,
+/// `EXPKEYSIG`, `REVKEYSIG`); `NO_PUBKEY` signatures, by other keys, are
+/// not the keyring's to judge.
+fn signature_accepted(status: &str) -> bool {
+    let keywords: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("[GNUPG:] "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    keywords.contains(&"VALIDSIG")
+        && !keywords
+            .iter()
+            .any(|k| matches!(*k, "BADSIG" | "EXPSIG" | "EXPKEYSIG" | "REVKEYSIG"))
 }
 
 /// The primary keys' fingerprints in a `gpg --with-colons` listing: the
@@ -107,8 +136,10 @@ impl Drop for TempGpg {
     }
 }
 
-/// Checks that FILE holds exactly one key whose primary fingerprint is
-/// `fingerprint`; returns a keyring holding it and its armored export.
+/// Checks that FILE holds the key whose primary fingerprint is
+/// `fingerprint` (alone, or among the keys of a repository whose key is
+/// being rotated); returns a keyring holding that key alone and its
+/// armored export.
 pub fn checked_key(key: &Path, fingerprint: &str) -> Result<(TempGpg, String)> {
     let want = normalize_fingerprint(fingerprint);
     if !is_full_fingerprint(&want) {
@@ -124,21 +155,47 @@ pub fn checked_key(key: &Path, fingerprint: &str) -> Result<(TempGpg, String)> {
     let gpg = TempGpg::new()?;
     let primaries = gpg.show_keys(key)?;
     match primaries.as_slice() {
-        [one] if same_fingerprint(one, &want) => {}
+        [] => bail!("{} holds no public key", key.display()),
+        found if found.iter().any(|f| same_fingerprint(f, &want)) => {}
         [one] => bail!(
             "the key in {} has fingerprint {one}, not {want}: refusing to trust it. \
              Get the right key (the repository's signing-key.asc) or check the fingerprint you were given",
             key.display()
         ),
-        [] => bail!("{} holds no public key", key.display()),
         many => bail!(
-            "{} holds {} keys ({}); give a file with the repository's key alone",
+            "{} holds the keys {}, none with fingerprint {want}: refusing to trust any. \
+             Get the right key (the repository's signing-key.asc) or check the fingerprint you were given",
             key.display(),
-            many.len(),
             many.join(", ")
         ),
     }
-    output(gpg.gpg().arg("--import").arg(key))?;
-    let armored = output(gpg.gpg().args(["--armor", "--export", &want]))?;
+    // Only the wanted key enters the keyring that checks the repository.
+    let all = TempGpg::new()?;
+    output(all.gpg().arg("--import").arg(key))?;
+    let armored = output(all.gpg().args(["--armor", "--export", &want]))?;
+    let exported = gpg.home.join("checked-key.asc");
+    std::fs::write(&exported, &armored)
+        .with_context(|| format!("cannot write {}", exported.display()))?;
+    output(gpg.gpg().arg("--import").arg(&exported))?;
     Ok((gpg, armored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signature_accepted;
+
+    #[test]
+    fn one_good_signature_is_enough_and_a_bad_one_fails() {
+        let good = "[GNUPG:] GOODSIG 4A8C4B5BF46E68D5 old\n\
+                    [GNUPG:] VALIDSIG CDDB029D8C5A7C7BDD594D1D4A8C4B5BF46E68D5 2026-12-07 1 0 4 0 1 8 01 CDDB029D8C5A7C7BDD594D1D4A8C4B5BF46E68D5\n";
+        let other = "[GNUPG:] ERRSIG 37E203326E4DD6AC 1 8 01 1 9 F70648AB00C5FD3EC78F5B8E37E203326E4DD6AC\n\
+                     [GNUPG:] NO_PUBKEY 37E203326E4DD6AC\n";
+        let bad = "[GNUPG:] BADSIG 37E203326E4DD6AC new\n";
+        assert!(signature_accepted(good));
+        assert!(signature_accepted(&format!("{good}{other}")));
+        assert!(signature_accepted(&format!("{other}{good}")));
+        assert!(!signature_accepted(other));
+        assert!(!signature_accepted(&format!("{good}{bad}")));
+        assert!(!signature_accepted(""));
+    }
 }

@@ -35,7 +35,8 @@ pub const DEFAULT_KEEP: usize = 5;
 ///
 /// One directory holds an apt repository (DIR/apt: `deb [signed-by=DIR/signing-key.asc]
 /// file://DIR/apt CHANNEL main`) and an rpm repository (DIR/rpm/CHANNEL, for
-/// `baseurl=`). Every index is signed with one gpg key; rpms are signed too.
+/// `baseurl=`). Every index is signed with the repository's gpg key (two
+/// while it is rotated); rpms are signed too.
 /// A published version is immutable: publishing it again with the same
 /// content changes nothing, with other content is refused. Each publish is
 /// atomic: interrupted at any point, apt and dnf still read the repository.
@@ -65,10 +66,13 @@ pub struct PublishArgs {
 /// The key that signs the indices (and, on publish, the rpms).
 #[derive(Debug, Clone, Default)]
 pub struct SigningArgs {
-    /// gpg key that signs (id, fingerprint or user id of a secret key). Required
-    /// on the first publish; later publishes and promotes default to the
-    /// repository's key and refuse any other.
-    pub key: Option<String>,
+    /// gpg keys that sign (id, fingerprint or user id of a secret key).
+    /// Required on the first publish; later publishes and promotes default
+    /// to the repository's keys, and refuse keys that share none with them.
+    /// Several keys sign every index (the rpms: the first), so that a key
+    /// can be rotated (docs/REPOSITORIES.md); a change of keys re-signs
+    /// every channel.
+    pub keys: Vec<String>,
 
     /// GnuPG home holding the secret key (default: gpg's own, $GNUPGHOME or ~/.gnupg).
     pub gnupghome: Option<PathBuf>,
@@ -97,6 +101,10 @@ pub struct PromoteArgs {
     /// Version to promote: upstream (`1.2.0`) or full (`1.2.0-1`); every
     /// package file of that version (deb and rpm, all architectures) is copied.
     pub version: String,
+
+    /// Only this package's files of that version (a repository holding the
+    /// agent and ferry's own package may have both at one version).
+    pub package: Option<String>,
 }
 
 /// What a publish did.
@@ -196,14 +204,15 @@ pub fn publish(args: &PublishArgs) -> Result<PublishReport> {
     let mut store = Store::open(&args.repo)?;
     let signer = resolve_signer(
         store.state.as_ref(),
-        args.signing.key.as_deref(),
+        &args.signing.keys,
         args.signing.gnupghome.as_deref(),
     )?;
     let before = match &store.state {
         Some(state) => state.clone(),
         None => new_state(&inputs, &signer)?,
     };
-    let (state, mut report) = plan_publish(&before, &inputs, args).map_err(refused)?;
+    let (state, mut report) =
+        plan_publish(&with_keys(before, &signer), &inputs, args).map_err(refused)?;
     // Finish what an interrupted run left, even when this one adds nothing:
     // the same publish, killed after its commit point, may have left the
     // channel's symlinks on the previous generation (or, on a first
@@ -338,11 +347,12 @@ pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
     };
     let signer = resolve_signer(
         Some(&before),
-        args.signing.key.as_deref(),
+        &args.signing.keys,
         args.signing.gnupghome.as_deref(),
     )?;
-    let ids = promoted_ids(&before, &args.from, &args.version).map_err(refused)?;
-    let mut state = before.clone();
+    let ids = promoted_ids(&before, &args.from, &args.version, args.package.as_deref())
+        .map_err(refused)?;
+    let mut state = with_keys(before.clone(), &signer);
     let change = add_to_channel(&mut state, &args.to, &ids, args.keep).map_err(refused)?;
     let mut report = PromoteReport {
         repo: args.repo.clone(),
@@ -367,12 +377,24 @@ pub fn promote(args: &PromoteArgs) -> Result<PromoteReport> {
 
 /// Ids of the packages in channel `from` that `wanted` names; exactly one
 /// full version per package, or the user must be precise.
-fn promoted_ids(state: &RepoState, from: &str, wanted: &str) -> Result<Vec<String>> {
+fn promoted_ids(
+    state: &RepoState,
+    from: &str,
+    wanted: &str,
+    package: Option<&str>,
+) -> Result<Vec<String>> {
     if !state.channels.contains_key(from) {
         let known: Vec<&String> = state.channels.keys().collect();
         bail!("channel {from} does not exist in this repository (channels: {known:?})");
     }
-    let members = state.members(from);
+    let members: Vec<&Published> = state
+        .members(from)
+        .into_iter()
+        .filter(|p| package.is_none_or(|name| p.name == name))
+        .collect();
+    if let (Some(name), true) = (package, members.is_empty()) {
+        bail!("channel {from} holds no package {name}; nothing was changed");
+    }
     let matching: Vec<&Published> = members
         .iter()
         .copied()
@@ -408,30 +430,41 @@ fn validate_keep(keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// The signer: the repository's recorded key, or on first publish the one given.
+/// The signer: the keys given, or the repository's recorded keys. Keys that
+/// share none with the recorded ones are refused: clients trust only those.
 fn resolve_signer(
     state: Option<&RepoState>,
-    key: Option<&str>,
+    keys: &[String],
     gnupghome: Option<&Path>,
 ) -> Result<Signer> {
-    let Some(key) = key.or(state.map(|s| s.key.as_str())) else {
+    let recorded: Vec<String> = state.map_or_else(Vec::new, |s| {
+        s.keys().into_iter().map(str::to_string).collect()
+    });
+    let keys = if keys.is_empty() { &recorded } else { keys };
+    if keys.is_empty() {
         bail!(
             "refusing to create an unsigned repository: apt and dnf clients verify every index. \
              Pass --key KEYID naming a secret gpg key (and --gnupghome DIR if it is not in the default one)"
         );
-    };
-    let signer = Signer::find(key, gnupghome)?;
-    if let Some(state) = state {
-        if signer.fingerprint != state.key {
-            bail!(
-                "this repository is signed with key {}, and clients trust only that key; {key} is {}. \
-                 Nothing was changed; publish with the repository's key",
-                state.key,
-                signer.fingerprint
-            );
-        }
+    }
+    let signer = Signer::find(keys, gnupghome)?;
+    if state.is_some() && !signer.fingerprints.iter().any(|f| recorded.contains(f)) {
+        bail!(
+            "this repository is signed with key(s) {}, and clients trust only those; --key names {}. \
+             Nothing was changed; publish with the repository's key, or to rotate it, with both \
+             (--key OLD --key NEW; docs/REPOSITORIES.md, \"Rotating the signing key\")",
+            recorded.join(", "),
+            signer.fingerprints.join(", ")
+        );
     }
     Ok(signer)
+}
+
+/// The record with the signer's keys: the rpms' key first.
+fn with_keys(mut state: RepoState, signer: &Signer) -> RepoState {
+    state.key = signer.package_key().to_string();
+    state.also_signed_by = signer.fingerprints[1..].to_vec();
+    state
 }
 
 /// A new repository's record: a unique Origin, so unattended-upgrades can
@@ -440,7 +473,11 @@ fn new_state(inputs: &[Inspected], signer: &Signer) -> Result<RepoState> {
     let name = inputs.first().map_or("packages", |i| i.name.as_str());
     let origin = format!("ferry-{name}-{}", crate::fsutil::random_hex()?);
     let label = format!("{name} ({origin})");
-    Ok(RepoState::new(origin, label, signer.fingerprint.clone()))
+    Ok(RepoState::new(
+        origin,
+        label,
+        signer.package_key().to_string(),
+    ))
 }
 
 fn input_id(input: &Inspected) -> String {

@@ -7,35 +7,41 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// A secret key that gpg can sign with, named by its full fingerprint.
+/// The secret keys that sign, named by their full fingerprints: each index
+/// is signed by every one of them (apt and dnf accept an index when one of
+/// its signatures is by a key they trust), each rpm by the first alone
+/// (rpm 4.18 keeps one OpenPGP signature per package: `rpmsign --addsign`
+/// replaces the one there).
 #[derive(Debug, Clone)]
 pub struct Signer {
-    pub fingerprint: String,
+    pub fingerprints: Vec<String>,
     gnupghome: Option<PathBuf>,
 }
 
 impl Signer {
-    /// Finds exactly one secret signing key matching `key` (id, fingerprint or user id).
-    pub fn find(key: &str, gnupghome: Option<&Path>) -> Result<Signer> {
-        let output = gpg_command(gnupghome)
-            .args(["--with-colons", "--list-secret-keys", "--", key])
-            .output()
-            .context("cannot run gpg: install the gnupg package")?;
-        let where_ = gnupghome.map_or("the default GNUPGHOME".to_string(), |h| {
-            h.display().to_string()
-        });
-        if !output.status.success() {
-            bail!(
-                "signing key {key:?} is not a secret key in {where_}: \
-                 import it (gpg --import) or pass --gnupghome/--key naming one that is"
-            );
+    /// Finds, for each of `keys`, exactly one secret signing key (id,
+    /// fingerprint or user id); two that name the same key are refused.
+    pub fn find(keys: &[String], gnupghome: Option<&Path>) -> Result<Signer> {
+        let mut fingerprints: Vec<String> = Vec::new();
+        for key in keys {
+            let fingerprint = find_one(key, gnupghome)?;
+            if fingerprints.contains(&fingerprint) {
+                bail!("--key {key:?} names key {fingerprint} a second time: give each key once");
+            }
+            fingerprints.push(fingerprint);
         }
-        let fingerprints = signing_fingerprints(&String::from_utf8_lossy(&output.stdout));
-        match fingerprints.as_slice() {
-            [one] => Ok(Signer { fingerprint: one.clone(), gnupghome: gnupghome.map(Path::to_path_buf) }),
-            [] => bail!("key {key:?} in {where_} cannot sign (no usable signing capability): use a signing key"),
-            many => bail!("key {key:?} matches {} secret keys in {where_}: pass a full fingerprint", many.len()),
+        if fingerprints.is_empty() {
+            bail!("no signing key given: pass --key KEYID");
         }
+        Ok(Signer {
+            fingerprints,
+            gnupghome: gnupghome.map(Path::to_path_buf),
+        })
+    }
+
+    /// The key that signs rpms: the first given.
+    pub fn package_key(&self) -> &str {
+        &self.fingerprints[0]
     }
 
     /// InRelease: the Release text, clear-signed.
@@ -48,14 +54,19 @@ impl Signer {
         self.gpg(&["--armor", "--detach-sign"], input, output)
     }
 
-    /// The public key, armored, for clients (`Signed-By:`, `gpgkey=`).
+    /// The public keys, armored, for clients (`Signed-By:`, `gpgkey=`;
+    /// `ferry channel enable` takes the one its `--fingerprint` names).
     pub fn export_public(&self) -> Result<Vec<u8>> {
         let output = gpg_command(self.gnupghome.as_deref())
-            .args(["--armor", "--export", &self.fingerprint])
+            .args(["--armor", "--export"])
+            .args(&self.fingerprints)
             .output()
             .context("cannot run gpg")?;
         if !output.status.success() || output.stdout.is_empty() {
-            bail!("gpg cannot export public key {}", self.fingerprint);
+            bail!(
+                "gpg cannot export public key(s) {}",
+                self.fingerprints.join(", ")
+            );
         }
         Ok(output.stdout)
     }
@@ -66,7 +77,7 @@ impl Signer {
         command.args([
             "--addsign",
             "--define",
-            &format!("_gpg_name {}", self.fingerprint),
+            &format!("_gpg_name {}", self.package_key()),
         ]);
         // Debian's rpm names /usr/bin/gpg2, which Debian 12 does not ship:
         // point it at the gpg that signs everything else.
@@ -92,14 +103,12 @@ impl Signer {
     }
 
     fn gpg(&self, mode: &[&str], input: &Path, output: &Path) -> Result<()> {
-        let result = gpg_command(self.gnupghome.as_deref())
-            .args([
-                "--yes",
-                "--digest-algo",
-                "SHA256",
-                "--local-user",
-                &self.fingerprint,
-            ])
+        let mut command = gpg_command(self.gnupghome.as_deref());
+        command.args(["--yes", "--digest-algo", "SHA256"]);
+        for fingerprint in &self.fingerprints {
+            command.args(["--local-user", fingerprint]);
+        }
+        let result = command
             .args(mode)
             .arg("--output")
             .arg(output)
@@ -110,11 +119,39 @@ impl Signer {
             bail!(
                 "gpg could not sign {} with {}: {}",
                 input.display(),
-                self.fingerprint,
+                self.fingerprints.join(", "),
                 String::from_utf8_lossy(&result.stderr).trim()
             );
         }
         Ok(())
+    }
+}
+
+/// The fingerprint of the one secret signing key `key` names.
+fn find_one(key: &str, gnupghome: Option<&Path>) -> Result<String> {
+    let output = gpg_command(gnupghome)
+        .args(["--with-colons", "--list-secret-keys", "--", key])
+        .output()
+        .context("cannot run gpg: install the gnupg package")?;
+    let where_ = gnupghome.map_or("the default GNUPGHOME".to_string(), |h| {
+        h.display().to_string()
+    });
+    if !output.status.success() {
+        bail!(
+            "signing key {key:?} is not a secret key in {where_}: \
+             import it (gpg --import) or pass --gnupghome/--key naming one that is"
+        );
+    }
+    let fingerprints = signing_fingerprints(&String::from_utf8_lossy(&output.stdout));
+    match fingerprints.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "key {key:?} in {where_} cannot sign (no usable signing capability): use a signing key"
+        ),
+        many => bail!(
+            "key {key:?} matches {} secret keys in {where_}: pass a full fingerprint",
+            many.len()
+        ),
     }
 }
 

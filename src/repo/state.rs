@@ -70,8 +70,13 @@ pub struct RepoState {
     /// select it (SPEC §5).
     pub origin: String,
     pub label: String,
-    /// Fingerprint of the signing key; later publishes must use the same key.
+    /// Fingerprint of the key that signs the indices and the rpms; later
+    /// publishes must sign with it or with one of `also_signed_by`.
     pub key: String,
+    /// Fingerprints of the other keys that sign the indices, while the
+    /// repository's key is rotated (docs/REPOSITORIES.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_signed_by: Vec<String>,
     /// The first package name published per format (the formats the
     /// repository holds); other packages may join it.
     pub names: BTreeMap<Format, String>,
@@ -90,6 +95,7 @@ impl RepoState {
             origin,
             label,
             key,
+            also_signed_by: Vec::new(),
             names: BTreeMap::new(),
             architectures: BTreeMap::new(),
             kept: BTreeSet::new(),
@@ -120,6 +126,13 @@ impl RepoState {
         let text =
             serde_json::to_string_pretty(self).context("cannot serialize the repository record")?;
         fsutil::write_atomic(&repo.join(STATE_FILE), text.as_bytes())
+    }
+
+    /// Every key that signs, the rpms' first.
+    pub fn keys(&self) -> Vec<&str> {
+        std::iter::once(self.key.as_str())
+            .chain(self.also_signed_by.iter().map(String::as_str))
+            .collect()
     }
 
     /// The entries a channel holds, in a stable order.

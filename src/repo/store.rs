@@ -107,30 +107,46 @@ impl Store {
 
     /// Builds the next generation of `channel` from `state` beside the
     /// current one and commits `state` (the symlinks move in `finish`).
-    /// Returns the new generation number.
+    /// When the signing keys changed, every channel gets a new generation,
+    /// signed with the new keys: clients of each channel must find the
+    /// signature they trust. Returns `channel`'s new generation number.
     pub fn commit(&mut self, mut state: RepoState, channel: &str, signer: &Signer) -> Result<u64> {
-        let previous = state.channels.get(channel).map_or(0, |c| c.generation);
-        let generation = previous + 1;
+        let rekeyed = self
+            .state
+            .as_ref()
+            .is_some_and(|committed| committed.keys() != state.keys());
+        let channels: Vec<String> = if rekeyed {
+            state.channels.keys().cloned().collect()
+        } else {
+            vec![channel.to_string()]
+        };
         let formats: Vec<Format> = state.names.keys().copied().collect();
-        {
-            let entry = state.channels.entry(channel.to_string()).or_default();
-            entry.generation = generation;
+        for name in &channels {
+            let entry = state.channels.entry(name.clone()).or_default();
+            entry.generation += 1;
             entry.formats = formats.iter().copied().collect();
         }
-        let built = formats
+        let generation_of =
+            |state: &RepoState, name: &str| state.channels.get(name).map_or(0, |c| c.generation);
+        let mut built_dirs = Vec::new();
+        let built = channels
             .iter()
-            .try_for_each(|format| {
-                self.build_generation(&state, *format, channel, generation, signer)
+            .flat_map(|name| formats.iter().map(move |format| (name, *format)))
+            .try_for_each(|(name, format)| {
+                let generation = generation_of(&state, name);
+                let (link, target) = link_and_target(&self.dir, format, name, generation);
+                built_dirs.push(link.with_file_name(target));
+                self.build_generation(&state, format, name, generation, signer)
             })
             .and_then(|()| signer.export_public())
             .and_then(|key| fsutil::write_atomic(&self.dir.join(PUBLIC_KEY_FILE), &key));
         if let Err(e) = built {
-            for format in &formats {
-                let (link, target) = link_and_target(&self.dir, *format, channel, generation);
-                let _ = fsutil::remove_any(&link.with_file_name(target));
+            for dir in &built_dirs {
+                let _ = fsutil::remove_any(dir);
             }
             return Err(e);
         }
+        let generation = generation_of(&state, channel);
         state.save(&self.dir)?;
         self.state = Some(state);
         Ok(generation)

@@ -99,6 +99,52 @@ pub(crate) fn key() -> &'static Key {
     })
 }
 
+/// A second throwaway signing key in the same GNUPGHOME, the key a
+/// repository rotates to; made once per test run.
+pub(crate) fn second_key() -> &'static Key {
+    static KEY: OnceLock<Key> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let home = key().home.clone();
+        let uid = "ferry publish rotation test <rotation@ferry.invalid>";
+        run(Command::new("gpg").arg("--homedir").arg(&home).args([
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            uid,
+            "rsa2048",
+            "sign",
+            "never",
+        ]));
+        let listing = run(Command::new("gpg").arg("--homedir").arg(&home).args([
+            "--batch",
+            "--with-colons",
+            "--list-secret-keys",
+            uid,
+        ]));
+        let fingerprint = String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("fpr:")
+                    .map(|rest| rest.trim_matches(':').to_string())
+            })
+            .expect("gpg lists the second key's fingerprint");
+        Key { home, fingerprint }
+    })
+}
+
+/// `key`'s public key, armored, in the file `path`.
+pub(crate) fn export_key(key: &Key, path: &Path) -> PathBuf {
+    let export = run(Command::new("gpg").arg("--homedir").arg(&key.home).args([
+        "--batch",
+        "--armor",
+        "--export",
+        &key.fingerprint,
+    ]));
+    fs::write(path, export.stdout).unwrap();
+    path.to_path_buf()
+}
+
 /// A small real .deb: version `V-1`, one file whose content is `salt`.
 pub(crate) fn build_deb(dir: &Path, version: &str, arch: &str, salt: &str) -> PathBuf {
     build_deb_named(dir, PACKAGE, version, arch, salt)
@@ -171,7 +217,7 @@ pub(crate) fn publish_args(repo: &Path, channel: &str, packages: Vec<PathBuf>) -
         channel: channel.to_string(),
         keep: 5,
         signing: SigningArgs {
-            key: Some(key().fingerprint.clone()),
+            keys: vec![key().fingerprint.clone()],
             gnupghome: Some(key().home.clone()),
         },
         keep_versions: Vec::new(),
@@ -188,10 +234,11 @@ pub(crate) fn promote_to_stable(repo: &Path, version: &str) -> PromoteArgs {
         to: "stable".to_string(),
         keep: 5,
         signing: SigningArgs {
-            key: None,
+            keys: Vec::new(),
             gnupghome: Some(key().home.clone()),
         },
         version: version.to_string(),
+        package: None,
     }
 }
 
@@ -247,6 +294,11 @@ pub(crate) struct Apt {
 
 impl Apt {
     pub(crate) fn new(root: PathBuf, repo: &Path, channel: &str) -> Apt {
+        Apt::trusting(root, repo, channel, &repo.join(PUBLIC_KEY_FILE))
+    }
+
+    /// A client whose `signed-by=` is `key` rather than the repository's file.
+    pub(crate) fn trusting(root: PathBuf, repo: &Path, channel: &str, key: &Path) -> Apt {
         for dir in [
             "etc/trusted.gpg.d",
             "etc/sources.list.d",
@@ -262,7 +314,7 @@ impl Apt {
             root.join("etc/sources.list"),
             format!(
                 "deb [signed-by={}] file://{}/apt {channel} main\n",
-                repo.join(PUBLIC_KEY_FILE).display(),
+                key.display(),
                 repo.display()
             ),
         )
@@ -339,6 +391,12 @@ pub(crate) struct Dnf {
 
 impl Dnf {
     pub(crate) fn new(root: PathBuf, repo: &Path, channel: &str) -> Dnf {
+        Dnf::trusting(root, repo, channel, &repo.join(PUBLIC_KEY_FILE))
+    }
+
+    /// A client whose `gpgkey=` is `key` rather than the repository's file
+    /// (rpm's own database, which `gpgcheck` uses, gets it on install).
+    pub(crate) fn trusting(root: PathBuf, repo: &Path, channel: &str, key: &Path) -> Dnf {
         fs::create_dir_all(root.join("etc/yum.repos.d")).unwrap();
         fs::create_dir_all(root.join("download")).unwrap();
         fs::write(
@@ -347,7 +405,7 @@ impl Dnf {
                 "[ferry]\nname=ferry\nbaseurl=file://{}/rpm/{channel}\nenabled=1\ngpgcheck=1\nrepo_gpgcheck=1\n\
                  gpgkey=file://{}\nskip_if_unavailable=0\nmetadata_expire=0\n",
                 repo.display(),
-                repo.join(PUBLIC_KEY_FILE).display()
+                key.display()
             ),
         )
         .unwrap();

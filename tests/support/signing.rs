@@ -36,6 +36,33 @@ impl Signer {
         Signer { home, fingerprint }
     }
 
+    /// Makes a second RSA signing key for `name` in the same GNUPGHOME (a
+    /// key to rotate to); its fingerprint. The signer's own key stays the
+    /// first one.
+    pub fn add_key(&self, name: &str) -> String {
+        let uid = format!("ferry lab {name} <{name}@lab.ferry.invalid>");
+        self.gpg(&[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &uid,
+            "rsa3072",
+            "sign",
+            "never",
+        ]);
+        self.gpg(&["--with-colons", "--list-secret-keys", &uid])
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .and_then(|l| l.split(':').nth(9))
+            .expect("no fingerprint in gpg's listing")
+            .to_string()
+    }
+
+    /// The key's full fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// The GNUPGHOME holding the key.
     pub fn home(&self) -> &Path {
         self.home.path()

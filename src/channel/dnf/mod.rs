@@ -95,19 +95,32 @@ pub fn render(source: &Source) -> Vec<Planned> {
 }
 
 pub fn plan_enable(e: &Enable) -> Result<Vec<Planned>> {
-    let (host, args, gpg) = (e.host, e.args, e.gpg);
+    check_repomd(e.host, e.gpg, &e.args.repo, &e.args.channel)?;
+    Ok(render(&e.source))
+}
+
+/// The channel's `repomd.xml` must be signed by the key in `gpg`.
+fn check_repomd(host: &Host, gpg: &TempGpg, repo: &str, channel: &str) -> Result<()> {
     let repomd = gpg.home.join("repomd.xml");
     let asc = gpg.home.join("repomd.xml.asc");
-    let probe = format!("rpm/{}/repodata/repomd.xml", args.channel);
-    require_channel(host, &args.repo, &probe, &repomd, &args.channel)?;
-    if !fetch(host, &args.repo, &format!("{probe}.asc"), &asc)? {
-        bail!(
-            "{}/{probe} is not signed (no repomd.xml.asc): refusing an unsigned repository",
-            args.repo
-        )
+    let probe = format!("rpm/{channel}/repodata/repomd.xml");
+    require_channel(host, repo, &probe, &repomd, channel)?;
+    if !fetch(host, repo, &format!("{probe}.asc"), &asc)? {
+        bail!("{repo}/{probe} is not signed (no repomd.xml.asc): refusing an unsigned repository")
     }
-    gpg.verify(&format!("{}/{probe}", args.repo), &asc, Some(&repomd))?;
-    Ok(render(&e.source))
+    gpg.verify(&format!("{repo}/{probe}"), &asc, Some(&repomd))
+}
+
+/// The channel checked now with the key the host trusts (the one in
+/// `key_path`, which dnf's `gpgkey=` names).
+fn check_repo(host: &Host, rec: &Record) -> Result<()> {
+    let gpg = TempGpg::new()?;
+    output(
+        gpg.gpg()
+            .arg("--import")
+            .arg(host.path(&key_path(&host.package))),
+    )?;
+    check_repomd(host, &gpg, &rec.repo, &rec.channel)
 }
 
 fn rpm(host: &Host) -> Command {
@@ -209,21 +222,37 @@ pub fn import_key(
             format!("rpm --import {path} succeeded, but rpm lists no key with fingerprint {want}")
         })?
         .to_string();
-    rec.rpm_key = Some(name.clone());
+    if let Some(previous) = rec.rpm_key.replace(name.clone()) {
+        // A rotation: the rpms already published keep the old signature.
+        let _ = writeln!(
+            out,
+            "kept {previous}, the repository's previous key: the rpms published before the rotation are signed with it"
+        );
+        rec.rotated_rpm_keys.push(previous);
+    }
     let _ = writeln!(out, "imported {name} (fingerprint {want}) into rpm");
     Ok(true)
 }
 
 pub fn remove_key(host: &Host, rec: &mut Record, dry_run: bool, out: &mut Report) -> Result<()> {
-    if let Some(name) = rec.rpm_key.clone() {
+    let names: Vec<String> = rec
+        .rpm_key
+        .iter()
+        .chain(&rec.rotated_rpm_keys)
+        .cloned()
+        .collect();
+    for name in names {
         out.change("rpm key", "remove", name.as_str(), "");
         if dry_run {
             let _ = writeln!(out, "would rpm -e {name}");
         } else {
             let _ = output(rpm(host).args(["-e", &name]));
             let _ = writeln!(out, "removed {name} from rpm");
-            rec.rpm_key = None;
         }
+    }
+    if !dry_run {
+        rec.rpm_key = None;
+        rec.rotated_rpm_keys.clear();
     }
     Ok(())
 }
@@ -552,27 +581,39 @@ impl Backend for Dnf {
                     .collect();
             }
         }
-        s.repository_check = if rec.is_some() {
-            "see dnf's output (repo_gpgcheck=1, skip_if_unavailable=0)".into()
-        } else {
-            "not configured".into()
+        // The repository, checked now with the trusted key.
+        s.repository_check = match rec {
+            None => "not configured".into(),
+            Some(r) => check_repo(host, r).map_or_else(
+                |e| format!("error: {e:#}"),
+                |()| "ok (repomd.xml signed by the trusted key)".into(),
+            ),
         };
         let newer = match (&s.installed, &s.newest_available) {
             (Some(i), Some(n)) => rpm_order(n, i).is_gt(),
             _ => false,
         };
-        s.up_to_date = s.installed.is_some() && s.newest_available.is_some() && !newer;
+        // What dnf's cache says is newest is not known to be the channel's.
+        let check_failed = s.repository_check.starts_with("error");
+        s.up_to_date =
+            s.installed.is_some() && s.newest_available.is_some() && !newer && !check_failed;
         let why = &mut s.not_updated_because;
         if s.installed.is_none() {
             why.push(format!("{} is not installed", host.package));
         } else if s.newest_available.is_none() {
             why.push("the channel cannot be read (dnf failed) or is empty".into());
-        } else if !newer {
+        } else if !newer && !check_failed {
             why.push("no newer version on the channel".into());
         }
         if let Some(p) = &s.pinned {
             why.push(format!(
                 "locked with dnf versionlock ({p}); undo: `ferry channel unpin`"
+            ));
+        }
+        if check_failed {
+            why.push(format!(
+                "the repository failed its check: {}",
+                s.repository_check
             ));
         }
         Ok(())
