@@ -102,10 +102,24 @@ impl Env {
 
     /// Starts `roboconf-agent run` and returns once its socket answers.
     pub fn start(&mut self) -> u32 {
+        self.start_with(Stdio::inherit())
+    }
+
+    /// Starts the agent with its log (stderr) in `log`, appended to.
+    pub fn start_logged(&mut self, log: &Path) -> u32 {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.start_with(Stdio::from(file))
+    }
+
+    fn start_with(&mut self, stderr: Stdio) -> u32 {
         let mut child = self
             .command(&["run"])
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let pid = child.id();
