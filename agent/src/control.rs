@@ -253,22 +253,18 @@ fn handle_line(agent: &Agent, line: &[u8]) -> (Value, Option<StopKind>) {
         );
     };
     let protocol = match obj.remove("protocol") {
-        Some(Value::Number(n)) if n.as_u64().is_some_and(|p| (OLDEST..=PROTOCOL).contains(&p)) => {
-            n.as_u64().unwrap_or(OLDEST)
-        }
-        Some(other) => return (
-            refusal(format!(
-                "unsupported protocol {other}: this agent speaks protocols {OLDEST} to {PROTOCOL}"
-            )),
-            None,
-        ),
+        Some(v) => match v.as_u64().filter(|p| (OLDEST..=PROTOCOL).contains(p)) {
+            Some(p) => p,
+            None => {
+                let why = format!(
+                    "unsupported protocol {v}: this agent speaks protocols {OLDEST} to {PROTOCOL}"
+                );
+                return (refusal(why), None);
+            }
+        },
         None => {
-            return (
-                refusal(format!(
-                    "malformed request: missing \"protocol\": {PROTOCOL}"
-                )),
-                None,
-            )
+            let why = format!("malformed request: missing \"protocol\": {PROTOCOL}");
+            return (refusal(why), None);
         }
     };
     let command: Command = match serde_json::from_value(request) {
