@@ -5,8 +5,8 @@
 //! moment loses nothing (see `Model::recover`).
 use crate::build_info::VERSION;
 use crate::config::{Config, Paths};
-use crate::migrate::{NEWEST, WRITES};
-use crate::model::{name_of, parent_of, Begin, Instruction, Model, Step};
+use crate::migrate::{LOCK_SCHEMA, NEWEST, WRITES};
+use crate::model::{name_of, parent_of, Begin, Instruction, MigrationLock, Model, Step};
 use crate::recipe::Recipe;
 use crate::{log, state};
 use serde_json::{json, Value};
@@ -129,6 +129,13 @@ impl Agent {
             }
         }
         parts.push(format!("{} instruction(s) queued", inner.model.queue.len()));
+        if let Some(lock) = &inner.model.lock {
+            parts.push(format!(
+                "{} of them held by the {}",
+                inner.model.held(),
+                lock.describe()
+            ));
+        }
         parts.join("; ")
     }
 
@@ -160,8 +167,22 @@ impl Agent {
             })
         });
         let busy = Self::is_busy(&inner);
+        let steps = inner.model.lock.as_ref().map(|l| &l.steps);
+        let queue: Vec<Value> = inner
+            .model
+            .queue
+            .iter()
+            .map(|q| {
+                let mut entry = json!(q);
+                if steps.is_some_and(|s| s.contains(&q.id)) {
+                    entry["lock_id"] = json!(inner.model.lock.as_ref().map(|l| &l.id));
+                }
+                entry
+            })
+            .collect();
         json!({
             "ok": true,
+            "protocol": crate::control::PROTOCOL,
             "version": VERSION,
             "schema": WRITES,
             "newest_known_schema": WRITES,
@@ -171,7 +192,9 @@ impl Agent {
             "scoped_instance_path": self.config.scoped_instance_path,
             "instances": instances,
             "queue_length": inner.model.queue.len(),
-            "queue": inner.model.queue,
+            "queue": queue,
+            "lock": inner.model.lock,
+            "held": inner.model.held(),
             "running": running,
             "busy": busy,
             "idle": !busy,
@@ -180,16 +203,33 @@ impl Agent {
         })
     }
 
+    /// Whether a migration lock is held.
+    pub fn locked(&self) -> bool {
+        self.lock().model.lock.is_some()
+    }
+
     /// Queues an instruction durably; with `wait`, answers once it finished.
-    pub fn apply(&self, instruction: Instruction, wait: Option<Duration>) -> Result<Value, String> {
+    /// While a migration lock is held, only its steps (`lock_id`) are taken.
+    pub fn apply(
+        &self,
+        instruction: Instruction,
+        wait: Option<Duration>,
+        lock_id: Option<&str>,
+    ) -> Result<Value, String> {
         instruction.validate()?;
         let mut inner = self.lock();
         if inner.stopping.is_some() {
             return Err("the agent is stopping; the instruction was not queued".into());
         }
-        let id = inner.model.enqueue(instruction.clone());
+        let id = inner
+            .model
+            .enqueue_checked(instruction.clone(), lock_id)
+            .inspect_err(|e| log::warn(&format!("instruction {instruction}: {e}")))?;
         self.persist(&inner);
-        log::info(&format!("queued instruction {id}: {instruction}"));
+        log::info(&format!(
+            "queued instruction {id}: {instruction}{}",
+            lock_id.map_or(String::new(), |l| format!(" (a step of migration `{l}`)"))
+        ));
         self.changed.notify_all();
         let queued = json!({"ok": true, "id": id, "queue_length": inner.model.queue.len(), "quiesced": inner.quiesced});
         let Some(timeout) = wait else {
@@ -218,6 +258,96 @@ impl Agent {
             Ok(done) => Ok(json!({"ok": true, "id": id, "done": done})),
             Err(why) => Err(format!("instruction {id} ({instruction}) failed: {why}")),
         }
+    }
+
+    /// Takes the migration lock (durably) for `application`, which must be
+    /// this agent's. Taking the lock already held is a no-op that answers
+    /// it; another lock is refused, naming it.
+    pub fn take_lock(
+        &self,
+        id: String,
+        application: String,
+        by: String,
+        reason: String,
+    ) -> Result<Value, String> {
+        if WRITES < LOCK_SCHEMA {
+            return Err(format!(
+                "roboconf-agent {VERSION} writes state schema {WRITES}, which cannot hold a migration lock \
+                 (schema {LOCK_SCHEMA} and later can): nothing was locked"
+            ));
+        }
+        if application != self.config.application {
+            return Err(format!(
+                "refused: migration lock `{id}` is for application {application}, but this agent belongs \
+                 to application {} (agent.toml): nothing was locked",
+                self.config.application
+            ));
+        }
+        let mut inner = self.lock();
+        if inner.stopping.is_some() {
+            return Err("the agent is stopping; nothing was locked".into());
+        }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let taken = inner.model.take_lock(MigrationLock {
+            id,
+            application,
+            since,
+            by,
+            reason,
+            steps: Default::default(),
+        })?;
+        let lock = inner.model.lock.clone().expect("just taken or held");
+        if taken {
+            self.persist(&inner);
+            log::info(&format!(
+                "{} taken: instructions without its id are refused, {} queued instruction(s) wait until \
+                 it is released",
+                lock.describe(),
+                inner.model.held()
+            ));
+        }
+        Ok(json!({"ok": true, "lock": lock, "taken": taken, "held": inner.model.held()}))
+    }
+
+    /// Releases the migration lock `id`, or whatever lock is held when
+    /// `forced_by` names who breaks it (logged as a warning with the lock
+    /// it broke). What waited for the lock runs again.
+    pub fn release_lock(&self, id: Option<&str>, forced_by: Option<&str>) -> Result<Value, String> {
+        let mut inner = self.lock();
+        if inner.stopping.is_some() {
+            return Err("the agent is stopping; nothing was unlocked".into());
+        }
+        let held = inner.model.held();
+        let released = inner.model.release_lock(id)?;
+        match (&released, forced_by) {
+            (Some(lock), Some(by)) => {
+                self.persist(&inner);
+                log::warn(&format!(
+                    "the {} was FORCED open by {by}; {held} held instruction(s) run again",
+                    lock.describe()
+                ));
+            }
+            (Some(lock), None) => {
+                self.persist(&inner);
+                log::info(&format!(
+                    "the {} was released; {held} held instruction(s) run again",
+                    lock.describe()
+                ));
+            }
+            (None, Some(by)) => log::info(&format!(
+                "forced unlock by {by}: no migration lock was held"
+            )),
+            (None, None) => {}
+        }
+        self.changed.notify_all();
+        Ok(json!({
+            "ok": true,
+            "released": released,
+            "forced_by": forced_by,
+            "queue_length": inner.model.queue.len(),
+        }))
     }
 
     /// Takes no new work and waits until no recipe runs. Queued instructions
@@ -319,13 +449,14 @@ impl Agent {
     }
 
     /// The worker: runs the head of the queue whenever the agent is not
-    /// quiesced, one instruction at a time, in order.
+    /// quiesced, one instruction at a time, in order; while a migration lock
+    /// is held, only the migration's steps, in order.
     pub fn work(&self) {
         loop {
             let mut inner = self
                 .changed
                 .wait_while(self.lock(), |i| {
-                    i.stopping.is_none() && (i.quiesced || i.model.queue.is_empty())
+                    i.stopping.is_none() && (i.quiesced || i.model.next_runnable().is_none())
                 })
                 .expect("agent state lock poisoned");
             if inner.stopping.is_some() {
@@ -333,10 +464,9 @@ impl Agent {
             }
             let head = inner
                 .model
-                .queue
-                .front()
+                .next_runnable()
                 .cloned()
-                .expect("waited for a non-empty queue");
+                .expect("waited for a runnable instruction");
             match inner.model.begin(&head.instruction) {
                 Ok(Begin::Done(done)) => self.complete(&mut inner, head.id, Ok(done)),
                 Err(why) => self.complete(&mut inner, head.id, Err(format!("rejected: {why}"))),
@@ -369,7 +499,10 @@ impl Agent {
                         }
                     });
                     let mut inner = self.lock();
-                    let outcome = inner.model.finish(head.instruction.path(), step, result);
+                    let outcome =
+                        inner
+                            .model
+                            .finish(head.id, head.instruction.path(), step, result);
                     inner.running = None;
                     self.complete(&mut inner, head.id, outcome);
                 }
@@ -378,8 +511,7 @@ impl Agent {
     }
 
     fn complete(&self, inner: &mut Inner, id: u64, outcome: Result<String, String>) {
-        debug_assert_eq!(inner.model.queue.front().map(|q| q.id), Some(id));
-        inner.model.queue.pop_front();
+        inner.model.dequeue(id);
         self.persist(inner);
         match &outcome {
             Ok(done) => log::info(&format!("instruction {id} finished: {done}")),

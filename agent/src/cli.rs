@@ -70,18 +70,59 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Ctl {
-    /// Show version, schema, instances, queue, running recipe, busy/idle.
+    /// Show version, schema, instances, queue, running recipe, busy/idle, migration lock.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Queue an instruction.
+    /// Queue an instruction (refused while a migration lock is held, unless it carries the lock's id).
     Apply {
         /// Wait up to SECS for the instruction to finish, and fail if it failed.
         #[arg(long, value_name = "SECS", global = true)]
         wait: Option<u64>,
+        /// The instruction is a step of the migration holding this lock: it runs while the lock is held.
+        #[arg(long, value_name = "ID", global = true)]
+        lock_id: Option<String>,
         #[command(subcommand)]
         action: Action,
+    },
+    /// Take the migration lock: until it is released, only instructions carrying its id are taken and
+    /// run; what was queued before waits. Prints the agent's JSON answer.
+    #[command(
+        after_help = "Taking the lock already held (same id) changes nothing; another lock is refused, naming it. \
+                      The lock is kept in the state (schema 4), so it survives restarts and upgrades, and a \
+                      downgrade to a schema that cannot hold it is refused while it is held."
+    )]
+    Lock {
+        /// The migration's id (1 to 128 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        id: String,
+        /// The application being migrated: must be this agent's (agent.toml).
+        #[arg(long)]
+        application: String,
+        /// Who takes the lock (logged and shown in `status`).
+        #[arg(long)]
+        by: String,
+        /// Why (logged and shown in `status`).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release the migration lock ID; held instructions run again. Prints the agent's JSON answer.
+    #[command(
+        after_help = "A lock with another id is refused, naming the lock held. `--force --by NAME` breaks \
+                      whatever lock is held (a stale one, whose migration is gone): the agent logs who \
+                      forced it and the lock it broke."
+    )]
+    Unlock {
+        /// The lock to release (with --force: refused unless it is the lock held).
+        #[arg(long, required_unless_present = "force")]
+        id: Option<String>,
+        /// Break the lock held, whatever its id.
+        #[arg(long, requires = "by")]
+        force: bool,
+        /// Who forces the unlock (logged).
+        #[arg(long, requires = "force")]
+        by: Option<String>,
     },
     /// Take no new work and wait until no recipe runs; fail naming what runs after SECS.
     Quiesce {
@@ -130,6 +171,9 @@ enum StateCmd {
     Migrate {
         #[arg(long, value_name = "N")]
         to: u32,
+        /// Only check that the state can be migrated to N (read-only: works while the agent runs).
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -166,8 +210,8 @@ impl Cli {
                 cmd: StateCmd::Show,
             } => state_show(&paths),
             Cmd::State {
-                cmd: StateCmd::Migrate { to },
-            } => state_migrate(&paths, to),
+                cmd: StateCmd::Migrate { to, dry_run },
+            } => state_migrate(&paths, to, dry_run),
             Cmd::Schema { json } => {
                 print_schema(json);
                 Ok(())
@@ -193,13 +237,39 @@ impl Cli {
 fn ctl(paths: &Paths, cmd: Ctl) -> Result<()> {
     let (request, waits, json_out) = match cmd {
         Ctl::Status { json } => (json!({"cmd": "status"}), Duration::ZERO, json),
-        Ctl::Apply { wait, action } => {
+        Ctl::Apply {
+            wait,
+            lock_id,
+            action,
+        } => {
             let instruction = instruction(action);
-            (
-                json!({"cmd": "apply", "instruction": instruction, "wait_secs": wait}),
-                Duration::from_secs(wait.unwrap_or(0)),
-                true,
-            )
+            let mut request =
+                json!({"cmd": "apply", "instruction": instruction, "wait_secs": wait});
+            if let Some(lock_id) = lock_id {
+                request["lock_id"] = json!(lock_id);
+            }
+            (request, Duration::from_secs(wait.unwrap_or(0)), true)
+        }
+        Ctl::Lock {
+            id,
+            application,
+            by,
+            reason,
+        } => (
+            json!({"cmd": "lock", "id": id, "application": application, "by": by, "reason": reason}),
+            Duration::ZERO,
+            true,
+        ),
+        Ctl::Unlock { id, force, by } => {
+            let mut request = json!({"cmd": "unlock"});
+            if let Some(id) = id {
+                request["id"] = json!(id);
+            }
+            if force {
+                request["force"] = json!(true);
+                request["by"] = json!(by);
+            }
+            (request, Duration::ZERO, true)
         }
         Ctl::Quiesce { timeout } => (
             json!({"cmd": "quiesce", "timeout_secs": timeout}),
@@ -276,6 +346,17 @@ fn print_status(s: &Value) {
         s["queue_length"],
         s["quiesced"]
     );
+    if let Some(lock) = s["lock"].as_object() {
+        println!(
+            "migration lock {} of application {}, taken by {} at unix time {} ({}): {} instruction(s) held",
+            lock["id"].as_str().unwrap_or("?"),
+            lock["application"].as_str().unwrap_or("?"),
+            lock["by"].as_str().unwrap_or("?"),
+            lock["since"],
+            lock["reason"].as_str().unwrap_or(""),
+            s["held"]
+        );
+    }
     for i in s["instances"].as_array().into_iter().flatten() {
         println!(
             "  {:<40} {:<20} {}",
@@ -350,13 +431,20 @@ fn state_show(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-fn state_migrate(paths: &Paths, to: u32) -> Result<()> {
+/// With `dry_run`, nothing is written and the state lock is not taken (a
+/// running agent holds it): the file, written atomically, is read and
+/// migrated in memory only.
+fn state_migrate(paths: &Paths, to: u32, dry_run: bool) -> Result<()> {
     if !(1..=WRITES).contains(&to) {
         bail!(
             "cannot migrate to schema {to}: roboconf-agent {VERSION} knows schemas 1 to {WRITES}"
         );
     }
-    let _lock = state::lock(&paths.state_dir)?;
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(state::lock(&paths.state_dir)?)
+    };
     let Some(stored) = state::read(&paths.state_dir)? else {
         println!(
             "no state file at {}: nothing to migrate",
@@ -380,6 +468,10 @@ fn state_migrate(paths: &Paths, to: u32) -> Result<()> {
         .snapshot
         .migrate_to(to)
         .map_err(|e| anyhow::anyhow!("migration failed, state unchanged: {e}"))?;
+    if dry_run {
+        println!("the state can be migrated from schema {from} to schema {to} (dry run: nothing written)");
+        return Ok(());
+    }
     state::write(&paths.state_dir, &migrated)?;
     log::info(&format!("state migrated from schema {from} to schema {to}"));
     println!("state migrated from schema {from} to schema {to}");

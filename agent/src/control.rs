@@ -1,5 +1,5 @@
 //! The control protocol on the Unix socket: one JSON object per line each
-//! way. Requests carry `"protocol": 1` and a `cmd`; answers are
+//! way. Requests carry `"protocol": 1` or `2` and a `cmd`; answers are
 //! `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. A request that
 //! cannot be understood gets an error answer and changes nothing.
 //! docs/PROTOCOL.md is the reference.
@@ -17,7 +17,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
-pub const PROTOCOL: u64 = 1;
+/// The newest control protocol this agent speaks. Protocol 2 adds the
+/// migration lock (`lock`, `unlock`, `apply`'s `lock_id`); requests of
+/// protocol 1 are still answered, so that the programs of two versions
+/// talk during an upgrade.
+pub const PROTOCOL: u64 = 2;
+/// The oldest protocol this agent answers.
+const OLDEST: u64 = 1;
 /// A request longer than this is refused: no legitimate request comes near.
 const MAX_LINE: u64 = 64 * 1024;
 /// How long a client waits for an answer beyond the time it asked the agent
@@ -31,12 +37,56 @@ enum Command {
     Apply {
         instruction: Instruction,
         wait_secs: Option<u64>,
+        /// Protocol 2: the migration lock this instruction is a step of.
+        lock_id: Option<String>,
     },
     Quiesce {
         timeout_secs: u64,
     },
     Resume,
     StopForUpgrade,
+    /// Protocol 2: takes the migration lock.
+    Lock {
+        id: String,
+        application: String,
+        by: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Protocol 2: releases the migration lock `id`, or with `force` (and
+    /// `by`, who breaks it) whatever lock is held.
+    Unlock {
+        id: Option<String>,
+        #[serde(default)]
+        force: bool,
+        by: Option<String>,
+    },
+}
+
+impl Command {
+    /// The oldest protocol that has this request.
+    fn protocol(&self) -> u64 {
+        match self {
+            Command::Lock { .. } | Command::Unlock { .. } => 2,
+            Command::Apply {
+                lock_id: Some(_), ..
+            } => 2,
+            _ => 1,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Apply { lock_id: None, .. } => "apply",
+            Command::Apply { .. } => "apply with a lock_id",
+            Command::Quiesce { .. } => "quiesce",
+            Command::Resume => "resume",
+            Command::StopForUpgrade => "stop_for_upgrade",
+            Command::Lock { .. } => "lock",
+            Command::Unlock { .. } => "unlock",
+        }
+    }
 }
 
 /// The connections accepted and not yet answered once, and whether the
@@ -202,42 +252,66 @@ fn handle_line(agent: &Agent, line: &[u8]) -> (Value, Option<StopKind>) {
             None,
         );
     };
-    match obj.remove("protocol") {
-        Some(Value::Number(n)) if n.as_u64() == Some(PROTOCOL) => {}
-        Some(other) => {
-            return (
-                refusal(format!(
-                    "unsupported protocol {other}: this agent speaks protocol {PROTOCOL}"
-                )),
-                None,
-            )
-        }
+    let protocol = match obj.remove("protocol") {
+        Some(v) => match v.as_u64().filter(|p| (OLDEST..=PROTOCOL).contains(p)) {
+            Some(p) => p,
+            None => {
+                let why = format!(
+                    "unsupported protocol {v}: this agent speaks protocols {OLDEST} to {PROTOCOL}"
+                );
+                return (refusal(why), None);
+            }
+        },
         None => {
-            return (
-                refusal(format!(
-                    "malformed request: missing \"protocol\": {PROTOCOL}"
-                )),
-                None,
-            )
+            let why = format!("malformed request: missing \"protocol\": {PROTOCOL}");
+            return (refusal(why), None);
         }
-    }
+    };
     let command: Command = match serde_json::from_value(request) {
         Ok(c) => c,
         Err(e) => {
             return (
                 refusal(format!(
-                    "malformed request: {e} (cmd is one of status, apply, quiesce, resume, stop_for_upgrade)"
+                    "malformed request: {e} (cmd is one of status, apply, quiesce, resume, stop_for_upgrade, \
+                     lock, unlock)"
                 )),
                 None,
             )
         }
     };
+    if command.protocol() > protocol {
+        return (
+            refusal(format!(
+                "`{}` is in control protocol {}; this request says protocol {protocol}: nothing was done \
+                 (use a client of protocol {PROTOCOL}, such as this agent's `roboconf-agent ctl`)",
+                command.name(),
+                command.protocol()
+            )),
+            None,
+        );
+    }
     let result = match command {
         Command::Status => Ok(agent.status()),
         Command::Apply {
             instruction,
             wait_secs,
-        } => agent.apply(instruction, wait_secs.map(Duration::from_secs)),
+            lock_id,
+        } => agent
+            .apply(
+                instruction,
+                wait_secs.map(Duration::from_secs),
+                lock_id.as_deref(),
+            )
+            .map_err(|e| {
+                if protocol < 2 && agent.locked() {
+                    format!(
+                        "{e}. This request speaks control protocol {protocol}, which cannot carry the \
+                         migration's lock id (protocol 2 can: `roboconf-agent ctl apply --lock-id ID ...`)"
+                    )
+                } else {
+                    e
+                }
+            }),
         Command::Quiesce { timeout_secs } => agent.quiesce(Duration::from_secs(timeout_secs)),
         Command::Resume => Ok(agent.resume()),
         Command::StopForUpgrade => {
@@ -246,14 +320,44 @@ fn handle_line(agent: &Agent, line: &[u8]) -> (Value, Option<StopKind>) {
                 Err(e) => (refusal(e), None),
             }
         }
+        Command::Lock {
+            id,
+            application,
+            by,
+            reason,
+        } => agent.take_lock(id, application, by, reason),
+        Command::Unlock { id, force, by } => match (force, by.as_deref(), id.as_deref()) {
+            (true, Some(by), id) if !by.trim().is_empty() => agent.release_lock(id, Some(by)),
+            (true, _, _) => Err(
+                "malformed request: a forced unlock needs `by`, who breaks the lock (it is logged)"
+                    .into(),
+            ),
+            (false, _, Some(id)) => agent.release_lock(Some(id), None),
+            (false, _, None) => Err(
+                "malformed request: unlock needs the lock's `id`, or `force: true` and `by` to break a \
+                 stale lock"
+                    .into(),
+            ),
+        },
     };
     (result.unwrap_or_else(refusal), None)
+}
+
+/// The oldest protocol that carries `request`: a client sends that one, so
+/// that it is also understood by agents of an older protocol (during an
+/// upgrade the incoming package's program stops the outgoing agent).
+fn protocol_for(request: &Value) -> u64 {
+    match request["cmd"].as_str() {
+        Some("lock" | "unlock") => 2,
+        Some("apply") if !request["lock_id"].is_null() => 2,
+        _ => OLDEST,
+    }
 }
 
 /// Sends one request and returns the answer (ok or not). `waits` is how long
 /// the agent itself was asked to wait before answering.
 pub fn request(socket: &Path, mut request: Value, waits: Duration) -> Result<Value> {
-    request["protocol"] = json!(PROTOCOL);
+    request["protocol"] = json!(protocol_for(&request));
     let stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the agent on {}: is it running (`systemctl status roboconf-agent`), and is the \

@@ -4,10 +4,13 @@
 //! downgrade never loses what the older version could store.
 use crate::build_info;
 use crate::model::{Lifecycle, Model, Problem, Queued};
-use crate::schema::{InstanceV1, InstanceV2, V1, V2, V3};
+use crate::schema::{InstanceV1, InstanceV2, V1, V2, V3, V4};
 
 /// The newest schema in the registry.
-pub const NEWEST: u32 = 3;
+pub const NEWEST: u32 = 4;
+
+/// The first schema that can hold a migration lock.
+pub const LOCK_SCHEMA: u32 = 4;
 
 /// The schema this build writes, and the newest it knows: FERRY_STATE_SCHEMA
 /// at build time, else the newest in the registry. A build that writes N
@@ -19,11 +22,11 @@ pub const WRITES: u32 = match build_info::REQUESTED_SCHEMA {
 
 const _: () = assert!(
     WRITES >= 1 && WRITES <= NEWEST,
-    "FERRY_STATE_SCHEMA must name a schema in the registry (1 to 3)"
+    "FERRY_STATE_SCHEMA must name a schema in the registry (1 to 4)"
 );
 
 /// What each step does, for `roboconf-agent schema` and the docs.
-pub const STEPS: [(u32, &str); 2] = [
+pub const STEPS: [(u32, &str); 3] = [
     (
         2,
         "1->2: every instance gains `problem` (null, or {exit_code: null, output: []} when its state is \
@@ -36,6 +39,11 @@ pub const STEPS: [(u32, &str); 2] = [
          and `children` (sorted by name) instead of `path`. Down flattens the tree back into the list \
          sorted by path.",
     ),
+    (
+        4,
+        "3->4: the state gains `lock`, the migration lock (null, or {id, application, since, by, reason, \
+         steps}). Down drops it when it is null, and is refused while a lock is held.",
+    ),
 ];
 
 /// A state payload in one of the known layouts.
@@ -44,6 +52,7 @@ pub enum Snapshot {
     V1(V1),
     V2(V2),
     V3(V3),
+    V4(V4),
 }
 
 impl Snapshot {
@@ -52,6 +61,7 @@ impl Snapshot {
             Snapshot::V1(_) => 1,
             Snapshot::V2(_) => 2,
             Snapshot::V3(_) => 3,
+            Snapshot::V4(_) => 4,
         }
     }
 
@@ -62,6 +72,7 @@ impl Snapshot {
             1 => serde_json::from_slice(payload).map(Snapshot::V1),
             2 => serde_json::from_slice(payload).map(Snapshot::V2),
             3 => serde_json::from_slice(payload).map(Snapshot::V3),
+            4 => serde_json::from_slice(payload).map(Snapshot::V4),
             other => return Err(format!("schema {other} is not in the registry")),
         };
         parsed.map_err(|e| format!("payload does not match schema {schema}: {e}"))
@@ -72,6 +83,7 @@ impl Snapshot {
             Snapshot::V1(s) => serde_json::to_vec_pretty(s),
             Snapshot::V2(s) => serde_json::to_vec_pretty(s),
             Snapshot::V3(s) => serde_json::to_vec_pretty(s),
+            Snapshot::V4(s) => serde_json::to_vec_pretty(s),
         }
         .expect("state serializes to JSON");
         out.push(b'\n');
@@ -82,8 +94,9 @@ impl Snapshot {
         match self {
             Snapshot::V1(s) => Ok(Snapshot::V2(up_1_to_2(s))),
             Snapshot::V2(s) => up_2_to_3(s).map(Snapshot::V3),
-            Snapshot::V3(_) => {
-                Err("schema 3 is the newest; there is nothing to migrate up to".into())
+            Snapshot::V3(s) => Ok(Snapshot::V4(up_3_to_4(s))),
+            Snapshot::V4(_) => {
+                Err("schema 4 is the newest; there is nothing to migrate up to".into())
             }
         }
     }
@@ -95,6 +108,7 @@ impl Snapshot {
             }
             Snapshot::V2(s) => Ok(Snapshot::V1(down_2_to_1(s))),
             Snapshot::V3(s) => down_3_to_2(s).map(Snapshot::V2),
+            Snapshot::V4(s) => down_4_to_3(s).map(Snapshot::V3),
         }
     }
 
@@ -120,12 +134,12 @@ impl Snapshot {
     }
 
     pub fn from_model(model: &Model, schema: u32) -> Result<Snapshot, String> {
-        Snapshot::V3(V3::from_model(model)).migrate_to(schema)
+        Snapshot::V4(V4::from_model(model)).migrate_to(schema)
     }
 
     pub fn into_model(self) -> Result<Model, String> {
         match self.migrate_to(NEWEST)? {
-            Snapshot::V3(s) => s.into_model(),
+            Snapshot::V4(s) => s.into_model(),
             _ => unreachable!("migrate_to(NEWEST) yields the newest layout"),
         }
     }
@@ -214,6 +228,35 @@ fn down_3_to_2(s: V3) -> Result<V2, String> {
             .collect(),
         queue: model.queue.into(),
         next_id: model.next_id,
+    })
+}
+
+fn up_3_to_4(s: V3) -> V4 {
+    V4 {
+        roots: s.roots,
+        queue: s.queue,
+        next_id: s.next_id,
+        lock: None,
+    }
+}
+
+/// Schema 3 cannot hold a migration lock: going down while one is held
+/// would drop it, and with it what keeps the migration's instance tree from
+/// being changed under it. Refused, naming the lock.
+fn down_4_to_3(s: V4) -> Result<V3, String> {
+    if let Some(lock) = &s.lock {
+        return Err(format!(
+            "the state holds the {}, and schema 3 cannot hold a migration lock: complete or cancel the \
+             migration first (`roboconf-agent ctl unlock --id {}`), or break the lock if it is stale \
+             (`roboconf-agent ctl unlock --force --by NAME`)",
+            lock.describe(),
+            lock.id
+        ));
+    }
+    Ok(V3 {
+        roots: s.roots,
+        queue: s.queue,
+        next_id: s.next_id,
     })
 }
 
@@ -354,6 +397,14 @@ mod tests {
         }
 
         #[test]
+        fn step_3_4_round_trips(s in v2()) {
+            let Snapshot::V3(v3) = Snapshot::V2(s).up().unwrap() else { panic!("not v3") };
+            let up = Snapshot::V3(v3.clone()).up().unwrap();
+            prop_assert_eq!(up.clone().down().unwrap(), Snapshot::V3(v3));
+            prop_assert_eq!(Snapshot::parse(4, &up.to_payload()).unwrap(), up);
+        }
+
+        #[test]
         fn whole_chain_round_trips_through_the_model(s in v1()) {
             let model = Snapshot::V1(s.clone()).into_model().unwrap();
             prop_assert_eq!(Snapshot::from_model(&model, 1).unwrap(), Snapshot::V1(s));
@@ -425,6 +476,42 @@ mod tests {
             .up()
             .unwrap_err()
             .contains("path order"));
+    }
+
+    #[test]
+    fn step_4_3_is_refused_while_a_migration_lock_is_held() {
+        let mut model = Model::new();
+        let queued = model.enqueue(Instruction::Deploy { path: "/vm".into() });
+        model
+            .take_lock(crate::model::MigrationLock {
+                id: "mig-7".into(),
+                application: "shop".into(),
+                since: 1,
+                by: "alice".into(),
+                reason: "new DM".into(),
+                steps: [queued].into(),
+            })
+            .unwrap();
+        let locked = Snapshot::from_model(&model, NEWEST).unwrap();
+        let back = Snapshot::parse(4, &locked.to_payload()).unwrap();
+        assert_eq!(
+            back.clone().into_model().unwrap(),
+            model,
+            "the lock is stored"
+        );
+        let err = back.migrate_to(3).unwrap_err();
+        assert!(
+            err.contains("migrating 4 -> 3")
+                && err.contains("migration lock `mig-7` of application shop")
+                && err.contains("alice"),
+            "{err}"
+        );
+        assert!(Snapshot::from_model(&model, 3).is_err());
+        model.release_lock(Some("mig-7")).unwrap();
+        let Snapshot::V3(v3) = Snapshot::from_model(&model, 3).unwrap() else {
+            panic!("not v3")
+        };
+        assert_eq!(v3.queue.len(), 1, "the queue stays, without the lock");
     }
 
     #[test]

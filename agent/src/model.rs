@@ -3,7 +3,7 @@
 //! The lifecycle rules (what an instruction may do in which state) live here so
 //! that the daemon, the state store and the tests share one definition.
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 /// Roboconf lifecycle states, spelled as Roboconf spells them.
@@ -172,6 +172,67 @@ pub enum Begin {
     Run { step: Step, component: String },
 }
 
+/// Roboconf's migration lock (`migration initialize APP`): while it is
+/// held, only the migration's own steps (instructions applied with its id)
+/// run and are taken; what was queued before, or arrives without its id,
+/// waits or is refused. Stored from schema 4 on (docs/AGENT.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationLock {
+    pub id: String,
+    /// The application being migrated: the agent's own (agent.toml).
+    pub application: String,
+    /// When it was taken, in seconds since the Unix epoch.
+    pub since: u64,
+    /// Who took it (a user, a tool).
+    pub by: String,
+    pub reason: String,
+    /// The ids of the queued instructions that are the migration's own
+    /// steps: these run while the lock is held, the others wait.
+    pub steps: BTreeSet<u64>,
+}
+
+/// The longest `by` and `reason` a lock keeps: both end up in log lines.
+const LOCK_TEXT_MAX: usize = 1024;
+
+impl MigrationLock {
+    /// Checks what a lock holds, so that what it says can be logged and
+    /// quoted on one line.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_name("migration lock id", &self.id)?;
+        validate_name("application", &self.application)?;
+        for (what, text, required) in [("by", &self.by, true), ("reason", &self.reason, false)] {
+            if required && text.trim().is_empty() {
+                return Err(format!(
+                    "the migration lock's `{what}` is empty: say who takes it"
+                ));
+            }
+            if text.len() > LOCK_TEXT_MAX || text.chars().any(char::is_control) {
+                return Err(format!(
+                    "the migration lock's `{what}` must be at most {LOCK_TEXT_MAX} bytes without control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lock in words, for refusals and log lines.
+    pub fn describe(&self) -> String {
+        format!(
+            "migration lock `{}` of application {} (taken by {} at unix time {}{})",
+            self.id,
+            self.application,
+            self.by,
+            self.since,
+            if self.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", self.reason)
+            }
+        )
+    }
+}
+
 /// The whole durable state. Instances are keyed by path, so iteration order is
 /// path order, which is also the order every schema stores them in.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -179,6 +240,7 @@ pub struct Model {
     pub instances: BTreeMap<String, Instance>,
     pub queue: VecDeque<Queued>,
     pub next_id: u64,
+    pub lock: Option<MigrationLock>,
 }
 
 /// Instance and component names end up in unit names, directory names and
@@ -254,6 +316,19 @@ impl Model {
                 ));
             }
         }
+        if let Some(lock) = &self.lock {
+            lock.validate()?;
+            if let Some(step) = lock
+                .steps
+                .iter()
+                .find(|&&s| !self.queue.iter().any(|q| q.id == s))
+            {
+                return Err(format!(
+                    "the migration lock `{}` names step {step}, which is not queued",
+                    lock.id
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -262,6 +337,101 @@ impl Model {
         self.next_id += 1;
         self.queue.push_back(Queued { id, instruction });
         id
+    }
+
+    /// Queues an instruction that arrives from outside: while a migration
+    /// lock is held only its own steps (carrying its id) are taken, and a
+    /// lock id is taken only while that lock is held. Err refuses, naming
+    /// the lock; nothing is queued then.
+    pub fn enqueue_checked(
+        &mut self,
+        instruction: Instruction,
+        lock_id: Option<&str>,
+    ) -> Result<u64, String> {
+        match (&self.lock, lock_id) {
+            (None, None) => {}
+            (None, Some(id)) => {
+                return Err(format!(
+                    "the instruction carries migration lock id `{id}`, but no migration lock is held (it was \
+                     released, or never taken): nothing was queued"
+                ))
+            }
+            (Some(lock), Some(id)) if lock.id == id => {}
+            (Some(lock), _) => {
+                return Err(format!(
+                    "refused: the agent is held by the {}; only the migration's own steps (carrying lock id \
+                     `{}`) are taken until it is released (`roboconf-agent ctl unlock --id {}`): nothing was \
+                     queued",
+                    lock.describe(),
+                    lock.id,
+                    lock.id
+                ))
+            }
+        }
+        let id = self.enqueue(instruction);
+        if let Some(lock) = self.lock.as_mut().filter(|_| lock_id.is_some()) {
+            lock.steps.insert(id);
+        }
+        Ok(id)
+    }
+
+    /// The instruction the worker may run next: the head of the queue, or
+    /// while a migration lock is held, the first of the migration's steps
+    /// (the others wait, in order, until the lock is released).
+    pub fn next_runnable(&self) -> Option<&Queued> {
+        match &self.lock {
+            None => self.queue.front(),
+            Some(lock) => self.queue.iter().find(|q| lock.steps.contains(&q.id)),
+        }
+    }
+
+    /// How many queued instructions wait for the migration lock's release.
+    pub fn held(&self) -> usize {
+        self.lock
+            .as_ref()
+            .map_or(0, |lock| self.queue.len() - lock.steps.len())
+    }
+
+    /// Takes the migration lock. Ok(false) when that very lock is already
+    /// held (taking it again changes nothing); another lock is refused,
+    /// naming it.
+    pub fn take_lock(&mut self, lock: MigrationLock) -> Result<bool, String> {
+        lock.validate()?;
+        match &self.lock {
+            Some(held) if held.id == lock.id => Ok(false),
+            Some(held) => Err(format!(
+                "refused: the {} is held; release it first (`roboconf-agent ctl unlock --id {}`), or \
+                 break it if it is stale (`roboconf-agent ctl unlock --force --by NAME`)",
+                held.describe(),
+                held.id
+            )),
+            None => {
+                self.lock = Some(lock);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Releases the migration lock: the one named `id`, or whatever is held
+    /// when `id` is None (a forced unlock). Returns what was released (None
+    /// when no lock was held); another lock than `id` is refused, naming it.
+    pub fn release_lock(&mut self, id: Option<&str>) -> Result<Option<MigrationLock>, String> {
+        match (&self.lock, id) {
+            (Some(held), Some(id)) if held.id != id => Err(format!(
+                "refused: the {} is held, not `{id}`: nothing was unlocked",
+                held.describe()
+            )),
+            _ => Ok(self.lock.take()),
+        }
+    }
+
+    /// Removes a finished instruction from the queue (and from the
+    /// migration's steps).
+    pub fn dequeue(&mut self, id: u64) {
+        self.queue.retain(|q| q.id != id);
+        if let Some(lock) = self.lock.as_mut() {
+            lock.steps.remove(&id);
+        }
     }
 
     pub fn transitional(&self) -> impl Iterator<Item = (&String, &Instance)> {
@@ -409,8 +579,11 @@ impl Model {
     /// Records the end of a recipe. Started instances release the children
     /// that were waiting for them: those get a start queued. Err describes a
     /// failed recipe (the instance is now in PROBLEM).
+    /// `id` is the finished instruction's: the starts it queues are steps of
+    /// the migration if it was one.
     pub fn finish(
         &mut self,
+        id: u64,
         path: &str,
         step: Step,
         result: Result<(), Problem>,
@@ -425,7 +598,10 @@ impl Model {
                         .map(|(p, _)| p.clone())
                         .collect();
                     for child in waiting {
-                        self.enqueue(Instruction::Start { path: child });
+                        let queued = self.enqueue(Instruction::Start { path: child });
+                        if let Some(lock) = self.lock.as_mut().filter(|l| l.steps.contains(&id)) {
+                            lock.steps.insert(queued);
+                        }
                     }
                 }
                 Ok(format!("{path} is {}", step.success()))
@@ -455,13 +631,13 @@ impl Model {
     }
 
     /// After a crash or kill, an instance can be left transitional. Its
-    /// instruction is still at the head of the queue (instructions leave the
-    /// queue only once finished), so the instance goes back to the state the
+    /// instruction is still the next to run (instructions leave the queue
+    /// only once finished), so the instance goes back to the state the
     /// step started from and the step runs again. Recipes must therefore be
     /// idempotent, as Roboconf recipes already should be. Returns what was done.
     pub fn recover(&mut self) -> Vec<String> {
         let mut notes = Vec::new();
-        let head = self.queue.front().map(|q| q.instruction.clone());
+        let head = self.next_runnable().map(|q| q.instruction.clone());
         for (path, inst) in self
             .instances
             .iter_mut()
@@ -535,7 +711,7 @@ mod tests {
                     component: "C".into()
                 }
             );
-            m.finish(p, Step::Deploy, Ok(())).unwrap();
+            m.finish(0, p, Step::Deploy, Ok(())).unwrap();
         }
         assert!(matches!(
             m.begin(&Instruction::Start {
@@ -548,7 +724,7 @@ mod tests {
             m.begin(&Instruction::Start { path: "/vm".into() }),
             Ok(Begin::Run { .. })
         ));
-        m.finish("/vm", Step::Start, Ok(())).unwrap();
+        m.finish(0, "/vm", Step::Start, Ok(())).unwrap();
         assert_eq!(
             m.queue.back().unwrap().instruction,
             Instruction::Start {
@@ -576,6 +752,7 @@ mod tests {
         m.begin(&Instruction::Deploy { path: "/vm".into() })
             .unwrap();
         let err = m.finish(
+            0,
             "/vm",
             Step::Deploy,
             Err(Problem {
@@ -589,5 +766,104 @@ mod tests {
             m.instances["/vm"].problem.as_ref().unwrap().exit_code,
             Some(3)
         );
+    }
+
+    fn lock(id: &str) -> MigrationLock {
+        MigrationLock {
+            id: id.into(),
+            application: "shop".into(),
+            since: 1,
+            by: "alice".into(),
+            reason: "move to the new DM".into(),
+            steps: BTreeSet::new(),
+        }
+    }
+
+    fn deploy(path: &str) -> Instruction {
+        Instruction::Deploy { path: path.into() }
+    }
+
+    #[test]
+    fn a_migration_lock_holds_what_does_not_carry_its_id() {
+        let mut m = Model::new();
+        let before = m.enqueue(deploy("/a"));
+        assert!(m.take_lock(lock("m1")).unwrap());
+        assert!(
+            !m.take_lock(lock("m1")).unwrap(),
+            "taking it again is a no-op"
+        );
+        let other = m.take_lock(lock("m2")).unwrap_err();
+        assert!(other.contains("`m1`") && other.contains("alice"), "{other}");
+        for lock_id in [None, Some("m2")] {
+            let refused = m.enqueue_checked(deploy("/b"), lock_id).unwrap_err();
+            assert!(
+                refused.contains("migration lock `m1` of application shop"),
+                "{refused}"
+            );
+        }
+        assert_eq!(m.queue.len(), 1, "refusals queue nothing");
+        assert_eq!(
+            m.next_runnable(),
+            None,
+            "what was queued before the lock waits"
+        );
+        let step = m.enqueue_checked(deploy("/c"), Some("m1")).unwrap();
+        assert_eq!(m.next_runnable().map(|q| q.id), Some(step));
+        assert_eq!(m.held(), 1);
+        m.validate().unwrap();
+        m.dequeue(step);
+        assert!(m.lock.as_ref().unwrap().steps.is_empty());
+        let wrong = m.release_lock(Some("m2")).unwrap_err();
+        assert!(
+            wrong.contains("`m1`") && wrong.contains("not `m2`"),
+            "{wrong}"
+        );
+        assert_eq!(m.release_lock(Some("m1")).unwrap().unwrap().id, "m1");
+        assert_eq!(
+            m.next_runnable().map(|q| q.id),
+            Some(before),
+            "it runs after the release"
+        );
+        assert_eq!(m.release_lock(None).unwrap(), None);
+        let stale = m.enqueue_checked(deploy("/d"), Some("m1")).unwrap_err();
+        assert!(stale.contains("no migration lock is held"), "{stale}");
+    }
+
+    #[test]
+    fn starts_released_by_a_migration_step_are_its_steps_too() {
+        let mut m = Model::new();
+        add(&mut m, "/vm");
+        add(&mut m, "/vm/app");
+        m.set("/vm", Lifecycle::DeployedStopped, None);
+        m.set("/vm/app", Lifecycle::WaitingForAncestor, None);
+        m.take_lock(lock("m1")).unwrap();
+        let start = m
+            .enqueue_checked(Instruction::Start { path: "/vm".into() }, Some("m1"))
+            .unwrap();
+        assert!(matches!(
+            m.begin(&Instruction::Start { path: "/vm".into() }),
+            Ok(Begin::Run { .. })
+        ));
+        m.finish(start, "/vm", Step::Start, Ok(())).unwrap();
+        m.dequeue(start);
+        assert_eq!(
+            m.next_runnable().map(|q| q.instruction.clone()),
+            Some(Instruction::Start {
+                path: "/vm/app".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_lock_naming_a_step_that_is_not_queued_is_inconsistent() {
+        let mut m = Model::new();
+        let mut l = lock("m1");
+        l.steps.insert(7);
+        m.lock = Some(l);
+        assert!(m.validate().unwrap_err().contains("step 7"));
+        let mut l = lock("bad id");
+        l.by = "x".into();
+        m.lock = Some(l);
+        assert!(m.validate().is_err());
     }
 }

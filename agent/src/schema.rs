@@ -1,7 +1,9 @@
 //! The stored layouts of the state, one per schema version. Once released, a
 //! layout never changes: a new layout is a new schema with a migration step in
 //! `migrate`. docs/AGENT.md describes each layout field by field.
-use crate::model::{name_of, parent_of, Instance, Instruction, Lifecycle, Model, Problem, Queued};
+use crate::model::{
+    name_of, parent_of, Instance, Instruction, Lifecycle, MigrationLock, Model, Problem, Queued,
+};
 use serde::{Deserialize, Serialize};
 
 /// Schema 1: a flat list of instances and a queue of bare instructions.
@@ -58,6 +60,9 @@ pub struct NodeV3 {
 }
 
 impl V3 {
+    /// The tree, queue and counter of `model`; its migration lock, which
+    /// schema 3 cannot hold, is for the caller to refuse (`V4::from_model`
+    /// keeps it).
     pub fn from_model(model: &Model) -> V3 {
         fn node(model: &Model, path: &str, inst: &Instance) -> NodeV3 {
             NodeV3 {
@@ -105,6 +110,44 @@ impl V3 {
             ..Default::default()
         };
         walk(&mut model, "", self.roots)?;
+        model.validate()?;
+        Ok(model)
+    }
+}
+
+/// Schema 4: schema 3 plus the migration lock, null when none is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4 {
+    pub roots: Vec<NodeV3>,
+    pub queue: Vec<Queued>,
+    pub next_id: u64,
+    pub lock: Option<MigrationLock>,
+}
+
+impl V4 {
+    pub fn from_model(model: &Model) -> V4 {
+        let V3 {
+            roots,
+            queue,
+            next_id,
+        } = V3::from_model(model);
+        V4 {
+            roots,
+            queue,
+            next_id,
+            lock: model.lock.clone(),
+        }
+    }
+
+    pub fn into_model(self) -> Result<Model, String> {
+        let mut model = V3 {
+            roots: self.roots,
+            queue: self.queue,
+            next_id: self.next_id,
+        }
+        .into_model()?;
+        model.lock = self.lock;
         model.validate()?;
         Ok(model)
     }

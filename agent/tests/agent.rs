@@ -301,7 +301,7 @@ fn malformed_requests_change_nothing_and_the_agent_keeps_serving() {
         ("this is not json", "malformed request"),
         ("[1,2]", "expected a JSON object"),
         (r#"{"cmd":"status"}"#, "missing \"protocol\""),
-        (r#"{"protocol":2,"cmd":"status"}"#, "unsupported protocol 2"),
+        (r#"{"protocol":3,"cmd":"status"}"#, "unsupported protocol 3"),
         (r#"{"protocol":1,"cmd":"explode"}"#, "unknown variant"),
         (
             r#"{"protocol":1,"cmd":"apply","instruction":{"action":"deploy"}}"#,
@@ -356,18 +356,18 @@ fn forge_state(env: &Env, schema: u32, written_by: &str) {
 #[test]
 fn newer_schema_bad_checksum_and_upgrade_marker_give_their_exit_codes() {
     let mut env = Env::new("exitcodes");
-    forge_state(&env, 4, "9.9.9");
+    forge_state(&env, 5, "9.9.9");
     for args in [
         &["run"][..],
         &["state", "check"],
-        &["state", "migrate", "--to", "3"],
+        &["state", "migrate", "--to", "4"],
     ] {
         let out = env.cmd(args);
         assert_eq!(out.status.code(), Some(78), "{args:?}: {}", describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("schema 4, written by roboconf-agent 9.9.9")
-                && err.contains("knows schemas 1 to 3"),
+            err.contains("schema 5, written by roboconf-agent 9.9.9")
+                && err.contains("knows schemas 1 to 4"),
             "{err}"
         );
     }
@@ -447,11 +447,11 @@ fn migrate_is_atomic_checked_and_excluded_while_the_agent_runs() {
     );
     env.kill(pid, libc::SIGTERM);
 
-    for bad in ["0", "4"] {
+    for bad in ["0", "5"] {
         let out = env.cmd(&["state", "migrate", "--to", bad]);
         assert_eq!(out.status.code(), Some(1));
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("knows schemas 1 to 3"),
+            String::from_utf8_lossy(&out.stderr).contains("knows schemas 1 to 4"),
             "{}",
             describe(&out)
         );
@@ -463,16 +463,16 @@ fn migrate_is_atomic_checked_and_excluded_while_the_agent_runs() {
         assert_eq!(env.json(&["state", "check", "--json"])["schema"], to);
     };
     migrate(2);
-    migrate(3);
+    migrate(4);
     assert_eq!(
         env.json(&["state", "show"]),
         original,
-        "3 -> 2 -> 3 is lossless"
+        "4 -> 2 -> 4 is lossless"
     );
     // Schema 1 has no instruction counter: coming back, next_id is derived
     // from the queue again (see docs/AGENT.md); the tree is unchanged.
     migrate(1);
-    migrate(3);
+    migrate(4);
     assert_eq!(
         env.json(&["state", "show"])["state"]["roots"],
         original["state"]["roots"]
@@ -499,9 +499,9 @@ fn version_and_schema_report_the_build_settings() {
     let s = env.json(&["schema", "--json"]);
     assert_eq!(
         (s["writes"].clone(), s["newest_known"].clone()),
-        (json!(3), json!(3))
+        (json!(4), json!(4))
     );
-    assert_eq!(s["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(s["steps"].as_array().unwrap().len(), 3);
 }
 
 /// The package's hook runs `state migrate` as the agent's user, never as

@@ -100,7 +100,7 @@ fn the_agent_runs_on_older_state_and_resumes_its_queue() {
     assert_eq!(instance(&s, "/vm1/db")["state"], "PROBLEM");
     assert_eq!(
         env.json(&["state", "check", "--json"])["schema"],
-        3,
+        4,
         "the agent writes its own schema"
     );
 }
@@ -118,7 +118,7 @@ fn the_agent_refuses_older_state_when_told_not_to_migrate_it() {
     assert_eq!(out.status.code(), Some(78), "{}", describe(&out));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("has schema 2") && said.contains("state migrate --to 3"),
+        said.contains("has schema 2") && said.contains("state migrate --to 4"),
         "{said}"
     );
     assert_eq!(
@@ -126,7 +126,7 @@ fn the_agent_refuses_older_state_when_told_not_to_migrate_it() {
         SCHEMA2
     );
     // Once migrated (as the hook does), it starts.
-    assert!(env.cmd(&["state", "migrate", "--to", "3"]).status.success());
+    assert!(env.cmd(&["state", "migrate", "--to", "4"]).status.success());
     let mut env = env;
     let pid = env.start();
     assert_eq!(env.status()["pid"], pid);

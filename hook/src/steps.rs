@@ -322,6 +322,9 @@ pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
             r.to_version, r.status
         ));
     }
+    if incoming.schema < m.schema {
+        can_go_down(&c, direction, incoming)?;
+    }
     // Asked once: quiescing does not change it, and each ask is a systemctl.
     let active = c.unit.is_active();
     let was_running = match &earlier {
@@ -337,6 +340,21 @@ pub fn prepare(m: &PackageManifest, incoming: &Incoming) -> Result<()> {
         undo_prepare(&c, active, earlier.is_none());
     }
     result
+}
+
+/// Asks the agent, before anything changes, whether its state can go down
+/// to the incoming schema: a state the older schema cannot hold (a
+/// migration lock, docs/AGENT.md) refuses the downgrade as a busy agent
+/// refuses an upgrade, in the log and in the error, naming what holds it.
+fn can_go_down(c: &Ctx, direction: &str, incoming: &Incoming) -> Result<()> {
+    c.agent.can_migrate(incoming.schema).map_err(|e| {
+        let message = format!(
+            "refusing to {direction} {} to {} (schema {}): its state cannot go down from schema {}: {e:#}. {} {} stays installed with its state untouched",
+            c.m.name, incoming.version, incoming.schema, c.m.schema, c.m.name, c.m.version
+        );
+        c.log.line(&message);
+        anyhow!(message)
+    })
 }
 
 fn quiesce(c: &Ctx) -> Result<()> {
@@ -742,4 +760,152 @@ pub fn abort(m: &PackageManifest) -> Result<()> {
     }
     c.log.line("undone");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_hook::snapshot::DATA;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ferry-hook-steps-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A state file of schema 4 holding a migration lock, as roboconf-agent
+    /// writes it (header line, then the payload).
+    const LOCKED_STATE: &str = concat!(
+        r#"{"format":"roboconf-agent-state","schema":4,"written_by":"1.5.0","sha256":"-"}"#,
+        "\n",
+        r#"{"roots":[],"queue":[],"next_id":1,"lock":{"id":"mig-7","application":"shop","since":1,"by":"alice","reason":"new DM","steps":[]}}"#,
+        "\n"
+    );
+
+    /// The package of `version` (schema 4) in `root`, whose agent program
+    /// is a script: it answers `state migrate --to 3 --dry-run` as
+    /// roboconf-agent does while a migration lock is held, and writes every
+    /// command it is given to `root/calls`.
+    fn locked_package(root: &Path) -> PackageManifest {
+        let state = root.join("state");
+        fs::create_dir_all(&state).unwrap();
+        fs::write(state.join("state.json"), LOCKED_STATE).unwrap();
+        let agent = root.join("agent");
+        fs::write(
+            &agent,
+            format!(
+                "#!/bin/sh\necho \"$*\" >> '{}'\ncase \"$*\" in\n*'state migrate --to 3 --dry-run')\n  \
+                 echo 'roboconf-agent: error: migration failed, state unchanged: migrating 4 -> 3: the state holds \
+                 the migration lock `mig-7` of application shop (taken by alice at unix time 1: new DM), and schema \
+                 3 cannot hold a migration lock' >&2\n  exit 1;;\nesac\nexit 99\n",
+                root.join("calls").display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&agent, fs::Permissions::from_mode(0o755)).unwrap();
+        let path = |p: &str| root.join(p).display().to_string();
+        PackageManifest {
+            format: "ferry-package".into(),
+            hook_protocol: ferry_hook::package::HOOK_PROTOCOL,
+            name: "lock-test-agent".into(),
+            version: "1.5.0".into(),
+            schema: 4,
+            agent: agent.display().to_string(),
+            user: "root".into(),
+            group: "root".into(),
+            unit: "ferry-lock-test-no-such.service".into(),
+            socket: None,
+            state_dir: path("state"),
+            config_dir: path("etc"),
+            runtime_dir: path("run"),
+            log_file: path("log/upgrades.log"),
+            skip_migration_file: path("etc/ferry-skip-migration"),
+            work_dir: path("ferry"),
+            keep_snapshots: 3,
+            quiesce_timeout_secs: 5,
+            health_timeout_secs: 5,
+        }
+    }
+
+    /// A downgrade to a schema that cannot hold the state (here: a
+    /// migration lock) is refused by the outgoing hook before anything
+    /// changes, as a busy agent refuses an upgrade: no quiesce, record,
+    /// marker, stop or snapshot, and the refusal names the lock in the log.
+    #[test]
+    fn a_downgrade_below_what_the_state_holds_is_refused_before_anything_changes() {
+        let root = scratch("refused");
+        let m = locked_package(&root);
+        let incoming = Incoming {
+            version: "1.4.0".into(),
+            schema: 3,
+            protocol: 2,
+        };
+        let err = format!("{:#}", prepare(&m, &incoming).unwrap_err());
+        for needle in [
+            "refusing to downgrade lock-test-agent to 1.4.0 (schema 3)",
+            "cannot go down from schema 4",
+            "migration lock `mig-7` of application shop (taken by alice",
+            "lock-test-agent 1.5.0 stays installed with its state untouched",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+        }
+        let calls = fs::read_to_string(root.join("calls")).unwrap();
+        assert_eq!(
+            calls
+                .lines()
+                .map(|l| l.split(" --runtime-dir ").nth(1).unwrap())
+                .collect::<Vec<_>>(),
+            [format!("{} state migrate --to 3 --dry-run", m.runtime_dir)],
+            "the agent was asked nothing else"
+        );
+        assert!(!m.record_path().exists(), "no upgrade record");
+        assert!(!m.snapshots_dir().exists(), "no snapshot");
+        assert_eq!(
+            fs::read_dir(&m.state_dir).unwrap().count(),
+            1,
+            "no marker: the state directory holds its state file only"
+        );
+        let log = fs::read_to_string(&m.log_file).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("prepare: refusing to downgrade") && l.contains("`mig-7`")),
+            "{log}"
+        );
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    /// The lock is part of the state file: the snapshot an upgrade takes
+    /// holds it, and a restore (a failed upgrade's rollback) puts it back
+    /// byte for byte.
+    #[test]
+    fn the_lock_survives_a_snapshot_and_its_restore() {
+        let root = scratch("snapshot");
+        let m = locked_package(&root);
+        let state = Path::new(&m.state_dir);
+        let label = Label {
+            package: m.name.clone(),
+            version: m.version.clone(),
+            schema: Some(4),
+            reason: "test".into(),
+        };
+        let snap = snapshot::create(state, &m.snapshots_dir(), &label, &[MARKER]).unwrap();
+        assert_eq!(
+            fs::read_to_string(snap.path.join(DATA).join("state.json")).unwrap(),
+            LOCKED_STATE
+        );
+        // A failed upgrade changed the state (its lock gone), then rolls back.
+        fs::write(state.join("state.json"), "changed\n").unwrap();
+        snapshot::restore(&snap.path, state).unwrap();
+        let restored = fs::read_to_string(state.join("state.json")).unwrap();
+        assert_eq!(restored, LOCKED_STATE);
+        let payload: serde_json::Value =
+            serde_json::from_str(restored.split_once('\n').unwrap().1).unwrap();
+        assert_eq!(payload["lock"]["id"], "mig-7");
+        fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -143,6 +143,15 @@ impl<'a> Agent<'a> {
             .map(drop)
     }
 
+    /// Whether the state can be migrated to schema `to`, asked without
+    /// changing anything (`state migrate --dry-run`, which also answers
+    /// while the agent runs); the error carries the agent's reason, such as
+    /// a migration lock the older schema cannot hold.
+    pub fn can_migrate(&self, to: u32) -> Result<()> {
+        self.run_ok(&["state", "migrate", "--to", &to.to_string(), "--dry-run"])
+            .map(drop)
+    }
+
     pub fn quiesce(&self, timeout: u64) -> Result<()> {
         self.run_ok(&["ctl", "quiesce", "--timeout", &timeout.to_string()])
             .map(drop)

@@ -214,7 +214,7 @@ fn pkg_copy(dir: &Path, version: &str, schema: u32, variant: Variant) {
     let descriptor = fs::read_to_string(dir.join("ferry.toml"))
         .unwrap()
         .replace("\"../", &format!("\"{repo}/"))
-        .replace("schema = 3", &format!("schema = {schema}"))
+        .replace("schema = 4", &format!("schema = {schema}"))
         .replace("quiesce_timeout_secs = 120", "quiesce_timeout_secs = 5")
         .replace("health_timeout_secs = 60", "health_timeout_secs = 10");
     let descriptor = if variant == Variant::Bound {

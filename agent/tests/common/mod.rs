@@ -102,10 +102,24 @@ impl Env {
 
     /// Starts `roboconf-agent run` and returns once its socket answers.
     pub fn start(&mut self) -> u32 {
+        self.start_with(Stdio::inherit())
+    }
+
+    /// Starts the agent with its log (stderr) in `log`, appended to.
+    pub fn start_logged(&mut self, log: &Path) -> u32 {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.start_with(Stdio::from(file))
+    }
+
+    fn start_with(&mut self, stderr: Stdio) -> u32 {
         let mut child = self
             .command(&["run"])
             .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -119,11 +133,15 @@ impl Env {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("the agent exited during start: {status}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not answer on {} within 20s",
-                self.socket().display()
-            );
+            if Instant::now() > deadline {
+                // Not left running (nor holding the test's output open).
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "the agent did not answer on {} within 20s",
+                    self.socket().display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         self.agents.push(child);
