@@ -407,7 +407,9 @@ mod tests {
     fn bad_variables_are_refused_before_the_key_is_read() {
         let missing = PathBuf::from("/nonexistent/key.asc");
         let fpr = "0".repeat(40);
-        let cases: [(fn(&mut CloudConfigArgs), &str); 9] = [
+        // A change to good variables, and what the refusal must name.
+        type Case = (fn(&mut CloudConfigArgs), &'static str);
+        let cases: [Case; 9] = [
             (|a| a.channel = "a.b".into(), "--channel"),
             (|a| a.package = "Agent".into(), "--package"),
             (|a| a.window = Some("Mon 02:00".into()), "--window"),
