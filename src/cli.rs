@@ -244,10 +244,11 @@ pub enum EnrollCommand {
     /// as its user data. At first boot cloud-init writes a small script,
     /// /usr/local/sbin/ferry-enroll, that installs ferry from its
     /// repository, runs `ferry channel enable` for ferry and for the agent
-    /// (each key checked against its fingerprint) and installs the agent. cloud-init runs it once, for at most 10
-    /// minutes; cloud-init never retries, so if that attempt fails (the
-    /// repository not reachable yet, the package manager busy) the document
-    /// leaves ferry-enroll.timer behind: it runs the script 30 s, 2, 5, 10,
+    /// (each key checked against its fingerprint) and installs the agent.
+    /// cloud-init runs it once, for at most 10 minutes; cloud-init never
+    /// retries, so if that attempt fails (the repository not reachable yet,
+    /// the package manager busy) the document leaves ferry-enroll.timer
+    /// behind: it runs the script 30 s, 2, 5, 10,
     /// 20 and 40 minutes after boot, then hourly, until the VM is enrolled,
     /// and the run that succeeds removes the timer, its service and the
     /// script. The first attempt logs to /var/log/cloud-init-output.log, the
