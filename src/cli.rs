@@ -248,10 +248,9 @@ pub enum EnrollCommand {
     /// cloud-init runs it once, for at most 10 minutes; cloud-init never
     /// retries, so if that attempt fails (the repository not reachable yet,
     /// the package manager busy) the document leaves ferry-enroll.timer
-    /// behind: it runs the script 30 s, 2, 5, 10,
-    /// 20 and 40 minutes after boot, then hourly, until the VM is enrolled,
-    /// and the run that succeeds removes the timer, its service and the
-    /// script. The first attempt logs to /var/log/cloud-init-output.log, the
+    /// behind: it runs the script 30 s, 2, 5, 10, 20 and 40 minutes after
+    /// boot, then hourly, until the VM is enrolled, and the run that
+    /// succeeds removes the timer, its service and the script. The first attempt logs to /var/log/cloud-init-output.log, the
     /// retries to the journal (`journalctl -u ferry-enroll.service`).
     ///
     /// The key is checked against --fingerprint here, as `ferry channel`
