@@ -250,8 +250,9 @@ pub enum EnrollCommand {
     /// the package manager busy) the document leaves ferry-enroll.timer
     /// behind: it runs the script 30 s, 2, 5, 10, 20 and 40 minutes after
     /// boot, then hourly, until the VM is enrolled, and the run that
-    /// succeeds removes the timer, its service and the script. The first attempt logs to /var/log/cloud-init-output.log, the
-    /// retries to the journal (`journalctl -u ferry-enroll.service`).
+    /// succeeds removes the timer, its service and the script. The first
+    /// attempt logs to /var/log/cloud-init-output.log, the retries to the
+    /// journal (`journalctl -u ferry-enroll.service`).
     ///
     /// The key is checked against --fingerprint here, as `ferry channel`
     /// checks it, and embedded; the VM checks it again. The document works
