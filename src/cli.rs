@@ -1,4 +1,4 @@
-//! The command line of `publish`, `promote` and `channel`: clap's
+//! The command line of `publish`, `promote`, `channel` and `enroll`: clap's
 //! structures, each converted into the library's plain options (the
 //! library knows nothing of clap), and the possible values of enums the
 //! library defines.
@@ -11,6 +11,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use ferry::bench::Payload;
 use ferry::build::Profile;
 use ferry::channel::{self, EnableArgs, Host, BACKENDS};
+use ferry::enroll::CloudConfigArgs;
 use ferry::repo::{PromoteArgs, PublishArgs, SigningArgs};
 
 /// Add .deb and .rpm packages to a channel of a signed repository.
@@ -244,6 +245,93 @@ impl From<EnableCli> for EnableArgs {
             dry_run: c.dry_run,
         }
     }
+}
+
+/// `ferry enroll`'s subcommands.
+#[derive(clap::Subcommand)]
+pub enum EnrollCommand {
+    /// Print a #cloud-config document that enrols a new VM at first boot.
+    ///
+    /// The same variables as `ferry channel enable` (the repository's URL,
+    /// its key and the key's fingerprint, the channel, a window), and the
+    /// repository of ferry's own package, make a document to give a new VM
+    /// as its user data. At first boot cloud-init writes a small script,
+    /// /usr/local/sbin/ferry-enroll, that installs ferry from its
+    /// repository, runs `ferry channel enable` for ferry and for the agent
+    /// (each key checked against its fingerprint) and installs the agent.
+    /// cloud-init runs it once, for at most 10 minutes; cloud-init never
+    /// retries, so if that attempt fails (the repository not reachable yet,
+    /// the package manager busy) the document leaves ferry-enroll.timer
+    /// behind: it runs the script 30 s, 2, 5, 10, 20 and 40 minutes after
+    /// boot, then hourly, until the VM is enrolled, and the run that
+    /// succeeds removes the timer, its service and the script. The first
+    /// attempt logs to /var/log/cloud-init-output.log, the retries to the
+    /// journal (`journalctl -u ferry-enroll.service`).
+    ///
+    /// The key is checked against --fingerprint here, as `ferry channel`
+    /// checks it, and embedded; the VM checks it again. The document works
+    /// on apt hosts and dnf hosts alike (each VM looks at its package
+    /// managers); give --family only for VMs that have both. See
+    /// docs/CLOUD-INIT.md.
+    ///
+    /// Examples:
+    ///   ferry enroll cloud-config --repo https://repo.example.org/agent \
+    ///       --key signing-key.asc --fingerprint 0123…CDEF \
+    ///       --channel stable --window 'Mon..Fri 02:00-04:00' > user-data
+    ///   cloud-init schema --config-file user-data    # check it where cloud-init is installed
+    #[command(verbatim_doc_comment)]
+    CloudConfig(CloudConfigCli),
+}
+
+#[derive(clap::Args)]
+pub struct CloudConfigCli {
+    /// The repository made by `ferry publish`, as the VM reaches it:
+    /// https://…, http://… or file:///… (the directory holding apt/ and rpm/).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// The repository's public key (DIR/signing-key.asc); embedded in the document.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The key's full fingerprint, obtained out of band; a key with another
+    /// fingerprint is refused.
+    #[arg(long, value_name = "FPR")]
+    pub fingerprint: String,
+    /// The channel the VM follows.
+    #[arg(long, default_value = "stable")]
+    pub channel: String,
+    /// Maintenance window for the automatic upgrade, `[DAYS] HH:MM-HH:MM`
+    /// in the VM's local time, e.g. `Mon..Fri 02:00-04:00`.
+    #[arg(long, value_name = "SPEC")]
+    pub window: Option<String>,
+    /// The agent's package (installed with ferry's own package, `ferry`,
+    /// from the same repository and channel, docs/FLEET.md).
+    #[arg(long, default_value = "roboconf-agent")]
+    pub package: String,
+    /// apt or dnf: needed only for VMs that have both package managers.
+    #[arg(long, value_parser = family_parser())]
+    pub family: Option<String>,
+}
+
+impl From<CloudConfigCli> for CloudConfigArgs {
+    fn from(c: CloudConfigCli) -> CloudConfigArgs {
+        CloudConfigArgs {
+            repo: c.repo,
+            key: c.key,
+            fingerprint: c.fingerprint,
+            channel: c.channel,
+            window: c.window,
+            package: c.package,
+            family: c.family,
+        }
+    }
+}
+
+/// Runs one `ferry enroll` command and prints what it makes.
+pub fn run_enroll(command: EnrollCommand) -> Result<()> {
+    match command {
+        EnrollCommand::CloudConfig(c) => print!("{}", ferry::enroll::cloud_config(&c.into())?),
+    }
+    Ok(())
 }
 
 /// `--family`'s possible values: the backends' names.

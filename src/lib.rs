@@ -14,6 +14,7 @@ pub mod channel;
 pub mod date;
 pub mod descriptor;
 pub mod digest;
+pub mod enroll;
 pub mod exit;
 pub mod format;
 pub mod fsutil;

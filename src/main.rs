@@ -138,6 +138,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enrol new VMs at first boot in a channel (cloud-init).
+    ///
+    /// `ferry enroll cloud-config` prints the #cloud-config user data that
+    /// installs ferry and the agent from the repository and runs `ferry
+    /// channel enable` at first boot, and retries until it succeeds. See
+    /// docs/CLOUD-INIT.md.
+    #[command(subcommand)]
+    Enroll(cli::EnrollCommand),
     /// Write ferry's manual pages and its bash, zsh and fish completions.
     ///
     /// Writes OUT/man/ferry.1 and a page per command (ferry-build.1,
@@ -321,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => run_build(args),
         Command::Channel(args) => cli::run_channel(args),
+        Command::Enroll(command) => cli::run_enroll(command),
         Command::Generate { out } => {
             for dir in generate::generate(&out)? {
                 println!("{}", dir.display());

@@ -299,6 +299,19 @@ fn rendered_scripts_pass_shellcheck() {
     }
 }
 
+/// The enrolment script `ferry enroll cloud-config` embeds (docs/CLOUD-INIT.md)
+/// is held to the maintainer scripts' rules: shellcheck clean, `set -eu`,
+/// no eval.
+#[test]
+fn enrolment_script_passes_shellcheck() {
+    let script = repo().join("pkg/cloud-init/ferry-enroll");
+    let check = run(Command::new("shellcheck").args(["-s", "sh"]).arg(&script));
+    assert!(check.status.success(), "{}", text(&check));
+    let body = std::fs::read_to_string(&script).unwrap();
+    assert!(body.starts_with("#!/bin/sh\n") && body.contains("\nset -eu\n"));
+    assert!(!body.contains("eval "), "{} uses eval", script.display());
+}
+
 /// A copy of pkg/ with `file` (the descriptor or the unit) edited.
 fn edited_pkg(name: &str, file: &str, edit: impl Fn(&str) -> String) -> PathBuf {
     let dir = tempdir(name);

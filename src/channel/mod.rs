@@ -17,7 +17,7 @@ mod commands;
 pub mod dnf;
 mod fetch;
 pub mod files;
-mod gpg;
+pub(crate) mod gpg;
 pub mod host;
 pub mod report;
 mod status;
