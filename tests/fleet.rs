@@ -35,24 +35,13 @@ fn ansible_venv() -> PathBuf {
     venv
 }
 
-fn fingerprint(signer: &Signer) -> String {
-    signer
-        .gpg(&["--with-colons", "--list-keys"])
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fpr:")
-                .map(|r| r.trim_matches(':').to_string())
-        })
-        .expect("a fingerprint")
-}
-
 /// `ferry publish` of `packages` into `channel` of the repository.
 fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
     support::run(
         Command::new(FERRY)
             .args(["publish", "--repo"])
             .arg(repo)
-            .args(["--channel", channel, "--key", &fingerprint(signer)])
+            .args(["--channel", channel, "--key", signer.fingerprint()])
             .arg("--gnupghome")
             .arg(signer.home())
             .args(packages),
@@ -235,7 +224,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     let v110 = probe::agent("1.1.0");
     let ferry_pkg = probe::ferry_cli("1.0.0");
     let signer = Signer::new("fleet");
-    let fpr = fingerprint(&signer);
+    let fpr = signer.fingerprint().to_string();
     let scratch = Scratch::new("ferry-fleet-repo");
     let repo = scratch.path().join("repo");
     publish(

@@ -379,23 +379,7 @@ impl Backend for Apt {
         if !versions.iter().any(|(v, repo)| *v == target && *repo) {
             bail!("{} {target} is not offered by any repository", host.package)
         }
-        if target == installed {
-            let _ = writeln!(out, "{} is already at {target}", host.package);
-            return Ok(target);
-        }
-        let _ = writeln!(
-            out,
-            "rolling {} back from {installed} to {target} (apt-get; the hooks carry the state down)",
-            host.package
-        );
-        out.change(
-            format!("package {}", host.package),
-            "install",
-            &installed,
-            &target,
-        );
-        if dry_run {
-            let _ = writeln!(out, "dry run: nothing was installed");
+        if !out.rollback(&host.package, &installed, &target, "apt-get", dry_run) {
             return Ok(target);
         }
         let mut c = apt(host, "apt-get");

@@ -54,6 +54,33 @@ impl Report {
         self.changes.extend(other.changes);
     }
 
+    /// Says, and notes, the rollback of `package` from `installed` to
+    /// `target` through `tool`; whether the package manager must run (not
+    /// when the target is installed already, nor in a dry run).
+    pub fn rollback(
+        &mut self,
+        package: &str,
+        installed: &str,
+        target: &str,
+        tool: &str,
+        dry_run: bool,
+    ) -> bool {
+        use fmt::Write as _;
+        if target == installed {
+            let _ = writeln!(self, "{package} is already at {target}");
+            return false;
+        }
+        let _ = writeln!(
+            self,
+            "rolling {package} back from {installed} to {target} ({tool}; the hooks carry the state down)"
+        );
+        self.change(format!("package {package}"), "install", installed, target);
+        if dry_run {
+            let _ = writeln!(self, "dry run: nothing was installed");
+        }
+        !dry_run
+    }
+
     pub fn push_str(&mut self, s: &str) {
         self.text.push_str(s);
     }

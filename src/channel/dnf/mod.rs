@@ -498,23 +498,7 @@ impl Backend for Dnf {
                     )
                 })?,
         };
-        if target == inst {
-            let _ = writeln!(out, "{} is already at {target}", host.package);
-            return Ok(target);
-        }
-        let _ = writeln!(
-            out,
-            "rolling {} back from {inst} to {target} (dnf; the hooks carry the state down)",
-            host.package
-        );
-        out.change(
-            format!("package {}", host.package),
-            "install",
-            &inst,
-            &target,
-        );
-        if dry_run {
-            let _ = writeln!(out, "dry run: nothing was installed");
+        if !out.rollback(&host.package, &inst, &target, "dnf", dry_run) {
             return Ok(target);
         }
         // An earlier pin's versionlock would hide the target; rollback pins
