@@ -1,5 +1,5 @@
 //! Support shared by the integration tests: throwaway hosts with real systemd
-//! (`lab`), the reference agent inside them (`agent`), a throwaway signing key (`signing`), signed local apt and rpm
+//! (`lab`), six of them driven by Ansible (`fleet`), the reference agent inside them (`agent`), a throwaway signing key (`signing`), signed local apt and rpm
 //! repositories (`repo`) and tiny probe packages (`probe`). See docs/LAB.md.
 //!
 //! The assertions of the upgrade paths (`upgrade`, with a `client` of the
@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod fleet;
 pub mod lab;
 pub mod probe;
 pub mod repo;
