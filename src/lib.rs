@@ -19,6 +19,7 @@ pub mod format;
 pub mod fsutil;
 pub mod info;
 pub mod manifest;
+pub mod migration;
 pub mod names;
 pub mod plan;
 pub mod repo;
