@@ -238,7 +238,10 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
     match j.hold_before {
         Some(false) => {
             hold.release(package).map_err(|e| go_on(e, &j, &did))?;
-            did.push(format!("{package} no longer held ({})", hold.how()));
+            did.push(format!(
+                "the migration's hold ({}) of {package} released",
+                hold.how()
+            ));
         }
         Some(true) => did.push(format!("{package} stays held, as before the migration")),
         None => {}
