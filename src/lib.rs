@@ -20,6 +20,7 @@ pub mod format;
 pub mod fsutil;
 pub mod info;
 pub mod manifest;
+pub mod migration;
 pub mod names;
 pub mod plan;
 pub mod repo;

@@ -146,6 +146,43 @@ enum Command {
     /// docs/CLOUD-INIT.md.
     #[command(subcommand)]
     Enroll(cli::EnrollCommand),
+    /// A Roboconf migration of the application on this VM (docs/MIGRATION.md).
+    ///
+    /// Run as root on the VM. `initialize` takes the agent's migration lock
+    /// (the agent then refuses every lifecycle instruction but the
+    /// migration's own), holds the agent's package so that
+    /// unattended-upgrades and dnf-automatic leave it alone, keeps the
+    /// installed version's package file, and records all of it in the
+    /// journal /var/lib/ferry/<package>/migration.json. `complete` and
+    /// `cancel` undo exactly that (a package held before stays held) and
+    /// close the journal (migration.done.json). One migration at a time;
+    /// `initialize` again with the same --id finishes what a failure left.
+    ///
+    /// Exit statuses: 0 done (or nothing left to do); 1 failed, nothing
+    /// changed; 3 refused before anything changed (another migration open,
+    /// the agent of another application, nothing to complete); 4 partially
+    /// done: the journal says what, run the same command again.
+    ///
+    /// Examples:
+    ///   ferry migration initialize --app shop --id mig-7 --by alice --reason 'new DM'
+    ///   ferry migration status --json
+    ///   ferry migration complete
+    ///   ferry migration cancel
+    #[command(verbatim_doc_comment)]
+    Migration {
+        /// The agent's installed package.
+        #[arg(long, global = true, default_value = "roboconf-agent")]
+        package: String,
+        /// apt or dnf; detected, and needed only on a host that has both.
+        #[arg(long, global = true, value_parser = cli::family_parser())]
+        family: Option<String>,
+        /// Print the result as JSON (the journal and what was done, or the
+        /// status).
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: MigrationCommand,
+    },
     /// Write ferry's manual pages and its bash, zsh and fish completions.
     ///
     /// Writes OUT/man/ferry.1 and a page per command (ferry-build.1,
@@ -166,6 +203,37 @@ enum Command {
         #[arg(long, value_name = "OUT")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum MigrationCommand {
+    /// Take the agent's migration lock, hold the package, keep its package
+    /// file, and write the journal (each step once: run it again with the
+    /// same --id to finish after a failure).
+    Initialize {
+        /// The application being migrated: the agent's own (`application`
+        /// in its agent.toml), or the migration is refused.
+        #[arg(long)]
+        app: String,
+        /// The migration's id (default: mig-<unix time>).
+        #[arg(long)]
+        id: Option<String>,
+        /// Who runs it, shown by the agent's refusals.
+        #[arg(long, default_value = "ferry")]
+        by: String,
+        /// Why, shown by the agent's refusals.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release the agent's lock and the hold the migration added, drop the
+    /// kept package file, and close the journal as done.
+    Complete,
+    /// The same as complete before any perform, the journal closed as
+    /// cancelled (refused once perform steps are recorded).
+    Cancel,
+    /// The journal, the agent's lock as the agent reports it, the hold, and
+    /// what the next command would do.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -395,6 +463,40 @@ fn run(cli: Cli) -> Result<()> {
             &ferry::info::info(&root, &package, family.as_deref())?,
             json,
         ),
+        Command::Migration {
+            package,
+            family,
+            json,
+            command,
+        } => {
+            let family = family.as_deref();
+            match command {
+                MigrationCommand::Initialize {
+                    app,
+                    id,
+                    by,
+                    reason,
+                } => {
+                    let req = ferry::migration::Request {
+                        id,
+                        app,
+                        by,
+                        reason,
+                        package,
+                    };
+                    print_report(&ferry::migration::initialize(&req, family)?, json)
+                }
+                MigrationCommand::Complete => {
+                    print_report(&ferry::migration::end(&package, false, family)?, json)
+                }
+                MigrationCommand::Cancel => {
+                    print_report(&ferry::migration::end(&package, true, family)?, json)
+                }
+                MigrationCommand::Status => {
+                    print_report(&ferry::migration::status(&package, family)?, json)
+                }
+            }
+        }
         Command::State(StateCommand::Restore {
             name,
             package,

@@ -169,6 +169,36 @@ impl<'a> Agent<'a> {
         let text = self.run_ok(&["ctl", "status", "--json"])?;
         serde_json::from_str(&text).context("`ctl status --json` did not answer JSON")
     }
+
+    /// Takes the agent's migration lock (`ctl lock`, docs/AGENT.md): the
+    /// agent's answer (`taken` is false when this very lock was already
+    /// held). The agent refuses another lock, or an application that is
+    /// not its own, and the error carries its words.
+    pub fn lock(&self, id: &str, application: &str, by: &str, reason: &str) -> Result<Value> {
+        let mut args = vec![
+            "ctl",
+            "lock",
+            "--id",
+            id,
+            "--application",
+            application,
+            "--by",
+            by,
+        ];
+        if !reason.is_empty() {
+            args.extend(["--reason", reason]);
+        }
+        let text = self.run_ok(&args)?;
+        serde_json::from_str(&text).context("`ctl lock` did not answer JSON")
+    }
+
+    /// Releases the migration lock `id` (`ctl unlock --id`): the agent's
+    /// answer (`released` is null when no lock was held). Another lock
+    /// held is refused by the agent, naming it.
+    pub fn unlock(&self, id: &str) -> Result<Value> {
+        let text = self.run_ok(&["ctl", "unlock", "--id", id])?;
+        serde_json::from_str(&text).context("`ctl unlock` did not answer JSON")
+    }
 }
 
 /// systemd, when it is the running init system (not in a chroot or a

@@ -44,6 +44,10 @@ pub fn status(host: &Host) -> Result<Status> {
         ..Status::default()
     };
     host.backend.status(host, rec.as_ref(), &mut s)?;
+    // A migration holds the package (`ferry migration`, docs/MIGRATION.md).
+    if let Some(why) = crate::migration::channel_reason(&host.root, &host.package) {
+        s.not_updated_because.push(why);
+    }
     // The agent's own upgrade log: a refused (deferred) upgrade.
     if !s.up_to_date {
         if let Some(line) = upgrade_log(host).as_deref().and_then(busy_refusal) {

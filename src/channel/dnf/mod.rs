@@ -315,6 +315,16 @@ fn available(host: &Host) -> Result<Vec<String>> {
 
 const VERSIONLOCK: &str = "/etc/dnf/plugins/versionlock.list";
 
+/// Whether a line of `dnf versionlock list` (or of versionlock.list) locks `package`
+/// (`roboconf-agent-0:1.0.0-1.*`), not another whose name begins the same.
+pub fn versionlocks(line: &str, package: &str) -> bool {
+    line.trim()
+        .strip_prefix(package)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.chars().next())
+        .is_some_and(|c| c.is_ascii_digit())
+}
+
 /// `dnf versionlock add NAME-VERSION` (Some) or `delete NAME` (None). The
 /// file as it was before ferry's first lock is kept in the record; after a
 /// delete that left only dnf's "# Added lock" comments, it is put back.
@@ -520,6 +530,8 @@ impl Backend for Dnf {
             None
         };
         let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
+        // A lock of ferry's pin or anyone's (`ferry migration` holds with it).
+        s.held = lock.lines().any(|l| versionlocks(l, &host.package));
         if let Some(l) = lock
             .lines()
             .find(|l| l.starts_with(&format!("{}-", host.package)))

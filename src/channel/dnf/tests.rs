@@ -143,3 +143,13 @@ fn rpm_import_checks_full_fingerprints() {
     assert_eq!(out.changes().last().unwrap().before, name);
     fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_versionlock_line_names_its_package_only() {
+    assert!(versionlocks("roboconf-agent-0:1.0.0-1.*", "roboconf-agent"));
+    assert!(!versionlocks(
+        "roboconf-agent-extra-0:1.0.0-1.*",
+        "roboconf-agent"
+    ));
+    assert!(!versionlocks("# Added lock on Mon", "roboconf-agent"));
+}
