@@ -37,7 +37,7 @@ const PLAIN: &str = "- hosts: agents
         name: \"roboconf-agent={{ ferry_rollout_version }}*\"
         update_cache: true
         allow_downgrade: true
-      when: ferry_family == 'apt'
+      when: lab_family == 'apt'
     - name: Install the version (dnf)
       ansible.builtin.dnf:
         name: \"roboconf-agent-{{ ferry_rollout_version }}\"
@@ -45,7 +45,7 @@ const PLAIN: &str = "- hosts: agents
         allow_downgrade: true
         use_backend: dnf4
         disable_plugin: versionlock
-      when: ferry_family == 'dnf'
+      when: lab_family == 'dnf'
 ";
 
 const RESET: &str = "- hosts: agents
@@ -53,14 +53,14 @@ const RESET: &str = "- hosts: agents
   tasks:
     - ferry.fleet.ferry_channel:
         rollback_to: 1.0.0
-        family: \"{{ ferry_family }}\"
+        family: \"{{ lab_family }}\"
 ";
 
 /// Five of each task, interleaved, so neither side runs on a warmer host.
 fn tasks_play() -> String {
     let mut play = String::from("- hosts: agents\n  gather_facts: false\n  tasks:\n");
     for _ in 0..5 {
-        play += "    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ ferry_family }}\"\n";
+        play += "    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ lab_family }}\"\n";
         play += "    - name: true\n      ansible.builtin.command: \"true\"\n      changed_when: false\n";
     }
     play

@@ -42,6 +42,21 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     // Enrolment: ferry and the agent from the repository, the channel followed.
     let (run, ok) = fleet.playbook("enroll.yml", &[]);
     assert!(ok, "enrolment failed:\n{}", failures(&run));
+    // The role told each host's family by probing it (the RPM hosts have
+    // apt too, and Ansible's facts call them Debian).
+    let decided = task_results(&run, "Decide the family");
+    assert_eq!(decided.len(), 6, "{run:#}");
+    for (name, result) in decided {
+        let family = if name.starts_with("rpm") {
+            "dnf"
+        } else {
+            "apt"
+        };
+        assert_eq!(
+            result["ansible_facts"]["ferry_family"], family,
+            "{name}: {result:#}"
+        );
+    }
     for (name, host) in &fleet.hosts {
         assert_eq!(installed_version(host), "1.0.0-1", "{name}");
         assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
@@ -122,7 +137,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
 
     // Pinned everywhere; debian2 made unhealthy (its agent stopped, so the
     // upgrade leaves it stopped): the rollout stops after the second batch.
-    let pin = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - ferry.fleet.ferry_channel:\n        pin: 1.0.0\n        family: \"{{ ferry_family }}\"\n";
+    let pin = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - ferry.fleet.ferry_channel:\n        pin: 1.0.0\n        family: \"{{ lab_family }}\"\n";
     fs::write(fleet.dir.path().join("pin.yml"), pin).unwrap();
     let (run, ok) = fleet.playbook("pin.yml", &[]);
     assert!(ok, "{}", failures(&run));
@@ -164,7 +179,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     eprintln!("fleet: rolled out after {:.0?}", started.elapsed());
 
     // ferry_info tells the truth on each host.
-    let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ ferry_family }}\"\n";
+    let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ lab_family }}\"\n";
     fs::write(fleet.dir.path().join("info.yml"), info).unwrap();
     let (run, ok) = fleet.playbook("info.yml", &["--check"]);
     assert!(ok, "{}", failures(&run));

@@ -85,10 +85,12 @@ impl Fleet {
                 .arg(collections.join("fleet")),
         );
         // Batches of two in this order: debian1+rpm1, debian2+rpm2, debian3+rpm3.
+        // `lab_family` is what the host is, for plays that skip the probe;
+        // the enroll role and the rollout probe each host themselves.
         let mut inventory = String::from("[agents]\n");
         for (name, host) in &hosts {
             inventory += &format!(
-                "{name} ansible_nsenter_pid={} ferry_family={}\n",
+                "{name} ansible_nsenter_pid={} lab_family={}\n",
                 host.leader().unwrap(),
                 if host.kind() == HostKind::Rpm {
                     "dnf"
