@@ -317,7 +317,10 @@ fn edited_pkg(name: &str, file: &str, edit: impl Fn(&str) -> String) -> PathBuf 
     let dir = tempdir(name);
     for entry in std::fs::read_dir(repo().join("pkg")).unwrap() {
         let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        // The descriptors and units; pkg/cloud-init/ is not the agent's.
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
     }
     let path = dir.join(file);
     let original = std::fs::read_to_string(&path).unwrap();
