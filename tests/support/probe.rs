@@ -209,7 +209,10 @@ fn pkg_copy(dir: &Path, version: &str, schema: u32, variant: Variant) {
     let repo = env!("CARGO_MANIFEST_DIR");
     for entry in fs::read_dir(Path::new(repo).join("pkg")).unwrap() {
         let entry = entry.unwrap();
-        fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        // The descriptors and units; pkg/cloud-init/ is not the agent's.
+        if entry.path().is_file() {
+            fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
     }
     let descriptor = fs::read_to_string(dir.join("ferry.toml"))
         .unwrap()
