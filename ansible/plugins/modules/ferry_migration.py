@@ -25,7 +25,7 @@ description:
   - The module reads C(ferry migration status --json) first and decides from it; it never parses
     ferry's error messages.
   - See docs/MIGRATION.md for the verbs, the journal and the exit statuses.
-version_added: 1.1.0
+version_added: 1.0.0
 author:
   - ferry developers (@ferry)
 options:
@@ -78,7 +78,7 @@ attributes:
   check_mode:
     support: full
     description:
-      - Reads C(ferry migration status --json) and predicts RV(changed) (or the refusal); nothing is written.
+      - Reads C(ferry migration status --json) and predicts C(changed) (or the refusal); nothing is written.
       - RV(migration), RV(lock) and RV(held) are then what the host has now, not what it would have.
   diff_mode:
     support: none
@@ -86,7 +86,8 @@ attributes:
 notes:
   - Failures carry ferry's own message and its exit status in RV(rc) (1 failed before anything changed,
     3 refused before anything changed, 4 partly done; the journal says what, and the same task run again
-    finishes it, or O(state=cancelled) undoes it).
+    finishes it, or O(state=cancelled) undoes it). The module's own refusals, read from the status before
+    anything runs (another migration open, an id that does not match), carry RV(rc) 3 too.
   - The playbook C(ferry.fleet.migration) runs this module across a group and cancels the migration on
     every host where it began when any host fails to initialize.
 seealso:
@@ -116,7 +117,7 @@ EXAMPLES = r'''
 RETURN = r'''
 migration:
   description:
-    - The migration's journal (see docs/MIGRATION.md): the open one, or, once ended, the one closed
+    - The migration's journal (see docs/MIGRATION.md); the open one, or, once ended, the one closed
       (C(state) V(done) or V(cancelled)); null when the host has had no migration.
   returned: always
   type: dict
@@ -145,7 +146,7 @@ did:
   type: list
   elements: str
 rc:
-  description: ferry's exit status, on failure.
+  description: ferry's exit status, on failure (3 for the module's own refusals).
   returned: failed
   type: int
 '''
@@ -187,7 +188,7 @@ def main():
             module.fail_json(
                 msg='another migration is open on this host: %s of application %s, begun by %s; '
                     'complete or cancel it first' % (opened['id'], opened['app'], opened['by']),
-                migration=opened, lock=before['agent_lock'], held=before['held'])
+                migration=opened, lock=before['agent_lock'], held=before['held'], rc=3)
         done = opened is not None and all(s in opened['steps'] for s in INITIALIZE_STEPS)
         if not done:
             changed = True
@@ -203,12 +204,12 @@ def main():
             if p['id'] and last and last['id'] == p['id'] and last['state'] != wanted:
                 module.fail_json(
                     msg='the migration %s on this host ended %s, not %s' % (p['id'], last['state'], wanted),
-                    migration=last, lock=before['agent_lock'], held=before['held'])
+                    migration=last, lock=before['agent_lock'], held=before['held'], rc=3)
         elif p['id'] and opened['id'] != p['id']:
             module.fail_json(
                 msg='the migration open on this host is %s (application %s), not %s'
                     % (opened['id'], opened['app'], p['id']),
-                migration=opened, lock=before['agent_lock'], held=before['held'])
+                migration=opened, lock=before['agent_lock'], held=before['held'], rc=3)
         else:
             changed = True
             if not module.check_mode:
