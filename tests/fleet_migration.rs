@@ -124,7 +124,7 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
         &run,
         "Fail the run, naming the hosts where initialize failed",
     );
-    assert_eq!(verdict.len(), 3, "{run:#}");
+    assert_eq!(verdict.len(), 4, "{run:#}");
     for (name, result) in &verdict {
         let msg = result["msg"].as_str().unwrap();
         assert!(
@@ -154,7 +154,7 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
     );
 
     // Fixed: the stale migration cancelled on rpm2.
-    broken.sh_ok("ferry migration cancel");
+    broken.sh_ok("ferry migration --family dnf cancel");
 
     // Check mode predicts a change on all four and changes nothing.
     let (run, ok) = migration(&fleet, "initialize", &["--check"]);
