@@ -45,8 +45,8 @@ pub fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) 
     );
 }
 
-/// Six booted hosts, the collection installed for the controller, an
-/// inventory naming each host's PID 1.
+/// Booted hosts (six with [`Fleet::boot`]), the collection installed for
+/// the controller, an inventory naming each host's PID 1.
 pub struct Fleet {
     pub hosts: Vec<(String, Host)>,
     pub dir: Scratch,
@@ -54,23 +54,34 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Six hosts: debian1, rpm1, debian2, rpm2, debian3, rpm3.
     pub fn boot(repo: &Path, key: &Path, fpr: &str) -> Fleet {
+        Fleet::boot_n(
+            repo,
+            key,
+            fpr,
+            &["debian1", "rpm1", "debian2", "rpm2", "debian3", "rpm3"],
+        )
+    }
+
+    /// One host per name, in the inventory's order: an RPM host for a name
+    /// that begins with `rpm`, a Debian host for any other.
+    pub fn boot_n(repo: &Path, key: &Path, fpr: &str, names: &[&str]) -> Fleet {
         let venv = ansible_venv();
         let dir = Scratch::new("ferry-fleet");
-        let mut hosts: Vec<(String, Host)> =
-            ["debian1", "rpm1", "debian2", "rpm2", "debian3", "rpm3"]
-                .iter()
-                .map(|name| {
-                    let kind = if name.starts_with("rpm") {
-                        HostKind::Rpm
-                    } else {
-                        HostKind::Debian
-                    };
-                    let mut host = Host::new(kind);
-                    host.bind_ro(repo, "/srv/repo");
-                    (name.to_string(), host)
-                })
-                .collect();
+        let mut hosts: Vec<(String, Host)> = names
+            .iter()
+            .map(|name| {
+                let kind = if name.starts_with("rpm") {
+                    HostKind::Rpm
+                } else {
+                    HostKind::Debian
+                };
+                let mut host = Host::new(kind);
+                host.bind_ro(repo, "/srv/repo");
+                (name.to_string(), host)
+            })
+            .collect();
         std::thread::scope(|s| {
             for (name, host) in hosts.iter_mut() {
                 s.spawn(move || assert_eq!(host.boot(), "running", "{name}"));
@@ -84,7 +95,7 @@ impl Fleet {
                 .args(["-a", concat!(env!("CARGO_MANIFEST_DIR"), "/ansible")])
                 .arg(collections.join("fleet")),
         );
-        // Batches of two in this order: debian1+rpm1, debian2+rpm2, debian3+rpm3.
+        // The rollout's batches of two follow this order (debian1+rpm1, …).
         // `lab_family` is what the host is, for plays that skip the probe;
         // the enroll role and the rollout probe each host themselves.
         let mut inventory = String::from("[agents]\n");
@@ -153,9 +164,15 @@ impl Fleet {
 
     /// The collection's rollout playbook.
     pub fn rollout_playbook(&self) -> String {
+        self.collection_playbook("rollout.yml")
+    }
+
+    /// A playbook of the installed collection (`playbooks/NAME`).
+    pub fn collection_playbook(&self, name: &str) -> String {
         self.dir
             .path()
-            .join("collections/ansible_collections/ferry/fleet/playbooks/rollout.yml")
+            .join("collections/ansible_collections/ferry/fleet/playbooks")
+            .join(name)
             .display()
             .to_string()
     }
