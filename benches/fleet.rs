@@ -23,10 +23,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::fleet::{failures, publish, Fleet};
+use support::fleet::{failures, Fleet, Repository};
 use support::probe;
-use support::signing::Signer;
-use support::Scratch;
 
 const PLAIN: &str = "- hosts: agents
   serial: 2
@@ -100,26 +98,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let v100 = probe::agent("1.0.0");
     let v110 = probe::agent("1.1.0");
-    let ferry_pkg = probe::ferry_cli("1.0.0");
-    let signer = Signer::new("fleet-bench");
-    let scratch = Scratch::new("ferry-fleet-bench");
-    let repo = scratch.path().join("repo");
-    publish(
-        &signer,
-        &repo,
-        "stable",
-        &[
-            &v100.deb,
-            &v100.rpm,
-            &v110.deb,
-            &v110.rpm,
-            &ferry_pkg.deb,
-            &ferry_pkg.rpm,
-        ],
-    );
-    let fleet = Fleet::boot(&repo, &repo.join("signing-key.asc"), signer.fingerprint());
+    let repo = Repository::new("fleet-bench", &[&v110.deb, &v110.rpm]);
+    let fleet = Fleet::boot(&repo);
     for (name, text) in [("plain.yml", PLAIN), ("reset.yml", RESET)] {
         fs::write(fleet.dir.path().join(name), text).unwrap();
     }

@@ -12,31 +12,18 @@ use std::time::Instant;
 
 use serde_json::Value;
 use support::fleet::{
-    etc_listing, failures, installed_version, publish, stats, task_results, Fleet,
+    etc_listing, failures, installed_version, stats, task_results, Fleet, Repository,
 };
 use support::lab::HostKind;
 use support::probe;
-use support::signing::Signer;
-use support::Scratch;
 
 #[test]
 fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches() {
     support::require_root();
     let started = Instant::now();
-    let v100 = probe::agent("1.0.0");
     let v110 = probe::agent("1.1.0");
-    let ferry_pkg = probe::ferry_cli("1.0.0");
-    let signer = Signer::new("fleet");
-    let fpr = signer.fingerprint().to_string();
-    let scratch = Scratch::new("ferry-fleet-repo");
-    let repo = scratch.path().join("repo");
-    publish(
-        &signer,
-        &repo,
-        "stable",
-        &[&v100.deb, &v100.rpm, &ferry_pkg.deb, &ferry_pkg.rpm],
-    );
-    let fleet = Fleet::boot(&repo, &repo.join("signing-key.asc"), &fpr);
+    let repo = Repository::new("fleet", &[]);
+    let fleet = Fleet::boot(&repo);
     eprintln!("fleet: six hosts booted after {:.0?}", started.elapsed());
 
     // Enrolment: ferry and the agent from the repository, the channel followed.
@@ -118,7 +105,7 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     assert_eq!(before, after, "a check-mode run changed /etc");
 
     // The push path refuses a host whose updater follows the channel unpinned.
-    publish(&signer, &repo, "stable", &[&v110.deb, &v110.rpm]);
+    repo.publish(&[&v110.deb, &v110.rpm]);
     let rollout = fleet.rollout_playbook();
     let (run, ok) = fleet.playbook(
         &rollout,

@@ -12,11 +12,8 @@ mod support;
 use std::time::Instant;
 
 use serde_json::Value;
-use support::fleet::{failures, publish, stats, task_results, Fleet, AGENT_PACKAGE};
+use support::fleet::{failures, stats, task_results, Fleet, Repository, AGENT_PACKAGE};
 use support::lab::{Host, HostKind};
-use support::probe;
-use support::signing::Signer;
-use support::Scratch;
 
 /// The application in pkg/agent.toml.
 const APP: &str = "my-application";
@@ -61,24 +58,8 @@ fn migration(fleet: &Fleet, action: &str, extra: &[&str]) -> (Value, bool) {
 fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
     support::require_root();
     let started = Instant::now();
-    let v100 = probe::agent("1.0.0");
-    let ferry_pkg = probe::ferry_cli("1.0.0");
-    let signer = Signer::new("fleet-migration");
-    let fpr = signer.fingerprint().to_string();
-    let scratch = Scratch::new("ferry-fleet-migration-repo");
-    let repo = scratch.path().join("repo");
-    publish(
-        &signer,
-        &repo,
-        "stable",
-        &[&v100.deb, &v100.rpm, &ferry_pkg.deb, &ferry_pkg.rpm],
-    );
-    let fleet = Fleet::boot_n(
-        &repo,
-        &repo.join("signing-key.asc"),
-        &fpr,
-        &["debian1", "rpm1", "debian2", BROKEN],
-    );
+    let repo = Repository::new("fleet-migration", &[]);
+    let fleet = Fleet::boot_n(&repo, &["debian1", "rpm1", "debian2", BROKEN]);
     let (run, ok) = fleet.playbook("enroll.yml", &[]);
     assert!(ok, "enrolment failed:\n{}", failures(&run));
     eprintln!(

@@ -45,6 +45,54 @@ pub fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) 
     );
 }
 
+/// A signed repository, made with `ferry publish`, holding the agent and
+/// ferry's own package at 1.0.0 (and what else the caller publishes): what
+/// every fleet is enrolled from.
+pub struct Repository {
+    pub signer: Signer,
+    pub dir: PathBuf,
+    _scratch: Scratch,
+}
+
+impl Repository {
+    /// The agent 1.0.0 and ferry 1.0.0, and `more`, in channel `stable`.
+    pub fn new(name: &str, more: &[&Path]) -> Repository {
+        let agent = super::probe::agent("1.0.0");
+        let ferry = super::probe::ferry_cli("1.0.0");
+        let signer = Signer::new(name);
+        let scratch = Scratch::new(&format!("ferry-{name}-repo"));
+        let dir = scratch.path().join("repo");
+        let mut packages = vec![
+            agent.deb.as_path(),
+            agent.rpm.as_path(),
+            ferry.deb.as_path(),
+            ferry.rpm.as_path(),
+        ];
+        packages.extend_from_slice(more);
+        publish(&signer, &dir, "stable", &packages);
+        Repository {
+            signer,
+            dir,
+            _scratch: scratch,
+        }
+    }
+
+    /// Publishes `packages` into channel `stable`.
+    pub fn publish(&self, packages: &[&Path]) {
+        publish(&self.signer, &self.dir, "stable", packages);
+    }
+
+    /// The key's fingerprint, as the hosts are told it.
+    pub fn fingerprint(&self) -> &str {
+        self.signer.fingerprint()
+    }
+
+    /// The repository's public key, as `ferry publish` wrote it.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("signing-key.asc")
+    }
+}
+
 /// Booted hosts (six with [`Fleet::boot`]), the collection installed for
 /// the controller, an inventory naming each host's PID 1.
 pub struct Fleet {
@@ -55,18 +103,17 @@ pub struct Fleet {
 
 impl Fleet {
     /// Six hosts: debian1, rpm1, debian2, rpm2, debian3, rpm3.
-    pub fn boot(repo: &Path, key: &Path, fpr: &str) -> Fleet {
+    pub fn boot(repo: &Repository) -> Fleet {
         Fleet::boot_n(
             repo,
-            key,
-            fpr,
             &["debian1", "rpm1", "debian2", "rpm2", "debian3", "rpm3"],
         )
     }
 
     /// One host per name, in the inventory's order: an RPM host for a name
     /// that begins with `rpm`, a Debian host for any other.
-    pub fn boot_n(repo: &Path, key: &Path, fpr: &str, names: &[&str]) -> Fleet {
+    pub fn boot_n(repo: &Repository, names: &[&str]) -> Fleet {
+        let (key, fpr) = (repo.key(), repo.fingerprint());
         let venv = ansible_venv();
         let dir = Scratch::new("ferry-fleet");
         let mut hosts: Vec<(String, Host)> = names
@@ -78,7 +125,7 @@ impl Fleet {
                     HostKind::Debian
                 };
                 let mut host = Host::new(kind);
-                host.bind_ro(repo, "/srv/repo");
+                host.bind_ro(&repo.dir, "/srv/repo");
                 (name.to_string(), host)
             })
             .collect();

@@ -69,21 +69,8 @@ options:
       - Install this version now through apt or dnf, so the upgrade hooks carry the state down, then pin it.
         Nothing happens when it is installed and pinned already.
     type: str
-  package:
-    description:
-      - The agent's package name.
-    type: str
-    default: roboconf-agent
-  family:
-    description:
-      - V(apt) or V(dnf). Detected by ferry; needed only on a host that has both.
-    type: str
-    choices: [apt, dnf]
-  ferry:
-    description:
-      - The ferry program to run.
-    type: str
-    default: ferry
+extends_documentation_fragment:
+  - ferry.fleet.ferry
 attributes:
   check_mode:
     support: full

@@ -18,22 +18,8 @@ description:
 version_added: 1.0.0
 author:
   - ferry developers (@ferry)
-options:
-  package:
-    description:
-      - The agent's package name.
-    type: str
-    default: roboconf-agent
-  family:
-    description:
-      - V(apt) or V(dnf), for the channel's status. Detected by ferry; needed only on a host that has both.
-    type: str
-    choices: [apt, dnf]
-  ferry:
-    description:
-      - The ferry program to run.
-    type: str
-    default: ferry
+extends_documentation_fragment:
+  - ferry.fleet.ferry
 attributes:
   check_mode:
     support: full

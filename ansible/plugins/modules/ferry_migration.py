@@ -59,21 +59,8 @@ options:
       - Why, shown by the agent's refusals while it holds the lock.
     type: str
     default: ''
-  package:
-    description:
-      - The agent's package name.
-    type: str
-    default: roboconf-agent
-  family:
-    description:
-      - V(apt) or V(dnf). Detected by ferry; needed only on a host that has both.
-    type: str
-    choices: [apt, dnf]
-  ferry:
-    description:
-      - The ferry program to run.
-    type: str
-    default: ferry
+extends_documentation_fragment:
+  - ferry.fleet.ferry
 attributes:
   check_mode:
     support: full
