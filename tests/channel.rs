@@ -14,7 +14,7 @@ use support::agent::{agent, header, sorted_tree, version_running, wait_answering
 use support::lab::{Host, HostKind};
 use support::probe::{self, Variant};
 use support::signing::Signer;
-use support::{run, Scratch};
+use support::Scratch;
 #[path = "channel/helpers.rs"]
 mod helpers;
 use helpers::*;
@@ -44,7 +44,7 @@ fn enable_disable_on_an_alternate_root_are_exact_idempotent_and_refuse_bad_input
     .unwrap();
     let signer = Signer::new("channel");
     let other = Signer::new("other");
-    let fpr = fingerprint(&signer);
+    let fpr = signer.fingerprint().to_string();
     let debs = scratch.path().join("debs");
     fs::create_dir_all(&debs).unwrap();
     let deb = probe::deb("1.0.0-1", &debs);
@@ -321,7 +321,7 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
     let v110 = probe::agent_variant("1.1.0", 3, Variant::Good);
     let v120 = probe::agent_variant("1.2.0", 3, Variant::Good);
     let signer = Signer::new("channel-e2e");
-    let fpr = fingerprint(&signer);
+    let fpr = signer.fingerprint().to_string();
     let scratch = Scratch::new("ferry-channel-e2e");
     let repo: PathBuf = scratch.path().join("repo");
     publish(&signer, &repo, "stable", &[&v100.deb]);
@@ -542,7 +542,7 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     let v110 = probe::agent_variant("1.1.0", 3, Variant::Good);
     let v120 = probe::agent_variant("1.2.0", 3, Variant::Good);
     let signer = Signer::new("channel-rpm");
-    let fpr = fingerprint(&signer);
+    let fpr = signer.fingerprint().to_string();
     let scratch = Scratch::new("ferry-channel-rpm");
     let repo: PathBuf = scratch.path().join("repo");
     publish(&signer, &repo, "stable", &[&v100.deb, &v100.rpm]);

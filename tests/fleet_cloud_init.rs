@@ -9,7 +9,6 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use support::agent::{version_running, AGENT};
 use support::lab::{Host, HostKind};
 use support::probe;
+use support::repo::ferry_publish;
 use support::signing::Signer;
 use support::{run, Scratch};
 
@@ -26,25 +26,6 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(20);
 /// The timer's steps are 30 s, 2 and 5 minutes after boot, each up to 30 s
 /// later at random: enrolled well within this.
 const ENROLLED_WITHIN: Duration = Duration::from_secs(360);
-
-/// `ferry publish` of `packages` into channel `stable` of `repo`.
-fn publish(signer: &Signer, fingerprint: &str, repo: &Path, packages: &[&Path]) {
-    run(Command::new(FERRY)
-        .args(["publish", "--repo"])
-        .arg(repo)
-        .args(["--channel", "stable", "--key", fingerprint, "--gnupghome"])
-        .arg(signer.home())
-        .args(packages));
-}
-
-fn fingerprint(signer: &Signer) -> String {
-    let listing = signer.gpg(&["--with-colons", "--list-keys"]);
-    listing
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':')))
-        .expect("a fingerprint")
-        .to_string()
-}
 
 /// Seeds cloud-init's NoCloud data source in the host's root and turns
 /// cloud-init on (the lab's roots carry it disabled).
@@ -91,7 +72,7 @@ fn enrols_at_first_boot(kind: HostKind) {
     let agent = probe::agent("1.0.0");
     let cli = probe::ferry_cli("1.0.0");
     let signer = Signer::new("enroll");
-    let fpr = fingerprint(&signer);
+    let fpr = signer.fingerprint().to_string();
     let scratch = Scratch::new("ferry-enroll");
     // One repository holding the agent and ferry, published beside the
     // directory the host sees and moved into it (one rename) 20 s after boot
@@ -100,10 +81,10 @@ fn enrols_at_first_boot(kind: HostKind) {
     let published = scratch.path().join("published");
     let served = scratch.path().join("served");
     fs::create_dir_all(&served).unwrap();
-    publish(
+    ferry_publish(
         &signer,
-        &fpr,
         &published,
+        "stable",
         &[&agent.deb, &agent.rpm, &cli.deb, &cli.rpm],
     );
 

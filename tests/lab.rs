@@ -6,8 +6,6 @@ mod support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::thread::sleep;
-use std::time::Duration;
 use support::agent::AGENT;
 
 /// ferry's own package (pkg/ferry-cli.toml).
@@ -158,23 +156,7 @@ fn rpm_automatic_upgrade(up: Upgrade) {
     assert_eq!(rpm_version(&host, up.name), up.old_version);
 
     repo.publish(up.new);
-    // dnf-automatic with a configuration of its own, restricted to the test
-    // repository (SPEC §6).
-    host.write(
-        &format!("/etc/ferry-lab/automatic.repos.d/{}.repo", repo.id()),
-        repo.repo_file(),
-    );
-    host.write(
-        "/etc/dnf/automatic.conf",
-        "[commands]\nupgrade_type = default\nrandom_sleep = 0\nnetwork_online_timeout = 60\n\
-         download_updates = yes\napply_updates = yes\n\n\
-         [emitters]\nemit_via = stdio\n\n\
-         [base]\ndebuglevel = 1\nreposdir = /etc/ferry-lab/automatic.repos.d\n",
-    );
-    // dnf measures cache age in whole seconds (SPEC §6).
-    sleep(Duration::from_secs(1));
-    host.sh_ok("systemctl start dnf-automatic.service");
-    let journal = host.sh("journalctl -u dnf-automatic.service --no-pager");
+    let journal = repo.automatic_run(&host);
     assert_eq!(
         rpm_version(&host, up.name),
         up.new_version,

@@ -13,8 +13,6 @@
 mod support;
 
 use std::path::Path;
-use std::thread::sleep;
-use std::time::Duration;
 
 use serde_json::Value;
 use support::agent::{agent, deploy_tree, wait_answering, AGENT};
@@ -91,25 +89,7 @@ impl Updater for Dnf {
     }
     fn publish_and_run(&self, host: &Host, package: &Path) {
         self.0.publish(package);
-        host.write(
-            &format!("/etc/ferry-lab/automatic.repos.d/{}.repo", self.0.id()),
-            self.0.repo_file(),
-        );
-        host.write(
-            "/etc/dnf/automatic.conf",
-            "[commands]\nupgrade_type = default\nrandom_sleep = 0\nnetwork_online_timeout = 60\n\
-             download_updates = yes\napply_updates = yes\n\n\
-             [emitters]\nemit_via = stdio\n\n\
-             [base]\ndebuglevel = 1\nreposdir = /etc/ferry-lab/automatic.repos.d\n",
-        );
-        // dnf measures cache age in whole seconds.
-        sleep(Duration::from_secs(1));
-        host.sh_ok("systemctl start dnf-automatic.service");
-        eprintln!(
-            "dnf-automatic: {}",
-            host.sh("journalctl -u dnf-automatic.service --no-pager -n 12")
-                .stdout
-        );
+        eprintln!("dnf-automatic: {}", self.0.automatic_run(host));
     }
 }
 

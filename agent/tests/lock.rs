@@ -26,6 +26,26 @@ fn lock(env: &Env, id: &str, by: &str) -> Value {
 }
 
 /// Runs a `ctl` command that the agent must refuse; returns what it said.
+/// Adds `/vm1`, then queues its deploy while the agent is quiesced, so
+/// that the deploy is still queued when the lock is taken; its id.
+fn deploy_queued_before_the_lock(env: &Env) -> u64 {
+    env.json(&[
+        "ctl",
+        "apply",
+        "--wait",
+        "30",
+        "add",
+        "--name",
+        "vm1",
+        "--component",
+        "VM",
+    ]);
+    env.json(&["ctl", "quiesce", "--timeout", "5"]);
+    env.json(&["ctl", "apply", "deploy", "/vm1"])["id"]
+        .as_u64()
+        .unwrap()
+}
+
 fn refused(env: &Env, args: &[&str]) -> String {
     let out = env.cmd(args);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
@@ -45,22 +65,7 @@ fn queued_ids(status: &Value) -> Vec<u64> {
 fn the_lock_refuses_what_lacks_its_id_runs_its_steps_and_holds_what_was_queued() {
     let mut env = Env::new("lock");
     env.start();
-    env.json(&[
-        "ctl",
-        "apply",
-        "--wait",
-        "30",
-        "add",
-        "--name",
-        "vm1",
-        "--component",
-        "VM",
-    ]);
-    // Queued before the lock (quiesced, so that it is still queued then).
-    env.json(&["ctl", "quiesce", "--timeout", "5"]);
-    let before = env.json(&["ctl", "apply", "deploy", "/vm1"])["id"]
-        .as_u64()
-        .unwrap();
+    let before = deploy_queued_before_the_lock(&env);
     let taken = lock(&env, "mig-1", "alice");
     assert_eq!(
         (taken["taken"].clone(), taken["held"].clone()),
@@ -196,21 +201,7 @@ fn the_lock_survives_a_kill_and_a_forced_unlock_is_logged_with_who_forced_it() {
     let mut env = Env::new("lock-restart");
     let log = env.root.join("agent.log");
     let pid = env.start_logged(&log);
-    env.json(&[
-        "ctl",
-        "apply",
-        "--wait",
-        "30",
-        "add",
-        "--name",
-        "vm1",
-        "--component",
-        "VM",
-    ]);
-    env.json(&["ctl", "quiesce", "--timeout", "5"]);
-    let before = env.json(&["ctl", "apply", "deploy", "/vm1"])["id"]
-        .as_u64()
-        .unwrap();
+    let before = deploy_queued_before_the_lock(&env);
     lock(&env, "mig-9", "bob");
     env.kill(pid, libc::SIGKILL);
 

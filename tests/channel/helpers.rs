@@ -1,36 +1,11 @@
 //! What tests/channel.rs builds on: the `ferry` binary, a signed
-//! repository published with it, and listings of a root to compare.
+//! repository published with it (`support::repo::ferry_publish`), and listings of a root to compare.
 
 use super::*;
 
 pub(crate) const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-pub(crate) fn fingerprint(signer: &Signer) -> String {
-    signer
-        .gpg(&["--with-colons", "--list-keys"])
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fpr:")
-                .map(|r| r.trim_matches(':').to_string())
-        })
-        .expect("a fingerprint")
-}
-
-/// `ferry publish --repo DIR --channel CHANNEL PACKAGES…` with the signer's key.
-pub(crate) fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
-    run(Command::new(FERRY)
-        .args(["publish", "--repo"])
-        .arg(repo)
-        .args([
-            "--channel",
-            channel,
-            "--key",
-            &fingerprint(signer),
-            "--gnupghome",
-        ])
-        .arg(signer.home())
-        .args(packages));
-}
+pub(crate) use crate::support::repo::ferry_publish as publish;
 
 pub(crate) fn ferry(args: &[&str]) -> Output {
     let out = Command::new(FERRY).args(args).output().unwrap();

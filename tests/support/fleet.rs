@@ -12,10 +12,10 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::lab::{Host, HostKind};
+use super::repo::ferry_publish;
 use super::signing::Signer;
 use super::Scratch;
 
-pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 pub const AGENT_PACKAGE: &str = "roboconf-agent";
 
 /// Where ci/test installs Ansible (`FERRY_ANSIBLE_VENV` overrides it).
@@ -30,19 +30,6 @@ pub fn ansible_venv() -> PathBuf {
         venv.display()
     );
     venv
-}
-
-/// `ferry publish` of `packages` into `channel` of the repository.
-pub fn publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
-    super::run(
-        Command::new(FERRY)
-            .args(["publish", "--repo"])
-            .arg(repo)
-            .args(["--channel", channel, "--key", signer.fingerprint()])
-            .arg("--gnupghome")
-            .arg(signer.home())
-            .args(packages),
-    );
 }
 
 /// A signed repository, made with `ferry publish`, holding the agent and
@@ -69,7 +56,7 @@ impl Repository {
             ferry.rpm.as_path(),
         ];
         packages.extend_from_slice(more);
-        publish(&signer, &dir, "stable", &packages);
+        ferry_publish(&signer, &dir, "stable", &packages);
         Repository {
             signer,
             dir,
@@ -79,7 +66,7 @@ impl Repository {
 
     /// Publishes `packages` into channel `stable`.
     pub fn publish(&self, packages: &[&Path]) {
-        publish(&self.signer, &self.dir, "stable", packages);
+        ferry_publish(&self.signer, &self.dir, "stable", packages);
     }
 
     /// The key's fingerprint, as the hosts are told it.

@@ -15,6 +15,18 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+/// `ferry publish --repo REPO --channel CHANNEL PACKAGES…`, signed with the
+/// signer's key: a repository as ferry's users make it.
+pub fn ferry_publish(signer: &Signer, repo: &Path, channel: &str, packages: &[&Path]) {
+    run(Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["publish", "--repo"])
+        .arg(repo)
+        .args(["--channel", channel, "--key", signer.fingerprint()])
+        .arg("--gnupghome")
+        .arg(signer.home())
+        .args(packages));
+}
+
 /// Where a repository appears inside a host.
 fn guest_dir(name: &str) -> String {
     format!("/srv/ferry-lab/{name}")
@@ -166,6 +178,28 @@ impl RpmRepo {
             dir = guest_dir(&self.name),
             key = self.key_path(),
         )
+    }
+
+    /// Runs dnf-automatic in the booted `host` once, as its service does,
+    /// with a configuration of its own restricted to this repository
+    /// (SPEC §6); its journal.
+    pub fn automatic_run(&self, host: &Host) -> String {
+        host.write(
+            &format!("/etc/ferry-lab/automatic.repos.d/{}.repo", self.id()),
+            self.repo_file(),
+        );
+        host.write(
+            "/etc/dnf/automatic.conf",
+            "[commands]\nupgrade_type = default\nrandom_sleep = 0\nnetwork_online_timeout = 60\n\
+             download_updates = yes\napply_updates = yes\n\n\
+             [emitters]\nemit_via = stdio\n\n\
+             [base]\ndebuglevel = 1\nreposdir = /etc/ferry-lab/automatic.repos.d\n",
+        );
+        // dnf measures cache age in whole seconds (SPEC §6).
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        host.sh_ok("systemctl start dnf-automatic.service");
+        host.sh("journalctl -u dnf-automatic.service --no-pager")
+            .stdout
     }
 
     /// The key's path inside a host (`gpgkey=` and what `rpm --import` read).

@@ -4,6 +4,29 @@ use super::{run, Scratch};
 use std::path::Path;
 use std::process::Command;
 
+/// Makes an RSA signing key for `name` in `home`; its fingerprint.
+fn generate_key(home: &Path, name: &str) -> String {
+    let uid = format!("ferry lab {name} <{name}@lab.ferry.invalid>");
+    gpg(
+        home,
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            &uid,
+            "rsa3072",
+            "sign",
+            "never",
+        ],
+    );
+    gpg(home, &["--with-colons", "--list-secret-keys", &uid])
+        .lines()
+        .find(|l| l.starts_with("fpr:"))
+        .and_then(|l| l.split(':').nth(9))
+        .expect("no fingerprint in gpg's listing")
+        .to_string()
+}
+
 pub struct Signer {
     home: Scratch,
     fingerprint: String,
@@ -13,26 +36,7 @@ impl Signer {
     /// Makes a new RSA signing key for `name` (e.g. "probe").
     pub fn new(name: &str) -> Signer {
         let home = Scratch::new("ferry-lab-gpg");
-        let uid = format!("ferry lab {name} <{name}@lab.ferry.invalid>");
-        gpg(
-            home.path(),
-            &[
-                "--passphrase",
-                "",
-                "--quick-gen-key",
-                &uid,
-                "rsa3072",
-                "sign",
-                "never",
-            ],
-        );
-        let listing = gpg(home.path(), &["--with-colons", "--list-secret-keys"]);
-        let fingerprint = listing
-            .lines()
-            .find(|l| l.starts_with("fpr:"))
-            .and_then(|l| l.split(':').nth(9))
-            .expect("no fingerprint in gpg's listing")
-            .to_string();
+        let fingerprint = generate_key(home.path(), name);
         Signer { home, fingerprint }
     }
 
@@ -40,22 +44,7 @@ impl Signer {
     /// key to rotate to); its fingerprint. The signer's own key stays the
     /// first one.
     pub fn add_key(&self, name: &str) -> String {
-        let uid = format!("ferry lab {name} <{name}@lab.ferry.invalid>");
-        self.gpg(&[
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            &uid,
-            "rsa3072",
-            "sign",
-            "never",
-        ]);
-        self.gpg(&["--with-colons", "--list-secret-keys", &uid])
-            .lines()
-            .find(|l| l.starts_with("fpr:"))
-            .and_then(|l| l.split(':').nth(9))
-            .expect("no fingerprint in gpg's listing")
-            .to_string()
+        generate_key(self.home(), name)
     }
 
     /// The key's full fingerprint.

@@ -211,7 +211,8 @@ def main():
         elif p['pin'] == '' and before['pinned']:
             step(['unpin'])
 
-    after = before if module.check_mode else run_ferry(module, base + ['status'])
+    # Nothing changed (or a check): the status read before still holds.
+    after = before if module.check_mode or not changes else run_ferry(module, base + ['status'])
     result = dict(
         changed=bool(changes),
         changes=changes,
