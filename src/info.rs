@@ -94,12 +94,12 @@ pub fn info(root: &Path, package: &str, family: Option<&str>) -> Result<Info> {
 /// Fills in the unit's state and whether the agent answers as the
 /// installed version.
 fn health(m: &PackageManifest, info: &mut Info) {
-    let unit = Systemd::new(&m.unit);
-    info.active_state = unit.active_state();
     if !Systemd::running() {
         info.health = "not asked: systemd is not running".into();
         return;
     }
+    let unit = Systemd::new(&m.unit);
+    info.active_state = unit.active_state();
     if !unit.is_active() {
         info.health = format!("{} is {}", m.unit, info.active_state);
         return;

@@ -86,9 +86,9 @@ pub trait Backend: Sync {
     /// format has one. Every check of the repository happens here.
     fn plan_enable(&self, e: &Enable) -> Result<(Vec<Planned>, Option<String>)>;
     /// Trusts the checked key where the package manager keeps keys outside
-    /// files (rpm's database); whether anything changed.
-    fn trust_key(&self, _e: &Enable, _edit: &mut Edit) -> Result<bool> {
-        Ok(false)
+    /// files (rpm's database), noting the change in the edit's report.
+    fn trust_key(&self, _e: &Enable, _edit: &mut Edit) -> Result<()> {
+        Ok(())
     }
     /// Once `enable` wrote its files: starts what runs the updates.
     fn after_enable(&self, _host: &Host, _out: &mut Report) {}

@@ -65,14 +65,12 @@ pub fn enable(host: &Host, args: &EnableArgs) -> Result<Report> {
         .cloned()
         .collect();
     let mut out = Report::new();
-    let mut changed = apply(host, &changes, &mut rec, args.dry_run, &mut out)?;
+    apply(host, &changes, &mut rec, args.dry_run, &mut out)?;
     for p in &stale {
-        changed += 1;
         remove_recorded(host, &mut rec, p, args.dry_run, &mut out)?;
     }
-    let key_changed =
-        backend.trust_key(&request, &mut Edit::new(&mut rec, args.dry_run, &mut out))?;
-    if changed == 0 && !key_changed {
+    backend.trust_key(&request, &mut Edit::new(&mut rec, args.dry_run, &mut out))?;
+    if !out.changed() {
         let _ = writeln!(
             out,
             "nothing to change: {} already follows {} channel {}",

@@ -420,7 +420,7 @@ impl Backend for Dnf {
         Ok((plan_enable(e)?, None))
     }
 
-    fn trust_key(&self, e: &Enable, edit: &mut Edit) -> Result<bool> {
+    fn trust_key(&self, e: &Enable, edit: &mut Edit) -> Result<()> {
         let fingerprint = &e.args.fingerprint;
         import_key(
             e.host,
@@ -431,6 +431,7 @@ impl Backend for Dnf {
             edit.dry_run,
             edit.out,
         )
+        .map(drop)
     }
 
     fn after_enable(&self, host: &Host, out: &mut Report) {
