@@ -165,6 +165,7 @@ enum Command {
     ///
     /// Examples:
     ///   ferry migration initialize --app shop --id mig-7 --by alice --reason 'new DM'
+    ///   ferry migration perform --to 1.1.0 --strategy drastic --yes
     ///   ferry migration status --json
     ///   ferry migration complete
     ///   ferry migration cancel
@@ -225,11 +226,53 @@ enum MigrationCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Move the agent to another version under the lock, forward or
+    /// backward, with a strategy for the instances it deployed.
+    ///
+    /// Shows the plan (versions, direction, the state's schema, each step)
+    /// and asks on the terminal; --yes goes on without asking, and with no
+    /// terminal and no --yes it is refused (nothing changed). The package
+    /// moves through apt or dnf, whose scripts (ferry's hooks) carry the
+    /// state. Each step is journalled: a perform stopped or killed at any
+    /// point resumes where it stopped when run again with the same --to.
+    /// A target whose state cannot hold the lock (schema below 4) is
+    /// performed with keep only: the agent is stopped and masked, the lock
+    /// kept in ferry's journal, until complete or cancel.
+    ///
+    /// Examples:
+    ///   ferry migration perform --to 1.1.0 --dry-run
+    ///   ferry migration perform --to 1.1.0 --strategy drastic --yes
+    ///   ferry migration perform --to 2.0.0 --strategy smart --components /root/shop.toml --yes
+    #[command(verbatim_doc_comment)]
+    Perform {
+        /// The version to move to (as the agent reports it, 1.1.0, or the
+        /// package's full version, 1.1.0-1), from the VM's repositories.
+        #[arg(long, value_name = "VERSION")]
+        to: String,
+        /// keep: no instance is touched; drastic: every instance stopped
+        /// and undeployed (children first), then deployed and started again
+        /// (parents first); smart: per component, from --components.
+        #[arg(long, value_enum, default_value = "keep")]
+        strategy: ferry::migration::plan::Strategy,
+        /// The table of `smart` (TOML): `[components]` with, per component,
+        /// "keep", "redeploy" (the default) or { script = "/abs/path" }.
+        #[arg(long, value_name = "FILE")]
+        components: Option<PathBuf>,
+        /// Go on without asking.
+        #[arg(long)]
+        yes: bool,
+        /// Show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Release the agent's lock and the hold the migration added, drop the
-    /// kept package file, and close the journal as done.
+    /// kept package files, and close the journal as done (the agent a
+    /// perform stopped is started again).
     Complete,
-    /// The same as complete before any perform, the journal closed as
-    /// cancelled (refused once perform steps are recorded).
+    /// Before a perform, the same as complete, the journal closed as
+    /// cancelled; after one (finished or stopped), move back to the
+    /// from-version and the tree as it was, with the same strategy, then
+    /// release. Refused while a perform runs.
     Cancel,
     /// The journal, the agent's lock as the agent reports it, the hold, and
     /// what the next command would do.
@@ -485,6 +528,23 @@ fn run(cli: Cli) -> Result<()> {
                         package,
                     };
                     print_report(&ferry::migration::initialize(&req, family)?, json)
+                }
+                MigrationCommand::Perform {
+                    to,
+                    strategy,
+                    components,
+                    yes,
+                    dry_run,
+                } => {
+                    let req = ferry::migration::perform::Request {
+                        package,
+                        to,
+                        strategy,
+                        components,
+                        yes,
+                        dry_run,
+                    };
+                    print_report(&ferry::migration::perform(&req, family)?, json)
                 }
                 MigrationCommand::Complete => {
                     print_report(&ferry::migration::end(&package, false, family)?, json)

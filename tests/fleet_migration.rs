@@ -4,8 +4,10 @@
 //! journal of another migration is open on it): the run fails naming it, and
 //! every other host ends unlocked, its package not held, its journal closed
 //! as cancelled. Fixed, the migration initializes on all four, a second run
-//! changes nothing, and `complete` (twice: the second changes nothing) leaves
-//! them all unlocked. Root is required (docs/LAB.md).
+//! changes nothing; `perform` moves all four from 1.0.0 to 1.1.0 in batches
+//! of two, under the lock (a second run changes nothing); `complete` (twice:
+//! the second changes nothing) leaves them all unlocked on 1.1.0. Root is
+//! required (docs/LAB.md).
 
 mod support;
 
@@ -58,7 +60,8 @@ fn migration(fleet: &Fleet, action: &str, extra: &[&str]) -> (Value, bool) {
 fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
     support::require_root();
     let started = Instant::now();
-    let repo = Repository::new("fleet-migration", &[]);
+    let v110 = support::probe::agent("1.1.0");
+    let repo = Repository::new("fleet-migration", &[&v110.deb, &v110.rpm]);
     let fleet = Fleet::boot_n(&repo, &["debian1", "rpm1", "debian2", BROKEN]);
     let (run, ok) = fleet.playbook("enroll.yml", &[]);
     assert!(ok, "enrolment failed:\n{}", failures(&run));
@@ -165,6 +168,44 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
             "{name}: {:#}",
             run["stats"]
         );
+    }
+
+    // Perform, in batches of two: each host moves under its lock.
+    for (name, host) in &fleet.hosts {
+        assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
+    }
+    for round in 0..2 {
+        let (run, ok) = migration(
+            &fleet,
+            "perform",
+            &[
+                "-e",
+                "ferry_migration_to=1.1.0",
+                "-e",
+                "ferry_migration_serial=2",
+            ],
+        );
+        assert!(ok, "{}", failures(&run));
+        let performed = task_results(&run, "Perform the migration");
+        assert_eq!(performed.len(), 4, "{run:#}");
+        assert_eq!(
+            run["plays"].as_array().map(Vec::len),
+            Some(3),
+            "two batches of the first play, then the second play: {run:#}"
+        );
+        for (name, result) in performed {
+            assert_eq!(result["changed"], round == 0, "{name}: {result:#}");
+            assert_eq!(result["migration"]["perform"][0]["to_version"], "1.1.0");
+        }
+    }
+    for (name, host) in &fleet.hosts {
+        assert_eq!(support::agent::version_running(host), "1.1.0", "{name}");
+        assert_eq!(
+            lock(host)["id"],
+            ID,
+            "{name}: the lock held through perform"
+        );
+        assert!(held(host), "{name}: the package is not held after perform");
     }
 
     for round in 0..2 {

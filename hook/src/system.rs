@@ -192,6 +192,31 @@ impl<'a> Agent<'a> {
         serde_json::from_str(&text).context("`ctl lock` did not answer JSON")
     }
 
+    /// Runs one lifecycle instruction (`deploy`, `start`, `stop`,
+    /// `undeploy`) of the migration holding lock `lock_id` on the instance
+    /// `path`, waiting at most `wait_secs` for it to finish (`ctl apply
+    /// --wait --lock-id`): the agent's answer; a rejected instruction or a
+    /// failed recipe is an error carrying the agent's words.
+    pub fn apply(&self, lock_id: &str, action: &str, path: &str, wait_secs: u64) -> Result<Value> {
+        let wait = wait_secs.to_string();
+        let text = self.run_ok(&[
+            "ctl",
+            "apply",
+            "--wait",
+            &wait,
+            "--lock-id",
+            lock_id,
+            action,
+            path,
+        ])?;
+        serde_json::from_str(&text).context("`ctl apply` did not answer JSON")
+    }
+
+    /// The agent's own user, for what else must run as it.
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
     /// Releases the migration lock `id` (`ctl unlock --id`): the agent's
     /// answer (`released` is null when no lock was held). Another lock
     /// held is refused by the agent, naming it.
@@ -281,6 +306,22 @@ impl<'a> Systemd<'a> {
     /// Starts the unit; nothing if it is already active.
     pub fn start(&self) -> Result<()> {
         self.checked(&["start"])
+    }
+
+    /// Masks the unit in /etc (it survives a reboot): nothing, not a
+    /// connection to its socket nor an admin's start, starts it.
+    pub fn mask(&self) -> Result<()> {
+        self.checked(&["mask"])
+    }
+
+    pub fn unmask(&self) -> Result<()> {
+        self.checked(&["unmask"])
+    }
+
+    /// Whether the unit is masked (`systemctl is-enabled` says `masked`).
+    pub fn is_masked(&self) -> bool {
+        self.systemctl(&["is-enabled"])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "masked")
     }
 
     fn checked(&self, args: &[&str]) -> Result<()> {

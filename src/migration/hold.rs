@@ -35,6 +35,14 @@ impl Hold {
         }
     }
 
+    /// The package manager that moves the package, for messages.
+    pub fn how_installed(&self) -> &'static str {
+        match self {
+            Hold::Apt => "apt-get",
+            Hold::Dnf => "dnf",
+        }
+    }
+
     pub fn is_held(&self, package: &str) -> Result<bool> {
         Ok(match self {
             Hold::Apt => output(Command::new("apt-mark").arg("showhold"))?
@@ -101,16 +109,121 @@ impl Hold {
                 .with_context(|| format!("dnf download {full} (of version {version})"))?;
             }
         }
-        let kept = files(dir)?;
-        match kept.as_slice() {
-            [one] => Ok(one.clone()),
-            other => bail!(
-                "{} holds {} package files after the download, not one",
-                dir.display(),
-                other.len()
+        only_file(dir)
+    }
+}
+
+fn only_file(dir: &Path) -> Result<PathBuf> {
+    match files(dir)?.as_slice() {
+        [one] => Ok(one.clone()),
+        other => bail!(
+            "{} holds {} package files after the download, not one",
+            dir.display(),
+            other.len()
+        ),
+    }
+}
+
+impl Hold {
+    /// Downloads the package file of `version` (as the agent reports it,
+    /// `1.1.0`, or the package's full version, `1.1.0-1`) from the
+    /// configured repositories into `dir`: the file.
+    pub fn download(&self, package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+        clear(dir)?;
+        match self {
+            Hold::Apt => {
+                let full = apt_version(package, version)?;
+                output(
+                    Command::new("apt-get")
+                        .current_dir(dir)
+                        .args(["download", &format!("{package}={full}")]),
+                )?;
+            }
+            // The hold (versionlock) hides every other version from dnf:
+            // this download is the migration's own.
+            Hold::Dnf => output(
+                Command::new("dnf")
+                    .args(["-q", "--disableplugin=versionlock", "download", "--destdir"])
+                    .arg(dir)
+                    .arg(format!("{package}-{version}")),
+            )
+            .map(drop)
+            .with_context(|| format!("no repository offers {package} {version} (dnf download)"))?,
+        }
+        only_file(dir)
+    }
+
+    /// Installs the package file `file` (a newer, older or the same
+    /// version) through apt or dnf, past the migration's own hold, so that
+    /// the package's scripts (ferry's hooks) carry the agent's state.
+    pub fn install(&self, file: &Path, backward: bool) -> Result<String> {
+        match self {
+            Hold::Apt => output(
+                Command::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args([
+                        "install",
+                        "-y",
+                        "--allow-downgrades",
+                        "--allow-change-held-packages",
+                        // A perform resumed after a kill may find the apt
+                        // its first run started still working.
+                        "-o",
+                        "DPkg::Lock::Timeout=300",
+                        "-o",
+                        "Dpkg::Options::=--force-confdef",
+                        "-o",
+                        "Dpkg::Options::=--force-confold",
+                    ])
+                    .arg(file),
+            ),
+            Hold::Dnf => output(
+                Command::new("dnf")
+                    .args(["-y", "--disableplugin=versionlock"])
+                    .arg(if backward { "downgrade" } else { "install" })
+                    .arg(file),
             ),
         }
     }
+
+    /// After the package moved, the migration's hold is taken again: apt
+    /// forgets a hold when a package file is installed over it, and a dnf
+    /// versionlock names the version it locked.
+    pub fn renew(&self, package: &str) -> Result<()> {
+        match self {
+            Hold::Apt => self.hold(package),
+            Hold::Dnf => {
+                self.release(package)?;
+                self.hold(package)
+            }
+        }
+    }
+}
+
+/// apt's full version of `package` for `version`: itself, or the one
+/// whose upstream part it is (`1.1.0` → `1.1.0-1`), from `apt-cache madison`.
+fn apt_version(package: &str, version: &str) -> Result<String> {
+    let text = output(Command::new("apt-cache").args(["madison", package]))?;
+    let known: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split('|').nth(1))
+        .map(str::trim)
+        .collect();
+    known
+        .iter()
+        .find(|v| **v == version || v.rsplit_once('-').map(|(u, _)| u) == Some(version))
+        .map(|v| v.to_string())
+        .with_context(|| {
+            format!(
+                "no repository offers {package} {version} (apt-cache madison knows: {}); \
+                 run `apt-get update`, or pick a version the repository keeps",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
 }
 
 /// The .deb of `package` at `full` in apt's cache (a `:` of an epoch is

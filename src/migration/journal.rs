@@ -4,13 +4,14 @@
 //! and renamed into place, so a crash leaves the old journal or the new one.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use super::plan::{Components, Instance, PlanStep, Strategy};
 use crate::exit::refused;
 use crate::fsutil;
 
@@ -19,6 +20,10 @@ const OPEN: &str = "migration.json";
 const CLOSED: &str = "migration.done.json";
 /// Where the from-version's package file is kept.
 const KEEP: &str = "migration";
+/// Where a perform keeps the target's package file, under KEEP.
+const TARGET: &str = "target";
+/// Held (flock) by the migration command that runs.
+const LOCK: &str = "migration.lock";
 
 /// Where a migration stands.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,11 +75,63 @@ pub struct Journal {
     pub package_file_note: Option<String>,
     /// The steps of `initialize` done.
     pub steps: Vec<Step>,
-    /// The steps a `perform` recorded (none yet: perform is not built).
-    pub perform: Vec<Value>,
+    /// The perform (and, after a `cancel`, the way back), each with its
+    /// plan and how far it went.
+    pub perform: Vec<Perform>,
     pub state: State,
     /// Unix time it was completed or cancelled.
     pub ended: Option<u64>,
+}
+
+/// Why a perform runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// `ferry migration perform --to VERSION`.
+    Perform,
+    /// `ferry migration cancel` after a perform: back to the from-version
+    /// and the tree as it was.
+    Cancel,
+}
+
+/// One perform: its plan, fixed before anything changed, and how far it
+/// went (`done` steps finished; `running` began and not finished: it runs
+/// again on resume).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Perform {
+    pub purpose: Purpose,
+    pub to_version: String,
+    pub to_schema: u32,
+    /// `forward`, `backward` or `same`.
+    pub direction: String,
+    pub strategy: Strategy,
+    pub components: Components,
+    /// The target's package file, root's, in the migration's directory.
+    pub package_file: Option<String>,
+    /// The instances as they were when the perform was planned (for a
+    /// cancel, as they were before the perform it undoes).
+    pub tree: Vec<Instance>,
+    pub steps: Vec<PlanStep>,
+    pub done: usize,
+    pub running: Option<usize>,
+    pub began: u64,
+    pub ended: Option<u64>,
+}
+
+impl Perform {
+    pub fn finished(&self) -> bool {
+        self.done == self.steps.len()
+    }
+
+    /// `step 3 of 7 (install the package of 1.1.0)`, of the step running or next.
+    pub fn at(&self) -> String {
+        let i = self.running.unwrap_or(self.done);
+        match self.steps.get(i) {
+            Some(s) => format!("step {} of {} ({s})", i + 1, self.steps.len()),
+            None => format!("all {} steps done", self.steps.len()),
+        }
+    }
 }
 
 /// What `initialize` is asked for.
@@ -112,6 +169,22 @@ impl Journal {
 
     pub fn done(&self, step: Step) -> bool {
         self.steps.contains(&step)
+    }
+
+    /// Whether a perform stopped the agent (its target could not hold the
+    /// lock) and nothing started it again: the lock is then this journal's.
+    pub fn agent_stopped(&self) -> bool {
+        let mut stopped = false;
+        for p in &self.perform {
+            for s in &p.steps[..p.done] {
+                match s {
+                    PlanStep::StopAgent => stopped = true,
+                    PlanStep::StartAgent => stopped = false,
+                    _ => {}
+                }
+            }
+        }
+        stopped
     }
 
     /// The steps of `initialize` not done yet.
@@ -207,6 +280,53 @@ impl Store {
     /// The last migration completed or cancelled, if any.
     pub fn last(&self) -> Result<Option<Journal>> {
         read(&self.closed_path())
+    }
+
+    /// Where a perform keeps the target's package file (created, root's, 0700).
+    pub fn target_dir(&self) -> Result<PathBuf> {
+        let dir = self.keep_dir()?.join(TARGET);
+        trusted(&dir)?;
+        Ok(dir)
+    }
+
+    /// Removes the perform's target package file and its directory: the
+    /// files removed.
+    pub fn remove_target(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.dir.join(KEEP).join(TARGET);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+        };
+        let mut removed = Vec::new();
+        for e in entries {
+            let path = e?.path();
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.push(path);
+        }
+        fs::remove_dir(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        Ok(removed)
+    }
+
+    /// Holds the package's migration commands to one at a time while the
+    /// returned file is open (`flock` on `migration.lock`); `None` when
+    /// another ferry holds it (a perform runs).
+    pub fn exclusive(&self) -> Result<Option<fs::File>> {
+        self.trusted_dir()?;
+        let path = self.dir.join(LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Ok(None);
+        }
+        Ok(Some(file))
     }
 
     /// Writes the open journal atomically (0600).

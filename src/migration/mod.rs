@@ -12,6 +12,8 @@
 
 mod hold;
 pub mod journal;
+pub mod perform;
+pub mod plan;
 
 use std::path::Path;
 
@@ -24,6 +26,7 @@ use serde_json::Value;
 use crate::exit::{refused, PartiallyDone};
 use hold::Hold;
 pub use journal::{Journal, Request, State, Step, Store};
+use perform::Ctx;
 
 /// What a verb did, for its output.
 #[derive(Debug, Serialize)]
@@ -193,12 +196,48 @@ pub fn initialize(req: &Request, family: Option<&str>) -> Result<Outcome> {
     Ok(Outcome { journal: j, did })
 }
 
+/// `ferry migration perform`: see perform.rs.
+pub fn perform(req: &perform::Request, family: Option<&str>) -> Result<Outcome> {
+    let m = manifest(&req.package)?;
+    let store = Store::new(Path::new("/"), &req.package);
+    let Some(_running) = store.exclusive()? else {
+        return Err(refused(anyhow!(
+            "another `ferry migration` command runs for {}: perform once it has ended",
+            req.package
+        )));
+    };
+    let Some(mut j) = store.open()? else {
+        return Err(refused(anyhow!(
+            "no migration of {} is open on this VM: `ferry migration initialize --app APP` first",
+            req.package
+        )));
+    };
+    if !j.missing().is_empty() {
+        return Err(refused(anyhow!(
+            "the initialize of {} did not finish (not done: {:?}): run `ferry migration \
+             initialize --id {} --app {}` again first",
+            j.describe(),
+            j.missing(),
+            j.id,
+            j.app
+        )));
+    }
+    let c = Ctx {
+        m: &m,
+        agent: Agent::new(&m)?,
+        hold: Hold::detect(family)?,
+        store: &store,
+    };
+    let did = perform::perform(&c, &mut j, req)?;
+    Ok(Outcome { journal: j, did })
+}
+
 /// `ferry migration complete` (`cancelled` false) or `cancel` (true).
 pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outcome> {
     let verb = if cancelled { "cancel" } else { "complete" };
     let m = manifest(package)?;
     let store = Store::new(Path::new("/"), package);
-    let Some(mut j) = store.open()? else {
+    let Some(j) = store.open()? else {
         let last = store
             .last()?
             .map(|l| format!(" (the last, {}, is {:?})", l.describe(), l.state))
@@ -209,16 +248,56 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
             store.open_path().display()
         )));
     };
-    if cancelled && !j.perform.is_empty() {
+    let Some(_running) = store.exclusive()? else {
         return Err(refused(anyhow!(
-            "the migration {} has perform steps in {}: ferry cannot cancel a migration \
-             after perform yet (docs/MIGRATION.md); complete it, or undo the steps by hand",
+            "a `ferry migration` command runs for {package}{}: {verb} once it has ended",
+            j.perform
+                .last()
+                .map(|p| format!(" (its perform is at {})", p.at()))
+                .unwrap_or_default()
+        )));
+    };
+    // Read again under the lock: what ran before may have changed it.
+    let mut j = store.open()?.unwrap_or(j);
+    let mut did = Vec::new();
+    if let Some(p) = j.perform.last().filter(|p| !p.finished() && !cancelled) {
+        return Err(refused(anyhow!(
+            "the migration {} stopped at {} of its {}: run the same command again to finish it \
+             (`ferry migration {}`), or `ferry migration cancel`",
             j.describe(),
-            store.open_path().display()
+            p.at(),
+            if p.purpose == journal::Purpose::Cancel {
+                "cancel"
+            } else {
+                "perform"
+            },
+            if p.purpose == journal::Purpose::Cancel {
+                "cancel".to_string()
+            } else {
+                format!("perform --to {}", p.to_version)
+            }
         )));
     }
-    let hold = Hold::detect(family)?;
-    let mut did = Vec::new();
+    let c = Ctx {
+        m: &m,
+        agent: Agent::new(&m)?,
+        hold: Hold::detect(family)?,
+        store: &store,
+    };
+    if cancelled && !j.perform.is_empty() {
+        did.extend(perform::plan_back(&c, &mut j)?);
+        perform::run(&c, &mut j, &mut did)?;
+    } else if j.agent_stopped() {
+        let said = perform::start_agent(&c).map_err(|e| {
+            partial(
+                e,
+                &j,
+                &did,
+                "run `ferry migration complete` again to finish",
+            )
+        })?;
+        did.push(said);
+    }
     let go_on = |e, j: &Journal, did: &[String]| {
         partial(
             e,
@@ -227,20 +306,30 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
             &format!("run `ferry migration {verb}` again to finish"),
         )
     };
-    let answer = Agent::new(&m)
-        .and_then(|a| a.unlock(&j.id))
-        .map_err(|e| go_on(e, &j, &did))?;
-    did.push(if answer["released"].is_null() {
-        format!("the agent held no migration lock (`{}` was released)", j.id)
+    if j.agent_stopped()
+        || j.perform
+            .last()
+            .is_some_and(|p| p.to_schema < plan::LOCK_SCHEMA)
+    {
+        did.push(format!(
+            "the lock `{}` was in ferry's journal: the agent of {} cannot hold one",
+            j.id,
+            j.perform.last().map_or("?", |p| p.to_version.as_str())
+        ));
     } else {
-        format!("the agent's migration lock `{}` released", j.id)
-    });
+        let answer = c.agent.unlock(&j.id).map_err(|e| go_on(e, &j, &did))?;
+        did.push(if answer["released"].is_null() {
+            format!("the agent held no migration lock (`{}` was released)", j.id)
+        } else {
+            format!("the agent's migration lock `{}` released", j.id)
+        });
+    }
     match j.hold_before {
         Some(false) => {
-            hold.release(package).map_err(|e| go_on(e, &j, &did))?;
+            c.hold.release(package).map_err(|e| go_on(e, &j, &did))?;
             did.push(format!(
                 "the migration's hold ({}) of {package} released",
-                hold.how()
+                c.hold.how()
             ));
         }
         Some(true) => did.push(format!("{package} stays held, as before the migration")),
@@ -259,6 +348,9 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
                 ));
             }
         }
+    }
+    for file in store.remove_target().map_err(|e| go_on(e, &j, &did))? {
+        did.push(format!("removed {}", file.display()));
     }
     j.state = if cancelled {
         State::Cancelled
@@ -314,16 +406,39 @@ pub fn status(package: &str, family: Option<&str>) -> Result<Status> {
             j.app,
             j.missing()
         ),
-        Some(j) => format!(
-            "`ferry migration complete` (or `cancel`) would release the lock `{}`, {}, \
-             and close the journal; perform is not built yet",
-            j.id,
-            if j.hold_before == Some(true) {
-                "leave the package held as it was before"
-            } else {
-                "release the hold"
-            }
-        ),
+        Some(j) => match j.perform.last() {
+            None => format!(
+                "`ferry migration perform --to VERSION` would move the agent under the lock; \
+                 `complete` (or `cancel`) would release the lock `{}`, {}, and close the journal",
+                j.id,
+                if j.hold_before == Some(true) {
+                    "leave the package held as it was before"
+                } else {
+                    "release the hold"
+                }
+            ),
+            Some(p) if !p.finished() => format!(
+                "the {} stopped at {}: run it again to resume (`ferry migration {}`); `cancel` \
+                 goes back to {}",
+                if p.purpose == journal::Purpose::Cancel {
+                    "cancel"
+                } else {
+                    "perform"
+                },
+                p.at(),
+                if p.purpose == journal::Purpose::Cancel {
+                    "cancel".to_string()
+                } else {
+                    format!("perform --to {}", p.to_version)
+                },
+                j.from_version
+            ),
+            Some(p) => format!(
+                "performed to {}: `ferry migration complete` would keep it and release the \
+                 lock `{}`; `cancel` would move back to {} and the tree as it was, then release",
+                p.to_version, j.id, j.from_version
+            ),
+        },
     };
     Ok(Status {
         package: package.into(),

@@ -102,18 +102,65 @@ pub fn rpm_content_digest(bytes: &[u8]) -> Result<String> {
     Ok(fsutil::sha256_hex(rest))
 }
 
+/// The file `inside` (e.g. `./usr/lib/NAME/ferry-package.json`) of a
+/// .deb's or an rpm's payload: the bytes of a package ferry reads without
+/// installing it (`ferry migration perform` reads the target's manifest).
+pub fn payload_file(path: &Path, inside: &str) -> Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read package {}", path.display()))?;
+    let found = if bytes.starts_with(b"!<arch>\n") {
+        ar_member(&bytes, "data.tar").and_then(|(name, member)| tar_file(&name, member, inside))
+    } else {
+        rpm_file(path, inside)
+    };
+    found.with_context(|| format!("{}: cannot read {inside} in it", path.display()))
+}
+
+fn rpm_file(path: &Path, inside: &str) -> Result<Vec<u8>> {
+    let package = rpm::Package::open(path).context("cannot parse it as an rpm")?;
+    let wanted = Path::new(inside.trim_start_matches('.'));
+    for file in package.files().context("cannot read its payload")? {
+        let file = file.context("cannot read its payload")?;
+        if file.metadata.path() == wanted {
+            return file
+                .content()
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| anyhow!("it is not a regular file"));
+        }
+    }
+    bail!("no such file in the package")
+}
+
+fn tar_file(name: &str, member: Vec<u8>, inside: &str) -> Result<Vec<u8>> {
+    let mut archive = tar::Archive::new(decompressed(name, &member)?);
+    let wanted = inside.trim_start_matches("./");
+    for entry in archive.entries().context("cannot read its data.tar")? {
+        let mut entry = entry.context("cannot read its data.tar")?;
+        if entry.path()?.to_string_lossy().trim_start_matches("./") == wanted {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            return Ok(data);
+        }
+    }
+    bail!("no such file in the package")
+}
+
+/// A reader of the ar member `name` (`*.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
+fn decompressed<'a>(name: &str, member: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
+    Ok(match name.rsplit_once(".tar").map_or("?", |(_, z)| z) {
+        "" => Box::new(member),
+        ".gz" => Box::new(flate2::read::GzDecoder::new(member)),
+        ".xz" => Box::new(liblzma::read::XzDecoder::new(member)),
+        ".zst" => Box::new(zstd::stream::read::Decoder::new(member)?),
+        _ => bail!("its member {name} uses a compression ferry cannot read"),
+    })
+}
+
 /// The control paragraph of a .deb: member `control.tar.*` of the ar archive,
 /// file `./control` inside it.
 pub fn deb_control(bytes: &[u8]) -> Result<String> {
-    let (name, member) = control_member(bytes)?;
-    let member = member.as_slice();
-    let reader: Box<dyn Read + '_> = match name.as_str() {
-        "control.tar" => Box::new(member),
-        "control.tar.gz" => Box::new(flate2::read::GzDecoder::new(member)),
-        "control.tar.xz" => Box::new(liblzma::read::XzDecoder::new(member)),
-        "control.tar.zst" => Box::new(zstd::stream::read::Decoder::new(member)?),
-        other => bail!("its member {other} uses a compression ferry cannot read"),
-    };
+    let (name, member) = ar_member(bytes, "control.tar")?;
+    let reader = decompressed(&name, &member)?;
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().context("cannot read control.tar")? {
         let mut entry = entry.context("cannot read control.tar")?;
@@ -128,16 +175,16 @@ pub fn deb_control(bytes: &[u8]) -> Result<String> {
     bail!("its control.tar has no control file")
 }
 
-/// The `control.tar.*` member of a .deb's ar archive (the `ar` crate):
-/// its name and bytes.
-fn control_member(bytes: &[u8]) -> Result<(String, Vec<u8>)> {
+/// The member `prefix.*` (`control.tar`, `data.tar`) of a .deb's ar
+/// archive (the `ar` crate): its name and bytes.
+fn ar_member(bytes: &[u8], prefix: &str) -> Result<(String, Vec<u8>)> {
     let mut archive = ar::Archive::new(bytes);
     while let Some(entry) = archive.next_entry() {
         let mut entry = entry.context("corrupt ar archive")?;
         let name = String::from_utf8_lossy(entry.header().identifier())
             .trim_end_matches('/')
             .to_string();
-        if name.starts_with("control.tar") {
+        if name.starts_with(prefix) {
             let mut data = Vec::new();
             entry
                 .read_to_end(&mut data)
@@ -145,7 +192,7 @@ fn control_member(bytes: &[u8]) -> Result<(String, Vec<u8>)> {
             return Ok((name, data));
         }
     }
-    bail!("it has no control.tar member")
+    bail!("it has no {prefix} member")
 }
 
 /// Value of a single-line field of a control paragraph.

@@ -3,7 +3,7 @@
 //! docs/REPOSITORIES.md.
 
 mod apt;
-mod inspect;
+pub mod inspect;
 mod retention;
 mod rpm;
 mod sign;

@@ -19,8 +19,12 @@ description:
     package file, and records it all in the journal C(/var/lib/ferry/<package>/migration.json).
     A migration with the same O(id) and O(app) already open is resumed (only the steps not done
     yet run); one fully initialized is left alone. Another migration open on the host is refused.
+  - With O(state=performed), moves the agent to version O(to) under the lock, forward or backward,
+    with O(strategy) for the instances it deployed (C(ferry migration perform --yes)). A perform to
+    O(to) already finished is left alone; one that stopped midway is resumed where it stopped.
   - With O(state=completed) or O(state=cancelled), releases the lock, the hold the migration added
-    and the kept package file, and closes the journal as done or cancelled. A host with no open
+    and the kept package files, and closes the journal as done or cancelled; a cancel after a perform
+    first moves the agent back to the version and the instance tree it had. A host with no open
     migration is left alone.
   - The module reads C(ferry migration status --json) first and decides from it; it never parses
     ferry's error messages.
@@ -31,10 +35,11 @@ author:
 options:
   state:
     description:
-      - V(initialized) begins the migration (or finishes a begun one); V(completed) ends it as done;
-        V(cancelled) ends it as cancelled (before any perform).
+      - V(initialized) begins the migration (or finishes a begun one); V(performed) moves the agent to
+        O(to); V(completed) ends it as done; V(cancelled) ends it as cancelled (after a perform, back to
+        where it began).
     type: str
-    choices: [initialized, completed, cancelled]
+    choices: [initialized, performed, completed, cancelled]
     default: initialized
   app:
     description:
@@ -49,6 +54,22 @@ options:
         the task, and a host whose last migration of this id ended the other way fails it too;
         omitted, whatever migration is open is ended.
     type: str
+  to:
+    description:
+      - The version to perform to (as the agent reports it, V(1.1.0), or the package's full version).
+        Required with O(state=performed).
+    type: str
+  strategy:
+    description:
+      - V(keep) touches no instance; V(drastic) stops and undeploys every instance, then deploys and
+        starts them again as they were; V(smart) applies the table O(components) names.
+    type: str
+    choices: [keep, drastic, smart]
+    default: keep
+  components:
+    description:
+      - The path, on the managed host, of the TOML table of V(smart) (see docs/MIGRATION.md).
+    type: path
   by:
     description:
       - Who runs the migration, shown by the agent's refusals while it holds the lock.
@@ -90,6 +111,12 @@ EXAMPLES = r'''
     by: alice
     reason: new deployment model
 
+- name: Move the agent to 1.1.0, redeploying every instance
+  ferry.fleet.ferry_migration:
+    state: performed
+    id: mig-7
+    to: 1.1.0
+    strategy: drastic
 - name: End it
   ferry.fleet.ferry_migration:
     state: completed
@@ -146,10 +173,24 @@ VERB = {'completed': 'complete', 'cancelled': 'cancel'}
 INITIALIZE_STEPS = ('lock', 'hold', 'keep-package')
 
 
+def performed(journal, to):
+    """Whether the journal's perform to ``to`` (1.1.0 or 1.1.0-1) has finished."""
+    runs = [r for r in journal['perform'] if r['purpose'] == 'perform']
+    if not runs:
+        return False
+    run = runs[-1]
+    same = run['to_version'] == to or to.rsplit('-', 1)[0] == run['to_version']
+    return same and run['done'] == len(run['steps'])
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            state=dict(type='str', default='initialized', choices=['initialized', 'completed', 'cancelled']),
+            state=dict(type='str', default='initialized',
+                       choices=['initialized', 'performed', 'completed', 'cancelled']),
+            to=dict(type='str'),
+            strategy=dict(type='str', default='keep', choices=['keep', 'drastic', 'smart']),
+            components=dict(type='path'),
             app=dict(type='str'),
             id=dict(type='str'),
             by=dict(type='str', default='ansible'),
@@ -158,7 +199,7 @@ def main():
             family=dict(type='str', choices=['apt', 'dnf']),
             ferry=dict(type='str', default='ferry'),
         ),
-        required_if=[('state', 'initialized', ('app', 'id'))],
+        required_if=[('state', 'initialized', ('app', 'id')), ('state', 'performed', ('to',))],
         supports_check_mode=True,
     )
     p = module.params
@@ -182,6 +223,21 @@ def main():
             if not module.check_mode:
                 args = ['initialize', '--app', p['app'], '--id', p['id'], '--by', p['by'],
                         '--reason', p['reason']]
+                report = run_ferry(module, base + args)
+                journal = report['journal']
+                did = report['did']
+    elif p['state'] == 'performed':
+        if opened is None or (p['id'] and opened['id'] != p['id']):
+            module.fail_json(
+                msg='no migration %sis open on this host: initialize it first'
+                    % ('%s ' % p['id'] if p['id'] else ''),
+                migration=journal, lock=before['agent_lock'], held=before['held'], rc=3)
+        if not performed(opened, p['to']):
+            changed = True
+            if not module.check_mode:
+                args = ['perform', '--to', p['to'], '--strategy', p['strategy'], '--yes']
+                if p['components']:
+                    args += ['--components', p['components']]
                 report = run_ferry(module, base + args)
                 journal = report['journal']
                 did = report['did']
