@@ -295,6 +295,56 @@ fn roll_back_twice(host: &Host, channel: &str, expected: &[(String, String, Stri
     assert_agent(host, "1.0.0", 2, expected);
 }
 
+/// While a migration is open on the host it owns the agent's package: `ferry
+/// channel pin|unpin|rollback|disable` are refused (status 3) naming it,
+/// and on dnf its versionlock is reported as held, not as a pin. The
+/// journal is written as `ferry migration initialize` writes it (these
+/// agents' schemas predate the lock, so initialize itself cannot run).
+fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
+    let journal = "/var/lib/ferry/roboconf-agent/migration.json";
+    host.sh_ok("install -d -m 0700 /var/lib/ferry/roboconf-agent");
+    host.write(
+        journal,
+        serde_json::json!({
+            "format": "ferry-migration", "id": "mig-channel", "app": "my-application",
+            "by": "lab", "reason": "", "package": AGENT, "since": 1765115000u64,
+            "from_version": "1.2.0", "from_schema": 3, "hold_before": false,
+            "package_file": null, "package_file_note": null,
+            "steps": ["lock", "hold", "keep-package"],
+            "perform": [], "state": "open", "ended": null
+        })
+        .to_string(),
+    );
+    host.sh_ok(&format!("chmod 0600 {journal}"));
+    let dnf = ferry_channel.contains("dnf");
+    if dnf {
+        host.sh_ok(&format!("dnf -q versionlock add {AGENT}"));
+    }
+    for verb in ["pin 1.0.0", "unpin", "rollback", "disable"] {
+        let out = host.sh(&format!("{ferry_channel} {verb}"));
+        assert!(
+            out.code == 3 && out.stderr.contains("the migration `mig-channel`"),
+            "`{verb}` during a migration: {out}"
+        );
+    }
+    let status = channel_status_with(host, ferry_channel);
+    assert_eq!(status["pinned"], serde_json::Value::Null, "{status:#}");
+    assert!(
+        reasons(&status).contains("the migration `mig-channel`"),
+        "{status:#}"
+    );
+    assert!(!reasons(&status).contains("unpin"), "{status:#}");
+    if dnf {
+        assert_eq!(status["held"], true, "{status:#}");
+        host.sh_ok(&format!("dnf -q versionlock delete {AGENT}"));
+    }
+    host.sh_ok(&format!("rm {journal}"));
+}
+
+fn channel_status_with(host: &Host, ferry_channel: &str) -> serde_json::Value {
+    serde_json::from_str(&host.sh_ok(&format!("{ferry_channel} status --json"))).unwrap()
+}
+
 fn channel_status(host: &Host) -> serde_json::Value {
     let status = serde_json::from_str(&host.sh_ok("ferry channel status --json")).unwrap();
     eprintln!("status: {status:#}");
@@ -428,6 +478,7 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
 
     // Unpin: the next automatic run takes the newest again, 2 -> 3.
     host.sh_ok("ferry channel unpin");
+    channel_refused_while_a_migration_is_open(&host, "ferry channel");
     let status = channel_status(&host);
     assert_eq!(status["pinned"], serde_json::Value::Null);
     assert_eq!(status["allow_downgrade_host_wide"], false);
@@ -600,6 +651,7 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
     );
 
     host.sh_ok("ferry channel --family dnf unpin");
+    channel_refused_while_a_migration_is_open(&host, "ferry channel --family dnf");
     dnf_automatic_run(&host);
     assert_eq!(
         rpm_version(&host),

@@ -128,8 +128,16 @@ fn held(host: &Host) -> bool {
     }
 }
 
+/// `ferry migration --family F`: the RPM host has apt and dnf.
+fn migration(host: &Host) -> &'static str {
+    match host.kind() {
+        HostKind::Debian => "ferry migration --family apt",
+        HostKind::Rpm => "ferry migration --family dnf",
+    }
+}
+
 fn ferry(host: &Host, args: &str) -> Value {
-    json(&host.sh_ok(&format!("ferry migration {args} --json")))
+    json(&host.sh_ok(&format!("{} {args} --json", migration(host))))
 }
 
 fn initialize(host: &Host, id: &str) {
@@ -171,8 +179,9 @@ fn drastic_order() -> Vec<String> {
 fn kill_in_step(host: &Host, args: &str, step: usize) -> bool {
     host.sh_ok(&format!(
         "rm -f /root/perform.pid /root/perform.done
-         setsid --fork sh -c 'echo $$ > /root/perform.pid; ferry migration {args} >/root/perform.out 2>&1; touch /root/perform.done' \
-             </dev/null >/dev/null 2>&1"
+         setsid --fork sh -c 'echo $$ > /root/perform.pid; {} {args} >/root/perform.out 2>&1; touch /root/perform.done' \
+             </dev/null >/dev/null 2>&1",
+        migration(host)
     ));
     let deadline = Instant::now() + Duration::from_secs(300);
     let landed = loop {
@@ -244,7 +253,7 @@ fn perform_and_cancel(kind: HostKind) {
 
     // 1. keep forward, then cancel.
     initialize(&host, "mig-keep");
-    let unasked = host.sh("ferry migration perform --to 1.1.0");
+    let unasked = host.sh(&format!("{} perform --to 1.1.0", migration(&host)));
     assert!(
         unasked.code == 3 && unasked.stderr.contains("pass --yes"),
         "{unasked}"
@@ -353,11 +362,12 @@ EOF
     ));
     initialize(&host, "mig-smart");
     let before = pids(&host);
-    host.sh_ok(
-        "setsid --fork sh -c 'ferry migration perform --to 1.0.0 --strategy smart \
+    host.sh_ok(&format!(
+        "setsid --fork sh -c '{} perform --to 1.0.0 --strategy smart \
          --components /root/components.toml --yes > /root/smart.out 2>&1; touch /root/smart.done' \
          </dev/null >/dev/null 2>&1",
-    );
+        migration(&host)
+    ));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !host.read(JOURNAL).contains("\"step\": \"script\"")
         || json(&host.read(JOURNAL))["perform"][0]["running"] != 3
@@ -365,7 +375,7 @@ EOF
         assert!(Instant::now() < deadline, "{}", host.read(JOURNAL));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let refused = host.sh("ferry migration cancel");
+    let refused = host.sh(&format!("{} cancel", migration(&host)));
     assert!(
         refused.code == 3
             && refused.stderr.contains("step 4 of 5")

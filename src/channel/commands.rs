@@ -109,6 +109,7 @@ pub fn disable(host: &Host, dry_run: bool) -> Result<Report> {
         return Ok(out);
     };
     // Every refusal before any removal.
+    not_migrating(host, "disable")?;
     for p in rec.files.keys() {
         check_removable(host, &rec, p)?;
     }
@@ -149,8 +150,24 @@ fn enabled_record(host: &Host) -> Result<Record> {
     })
 }
 
+/// While a migration is open it owns the package (docs/MIGRATION.md): a
+/// pin, an unpin, a rollback or a disable would change what it holds or
+/// undo its hold (on dnf both are versionlocks), and the migration's
+/// `complete` would then undo theirs. Refused, also in a dry run, which
+/// predicts the refusal.
+fn not_migrating(host: &Host, verb: &str) -> Result<()> {
+    match crate::migration::channel_reason(&host.root, &host.package) {
+        Some(reason) => Err(crate::exit::refused(anyhow::anyhow!(
+            "{reason}; `ferry channel {verb}` would change what it holds: run it after the \
+             migration ends"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
     let mut rec = enabled_record(host)?;
+    not_migrating(host, "pin")?;
     let mut out = Report::new();
     let full = host.backend.resolve_version(host, version)?;
     let mut edit = Edit::new(&mut rec, dry_run, &mut out);
@@ -173,6 +190,7 @@ pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
 
 pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
     let mut rec = enabled_record(host)?;
+    not_migrating(host, "unpin")?;
     let mut out = Report::new();
     if rec.pinned.is_none() {
         let _ = writeln!(out, "nothing to change: {} is not pinned", host.package);
@@ -192,6 +210,7 @@ pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
 
 pub fn rollback(host: &Host, to: Option<&str>, dry_run: bool) -> Result<Report> {
     enabled_record(host)?;
+    not_migrating(host, "rollback")?;
     let mut out = Report::new();
     let version = host.backend.rollback(host, to, dry_run, &mut out)?;
     let pinned = pin(host, &version, dry_run)?;

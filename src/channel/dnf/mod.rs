@@ -533,9 +533,14 @@ impl Backend for Dnf {
         let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
         // A lock of ferry's pin or anyone's (`ferry migration` holds with it).
         s.held = lock.lines().any(|l| versionlocks(l, &host.package));
+        // Not a pin when it is the open migration's hold (the record has
+        // no pin, and `not_updated_because` names the migration).
+        let migration_holds = rec.is_none_or(|r| r.pinned.is_none())
+            && crate::migration::channel_reason(&host.root, &host.package).is_some();
         if let Some(l) = lock
             .lines()
             .find(|l| l.starts_with(&format!("{}-", host.package)))
+            .filter(|_| !migration_holds)
         {
             s.pinned.get_or_insert_with(|| l.trim().to_string());
         }
