@@ -136,8 +136,26 @@ fn migration(host: &Host) -> &'static str {
     }
 }
 
+/// `ferry migration ARGS --json` in the host; its answer. A failure panics
+/// with what the agent's user manager says of the processes the recipes
+/// spawned, and the agent's journal: a recipe failing there is otherwise
+/// seen only as its last lines.
+#[track_caller]
 fn ferry(host: &Host, args: &str) -> Value {
-    json(&host.sh_ok(&format!("{} {args} --json", migration(host))))
+    let out = host.sh(&format!("{} {args} --json", migration(host)));
+    if !out.success() {
+        let units = host.sh("u=$(id -u roboconf-agent)
+             export XDG_RUNTIME_DIR=/run/user/$u
+             runuser -u roboconf-agent -- systemctl --user list-units --all --no-pager 'roboconf-*'
+             runuser -u roboconf-agent -- systemctl --user status --no-pager 'roboconf-*' || true
+             journalctl --no-pager -n 60 _UID=$u
+             journalctl --no-pager -n 40 -u roboconf-agent.service");
+        panic!(
+            "`ferry migration {args}` failed: {out}\nthe agent's user manager and journal:\n{}",
+            units.stdout
+        );
+    }
+    json(&out.stdout)
 }
 
 fn initialize(host: &Host, id: &str) {
@@ -198,9 +216,15 @@ fn kill_in_step(host: &Host, args: &str, step: usize) -> bool {
         assert!(Instant::now() < deadline, "step {step} never ran");
         std::thread::sleep(Duration::from_millis(10));
     };
-    // The shell's child is ferry; kill it, then wait for the shell and
-    // everything ferry started to end.
-    host.sh_ok("pkill -KILL -P \"$(cat /root/perform.pid)\" -x ferry || true");
+    // The shell's child is ferry: kill it, and the agent client it waits
+    // on (the agent goes on with the instruction it was sent, which the
+    // resumed perform must wait for); a package manager it started is left
+    // to finish, as dpkg and rpm must. Then wait for all of it to end.
+    host.sh_ok(
+        "sid=\"$(cat /root/perform.pid)\"
+         pkill -KILL -P \"$sid\" -x ferry || true
+         pkill -KILL -s \"$sid\" -f '^[^ ]*roboconf-agent .* ctl ' || true",
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     while host
         .sh("pgrep -s \"$(cat /root/perform.pid)\" >/dev/null")

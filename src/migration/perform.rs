@@ -327,6 +327,34 @@ fn settled(c: &Ctx, path: &str) -> Result<Option<String>> {
     }
 }
 
+/// One lifecycle step of the migration; a failed recipe's error carries
+/// the last lines it wrote (the agent keeps them with the `PROBLEM`).
+fn apply(c: &Ctx, id: &str, action: &str, path: &str) -> Result<()> {
+    c.agent
+        .apply(id, action, path, STEP_WAIT_SECS)
+        .map(drop)
+        .map_err(|e| {
+            let output = c.agent.status().ok().and_then(|s| {
+                s["instances"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["path"] == path)?["problem"]["output"]
+                    .as_array()
+                    .map(|lines| {
+                        lines
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+            });
+            match output {
+                Some(o) if !o.is_empty() => anyhow!("{e:#}; its recipe said:\n{o}"),
+                _ => e,
+            }
+        })
+}
+
 fn retire(c: &Ctx, id: &str, path: &str) -> Result<String> {
     let mut did: Vec<&str> = Vec::new();
     for _ in 0..4 {
@@ -337,7 +365,7 @@ fn retire(c: &Ctx, id: &str, path: &str) -> Result<String> {
             Some("DEPLOYED_STARTED" | "WAITING_FOR_ANCESTOR") => "stop",
             Some(_) => "undeploy",
         };
-        c.agent.apply(id, action, path, STEP_WAIT_SECS)?;
+        apply(c, id, action, path)?;
         did.push(if action == "stop" {
             "stopped"
         } else {
@@ -367,7 +395,7 @@ fn restore(c: &Ctx, id: &str, path: &str, target: &str) -> Result<String> {
                  with `ctl apply --lock-id {id}` and perform again"
             ),
         };
-        c.agent.apply(id, action, path, STEP_WAIT_SECS)?;
+        apply(c, id, action, path)?;
         did.push(if action == "deploy" {
             "deployed"
         } else {
