@@ -4,10 +4,11 @@
 //! journal of another migration is open on it): the run fails naming it, and
 //! every other host ends unlocked, its package not held, its journal closed
 //! as cancelled. Fixed, the migration initializes on all four, a second run
-//! changes nothing; `perform` moves all four from 1.0.0 to 1.1.0 in batches
-//! of two, under the lock (a second run changes nothing); `complete` (twice:
-//! the second changes nothing) leaves them all unlocked on 1.1.0. Root is
-//! required (docs/LAB.md).
+//! changes nothing; `perform` moves all four back from 1.1.0 (the newest,
+//! which enrolment installed) to 1.0.0 in batches of two, under the lock (a
+//! second run changes nothing); `complete` (twice: the second changes
+//! nothing) leaves them all unlocked on 1.0.0. Root is required
+//! (docs/LAB.md).
 
 mod support;
 
@@ -170,9 +171,9 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
         );
     }
 
-    // Perform, in batches of two: each host moves under its lock.
+    // Perform back to 1.0.0, in batches of two: each host moves under its lock.
     for (name, host) in &fleet.hosts {
-        assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
+        assert_eq!(support::agent::version_running(host), "1.1.0", "{name}");
     }
     for round in 0..2 {
         let (run, ok) = migration(
@@ -180,7 +181,7 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
             "perform",
             &[
                 "-e",
-                "ferry_migration_to=1.1.0",
+                "ferry_migration_to=1.0.0",
                 "-e",
                 "ferry_migration_serial=2",
             ],
@@ -195,11 +196,11 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
         );
         for (name, result) in performed {
             assert_eq!(result["changed"], round == 0, "{name}: {result:#}");
-            assert_eq!(result["migration"]["perform"][0]["to_version"], "1.1.0");
+            assert_eq!(result["migration"]["perform"][0]["to_version"], "1.0.0");
         }
     }
     for (name, host) in &fleet.hosts {
-        assert_eq!(support::agent::version_running(host), "1.1.0", "{name}");
+        assert_eq!(support::agent::version_running(host), "1.0.0", "{name}");
         assert_eq!(
             lock(host)["id"],
             ID,

@@ -288,7 +288,7 @@ fn perform_and_cancel(kind: HostKind) {
         plan["did"][0]
             .as_str()
             .unwrap()
-            .starts_with("perform to 1.1.0 (forward; the state goes to schema 4), strategy Keep"),
+            .starts_with("perform to 1.1.0 (forward; the state goes to schema 4), strategy keep"),
         "{plan:#}"
     );
     assert_eq!(json(&host.read(JOURNAL))["perform"], serde_json::json!([]));

@@ -77,7 +77,7 @@ pub fn perform(c: &Ctx, j: &mut Journal, req: &Request) -> Result<Vec<String>> {
         }
         Some(p) if !same_version(&p.to_version, &req.to) || p.strategy != req.strategy => {
             return Err(refused(anyhow!(
-                "the migration {} has performed to {} with --strategy {:?} ({}): one perform per \
+                "the migration {} has performed to {} with --strategy {} ({}): one perform per \
                  migration; run that perform again to resume it, `ferry migration cancel` to go \
                  back to {}, or complete this migration and begin another",
                 j.describe(),
@@ -196,7 +196,7 @@ fn manifest_in(file: &Path, package: &str) -> Result<PackageManifest> {
 /// The plan in words, as `perform` shows it before asking.
 pub fn describe(p: &Perform) -> Vec<String> {
     let mut out = vec![format!(
-        "{} to {} ({}; the state goes to schema {}), strategy {:?}, {} instance(s):",
+        "{} to {} ({}; the state goes to schema {}), strategy {}, {} instance(s):",
         match p.purpose {
             Purpose::Perform => "perform",
             Purpose::Cancel => "cancel: back",
@@ -275,7 +275,7 @@ fn stopped(e: anyhow::Error, j: &Journal, k: usize, did: &[String]) -> anyhow::E
              again to resume it, or `ferry migration cancel` to go back to {}",
             p.at(),
             p.to_version,
-            format!("{:?}", p.strategy).to_lowercase(),
+            p.strategy,
             j.from_version
         ),
         Purpose::Cancel => format!(

@@ -33,6 +33,16 @@ pub enum Strategy {
     Smart,
 }
 
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::Keep => "keep",
+            Strategy::Drastic => "drastic",
+            Strategy::Smart => "smart",
+        })
+    }
+}
+
 /// What `smart` does with the instances of one component.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
