@@ -60,7 +60,7 @@ fn rpm_root(name: &str) -> std::path::PathBuf {
 #[test]
 fn rpm_import_checks_full_fingerprints() {
     let keys = TempGpg::new().unwrap();
-    output(keys.gpg().args([
+    output(keys.gpg_with_agent().args([
         "--passphrase",
         "",
         "--quick-gen-key",
