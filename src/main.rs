@@ -107,6 +107,7 @@ enum Command {
     ///   ferry channel status --json
     ///   ferry channel pin 1.0.0        # keep (or go back to) 1.0.0 on the next automatic run
     ///   ferry channel rollback         # the previous version now, through apt/dnf, then pinned
+    ///   ferry channel install 1.2.0    # 1.2.0 now, through apt/dnf; a pinned agent re-pinned to it
     ///   ferry channel disable
     #[command(verbatim_doc_comment)]
     Channel(cli::ChannelCli),

@@ -294,7 +294,17 @@ pub fn disable_timer(host: &Host, dry_run: bool, out: &mut Report) {
 
 /// The repository's versions of the package, newest last.
 fn available(host: &Host) -> Result<Vec<String>> {
-    let text = output(dnf(host).args([
+    available_refreshed(host, false)
+}
+
+/// The repository's versions of the package, newest last; with `refresh`,
+/// from its metadata read again (`dnf --refresh`), not from dnf's cache.
+fn available_refreshed(host: &Host, refresh: bool) -> Result<Vec<String>> {
+    let mut c = dnf(host);
+    if refresh {
+        c.arg("--refresh");
+    }
+    let text = output(c.args([
         "--disablerepo=*",
         &format!("--enablerepo=ferry-{}", host.package),
         "repoquery",
@@ -379,6 +389,35 @@ pub fn versionlock(
             }
         }
     }
+    Ok(())
+}
+
+/// The full version among `available` (newest last) that `version`
+/// (upstream or full) names.
+fn resolve_in(available: &[String], version: &str, package: &str) -> Result<String> {
+    available
+        .iter()
+        .rev()
+        .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
+        .cloned()
+        .with_context(|| {
+            format!(
+                "version {version} of {package} is not in the channel (there: {})",
+                available.join(", ")
+            )
+        })
+}
+
+/// `dnf VERB PACKAGE-FULL` (`install` or `downgrade`), with the
+/// versionlock plugin off: a pin's lock would hide the target, and the
+/// caller pins the target right after. dnf's output goes into the report.
+fn dnf_to(host: &Host, verb: &str, full: &str, out: &mut Report) -> Result<()> {
+    out.push_str(&output(dnf(host).args([
+        "-y",
+        "--disableplugin=versionlock",
+        verb,
+        &format!("{}-{full}", host.package),
+    ]))?);
     Ok(())
 }
 
@@ -471,18 +510,30 @@ impl Backend for Dnf {
     }
 
     fn resolve_version(&self, host: &Host, version: &str) -> Result<String> {
-        let v = available(host)?;
-        v.iter()
-            .rev()
-            .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "version {version} of {} is not in the channel (there: {})",
-                    host.package,
-                    v.join(", ")
-                )
-            })
+        resolve_in(&available(host)?, version, &host.package)
+    }
+
+    fn install(
+        &self,
+        host: &Host,
+        version: &str,
+        refresh: bool,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String> {
+        let avail = available_refreshed(host, refresh)?;
+        let target = resolve_in(&avail, version, &host.package)?;
+        let inst = installed(host);
+        if out.install(&host.package, inst.as_deref(), &target, "dnf", dry_run) {
+            // Down with `downgrade`; up, or onto a host without it, with
+            // `install` of that very version.
+            let verb = match &inst {
+                Some(i) if rpm_order(&target, i).is_lt() => "downgrade",
+                _ => "install",
+            };
+            dnf_to(host, verb, &target, out)?;
+        }
+        Ok(target)
     }
 
     fn rollback(
@@ -509,17 +560,9 @@ impl Backend for Dnf {
                     )
                 })?,
         };
-        if !out.rollback(&host.package, &inst, &target, "dnf", dry_run) {
-            return Ok(target);
+        if out.rollback(&host.package, &inst, &target, "dnf", dry_run) {
+            dnf_to(host, "downgrade", &target, out)?;
         }
-        // An earlier pin's versionlock would hide the target; rollback pins
-        // the target right after.
-        out.push_str(&output(dnf(host).args([
-            "-y",
-            "--disableplugin=versionlock",
-            "downgrade",
-            &format!("{}-{target}", host.package),
-        ]))?);
         Ok(target)
     }
 
