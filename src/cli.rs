@@ -214,7 +214,8 @@ pub enum ChannelCommand {
     Install {
         /// The version to install: upstream (`1.2.0`) or full (`1.2.0-1`).
         version: String,
-        /// Say which version it would install and pin; change nothing.
+        /// Say which version it would install and pin; change nothing (the
+        /// metadata is read as it is, not refreshed).
         #[arg(long)]
         dry_run: bool,
     },

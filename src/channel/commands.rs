@@ -226,9 +226,10 @@ pub fn install(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
         )));
     }
     let mut out = Report::new();
+    // A dry run reads the metadata as it is: refreshing it is a change too.
     let full = host
         .backend
-        .install(host, version, true, dry_run, &mut out)?;
+        .install(host, version, !dry_run, dry_run, &mut out)?;
     if let Some(rec) = rec {
         let pinned = pin_full(host, rec, &full, dry_run)?;
         out.push_str(pinned.text());

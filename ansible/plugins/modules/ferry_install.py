@@ -38,7 +38,8 @@ attributes:
   check_mode:
     support: full
     description:
-      - ferry itself says what it would install and pin (C(--dry-run --json)); nothing changes.
+      - ferry itself says what it would install and pin (C(--dry-run --json)); nothing changes, not even
+        the package manager's cached metadata, so a version published since it was last read is not found.
       - The health returned is then the agent's as it is now.
   diff_mode:
     support: full
