@@ -105,7 +105,11 @@ fn health(m: &PackageManifest, info: &mut Info) {
     }
     let unit = Systemd::new(&m.unit);
     info.active_state = unit.active_state();
-    if !unit.is_active() {
+    // What `systemctl is-active` counts as active, without asking again.
+    if !matches!(
+        info.active_state.as_str(),
+        "active" | "reloading" | "refreshing"
+    ) {
         info.health = format!("{} is {}", m.unit, info.active_state);
         return;
     }
