@@ -147,7 +147,15 @@ fn published_versions(host: &Host, gpg: &TempGpg, rec: &Record) -> Result<Vec<St
         )
     }
     let xml = decompress(&href, bytes)?;
-    let mut v = primary_versions(&xml, &host.package);
+    // This machine's architecture as rpm names it, for the common ones;
+    // for others nothing matches and dnf is asked instead.
+    let mut v = primary_versions(&xml, &host.package, std::env::consts::ARCH);
+    if v.is_empty() {
+        bail!(
+            "the primary index offers no {} for this machine",
+            host.package
+        )
+    }
     v.sort_by(|a, b| rpm_order(a, b));
     v.dedup();
     Ok(v)
@@ -166,14 +174,16 @@ fn primary_location(repomd: &str) -> Option<(String, String, String)> {
     Some((href, kind, sum.to_string()))
 }
 
-/// The `VERSION-RELEASE` of every entry of `package` in a primary index
-/// (`<name>` and `<version ver= rel=>` of each `<package>`), as
-/// `dnf repoquery --qf %{version}-%{release}` prints them.
-fn primary_versions(xml: &str, package: &str) -> Vec<String> {
+/// The `VERSION-RELEASE` of every entry of `package` for `arch` (or
+/// `noarch`) in a primary index (`<name>`, `<arch>` and
+/// `<version ver= rel=>` of each `<package>`), as
+/// `dnf repoquery --qf %{version}-%{release}` prints them on that machine.
+fn primary_versions(xml: &str, package: &str, arch: &str) -> Vec<String> {
     let name = format!("<name>{package}</name>");
+    let arches = [format!("<arch>{arch}</arch>"), "<arch>noarch</arch>".into()];
     xml.split("<package ")
         .skip(1)
-        .filter(|p| p.contains(&name))
+        .filter(|p| p.contains(&name) && arches.iter().any(|a| p.contains(a)))
         .filter_map(|p| {
             let version = &p[p.find("<version ")?..];
             Some(format!(

@@ -178,24 +178,32 @@ fn the_primary_index_is_found_and_read() {
         ))
     );
     assert_eq!(primary_location("<repomd></repomd>"), None);
-    let entry = |name: &str, ver: &str| {
+    let entry_for = |name: &str, arch: &str, ver: &str| {
         format!(
-            "<package type=\"rpm\">\n  <name>{name}</name>\n  <arch>x86_64</arch>\n  \
+            "<package type=\"rpm\">\n  <name>{name}</name>\n  <arch>{arch}</arch>\n  \
              <version epoch=\"0\" ver=\"{ver}\" rel=\"1\"/>\n  <format>\n    \
              <rpm:entry name=\"roboconf-agent\" flags=\"EQ\" epoch=\"0\" ver=\"9.9.9\" rel=\"1\"/>\n  \
              </format>\n</package>\n"
         )
     };
+    let entry = |name: &str, ver: &str| entry_for(name, "x86_64", ver);
     let xml = format!(
-        "<metadata packages=\"4\">\n{}{}{}{}</metadata>",
+        "<metadata packages=\"6\">\n{}{}{}{}{}{}</metadata>",
         entry("ferry", "1.0.0"),
         entry("roboconf-agent", "1.1.0"),
         entry("roboconf-agent-extras", "2.0.0"),
-        entry("roboconf-agent", "1.0.0")
+        entry("roboconf-agent", "1.0.0"),
+        entry_for("roboconf-agent", "aarch64", "1.2.0"),
+        entry_for("roboconf-agent", "noarch", "0.9.0"),
     );
     assert_eq!(
-        primary_versions(&xml, "roboconf-agent"),
-        vec!["1.1.0-1", "1.0.0-1"]
+        primary_versions(&xml, "roboconf-agent", "x86_64"),
+        vec!["1.1.0-1", "1.0.0-1", "0.9.0-1"],
+        "another architecture's version is not this machine's"
+    );
+    assert_eq!(
+        primary_versions(&xml, "roboconf-agent", "aarch64"),
+        vec!["1.2.0-1", "0.9.0-1"]
     );
 }
 
