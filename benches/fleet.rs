@@ -3,18 +3,20 @@
 //! `ferry.fleet` collection costs next to plain Ansible on the same six
 //! hosts (three Debian, three RPM), in one run:
 //!
-//! - the rollout playbook (`ferry_info` before and after each host, the
-//!   re-pin, the install through apt or dnf) against a plain playbook that
-//!   installs the same version with `ansible.builtin.apt` / `dnf`, both in
-//!   batches of two and both moving every host from 1.0.0 to 1.1.0; between
-//!   two timed moves the hosts are put back to 1.0.0, untimed
-//!   (`ferry_channel: rollback_to`), and the order of the two sides
-//!   alternates from run to run;
-//! - one `ferry_info` task against one `ansible.builtin.command: true` task
-//!   on all six hosts (each task's own duration, from the JSON callback).
+//! - the rollout playbook (one `ferry_install` task per host: the metadata
+//!   read again, the install through apt or dnf, the re-pin, the health)
+//!   against a plain playbook that installs the same version with
+//!   `ansible.builtin.apt` / `dnf`, both in batches of two and both moving
+//!   every host from 1.0.0 to 1.1.0; between two timed moves the hosts are
+//!   put back to 1.0.0, untimed (`ferry_channel: rollback_to`), and the
+//!   order of the two sides alternates from run to run;
+//! - one `ferry_info` task (and one with `channel: false`) against one
+//!   `ansible.builtin.command: true` task on all six hosts (each task's own
+//!   duration, from the JSON callback).
 //!
-//! Medians of `FERRY_BENCH_RUNS` runs per side (default 5). Prints markdown
-//! for docs/BENCHMARKS.md.
+//! Medians of `FERRY_BENCH_RUNS` runs per side (default 5); the single
+//! tasks run five times per five runs. Prints markdown for
+//! docs/BENCHMARKS.md.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -60,6 +62,7 @@ fn tasks_play() -> String {
     for _ in 0..5 {
         play += "    - name: \"ferry_info\"\n      ferry.fleet.ferry_info:\n        family: \"{{ lab_family }}\"\n";
         play += "    - name: \"command true\"\n      ansible.builtin.command: \"true\"\n      changed_when: false\n";
+        play += "    - name: \"ferry_info channel false\"\n      ferry.fleet.ferry_info:\n        channel: false\n";
     }
     play
 }
@@ -130,7 +133,7 @@ fn main() {
         );
     }
 
-    let (mut info, mut truth) = (Vec::new(), Vec::new());
+    let (mut info, mut truth, mut alone) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.div_ceil(5).max(1) {
         let (run, ok) = fleet.playbook("tasks.yml", &[]);
         assert!(ok, "{}", failures(&run));
@@ -138,6 +141,7 @@ fn main() {
             match task["task"]["name"].as_str() {
                 Some("ferry_info") => info.push(task_duration(task)),
                 Some("command true") => truth.push(task_duration(task)),
+                Some("ferry_info channel false") => alone.push(task_duration(task)),
                 other => eprintln!("fleet bench: task {other:?} not counted"),
             }
         }
@@ -159,7 +163,11 @@ fn main() {
     })
     .unwrap_or_default();
     let (f, p) = (median(ferry_side.clone()), median(plain_side.clone()));
-    let (i, t) = (median(info.clone()), median(truth.clone()));
+    let (i, t, a) = (
+        median(info.clone()),
+        median(truth.clone()),
+        median(alone.clone()),
+    );
     println!("{ansible}; six hosts (3 Debian, 3 RPM: Debian roots with Debian's rpm and dnf), batches of two");
     println!();
     println!("| | ferry.fleet | plain Ansible | ratio | goal |");
@@ -180,6 +188,14 @@ fn main() {
         t.as_secs_f64(),
         i.as_secs_f64() / t.as_secs_f64()
     );
+    println!(
+        "| one task on six hosts: `ferry_info` with `channel: false` vs `command: true` (median of {}) | {:.2} s | {:.2} s | {:.2} | |",
+        alone.len(),
+        a.as_secs_f64(),
+        t.as_secs_f64(),
+        a.as_secs_f64() / t.as_secs_f64()
+    );
     eprintln!("rollout runs: {ferry_side:.1?}; plain runs: {plain_side:.1?}");
     eprintln!("ferry_info tasks: {info:.2?}; true tasks: {truth:.2?}");
+    eprintln!("ferry_info channel: false tasks: {alone:.2?}");
 }

@@ -169,7 +169,7 @@ pub enum ChannelCommand {
     /// Trust the repository's key (after checking its fingerprint), add the
     /// repository, and turn the automatic update tool on for it.
     Enable(EnableCli),
-    /// Remove exactly what enable, pin and rollback wrote.
+    /// Remove exactly what enable, pin, rollback and install wrote.
     Disable {
         /// Print what would be removed; change nothing.
         #[arg(long)]
@@ -200,6 +200,22 @@ pub enum ChannelCommand {
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
         /// Say which version it would install and pin; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Install VERSION now through the package manager, up or down, so the
+    /// upgrade hooks carry the state; a pinned agent is pinned to it.
+    ///
+    /// The push path (docs/FLEET.md, the rollout playbook): the
+    /// repositories' metadata is read again first, so a version published
+    /// since is found. Refused (status 3, nothing changed) on a host that
+    /// follows the channel without a pin, since its updater would race the
+    /// install; a host that follows no channel just gets the version.
+    Install {
+        /// The version to install: upstream (`1.2.0`) or full (`1.2.0-1`).
+        version: String,
+        /// Say which version it would install and pin; change nothing (the
+        /// metadata is read as it is, not refreshed).
         #[arg(long)]
         dry_run: bool,
     },
@@ -363,6 +379,11 @@ pub fn run_channel(args: ChannelCli) -> Result<()> {
             ("pin", dry_run, channel::pin(&host, &version, dry_run)?)
         }
         ChannelCommand::Unpin { dry_run } => ("unpin", dry_run, channel::unpin(&host, dry_run)?),
+        ChannelCommand::Install { version, dry_run } => (
+            "install",
+            dry_run,
+            channel::install(&host, &version, dry_run)?,
+        ),
         ChannelCommand::Rollback { to, dry_run } => (
             "rollback",
             dry_run,

@@ -45,22 +45,27 @@ pub struct Info {
     pub last_upgrade: Option<String>,
     /// Snapshot names, oldest first (`ferry state list` verifies them).
     pub snapshots: Vec<String>,
-    /// `ferry channel status`, when the host's package manager is known.
+    /// `ferry channel status`, when the host's package manager is known
+    /// (and it was asked for: `--no-channel` leaves it out).
     pub channel: Option<Status>,
     /// Why the channel's status could not be read.
     pub channel_error: Option<String>,
 }
 
 /// Gathers the info of `package` under `root`; the agent is asked only on
-/// the running system (`root` is `/`).
-pub fn info(root: &Path, package: &str, family: Option<&str>) -> Result<Info> {
+/// the running system (`root` is `/`), the channel's status only with
+/// `with_channel`.
+pub fn info(root: &Path, package: &str, family: Option<&str>, with_channel: bool) -> Result<Info> {
     let manifest_path = root.join(PackageManifest::path_for(package).trim_start_matches('/'));
     let manifest = PackageManifest::read(&manifest_path).ok();
-    let (channel, channel_error) =
+    let (channel, channel_error) = if !with_channel {
+        (None, None)
+    } else {
         match Host::open(root, package, family).and_then(|h| channel::status(&h)) {
             Ok(s) => (Some(s), None),
             Err(e) => (None, Some(format!("{e:#}"))),
-        };
+        }
+    };
     let mut info = Info {
         package: package.to_string(),
         installed: manifest.is_some(),
@@ -100,7 +105,11 @@ fn health(m: &PackageManifest, info: &mut Info) {
     }
     let unit = Systemd::new(&m.unit);
     info.active_state = unit.active_state();
-    if !unit.is_active() {
+    // What `systemctl is-active` counts as active, without asking again.
+    if !matches!(
+        info.active_state.as_str(),
+        "active" | "reloading" | "refreshing"
+    ) {
         info.health = format!("{} is {}", m.unit, info.active_state);
         return;
     }

@@ -107,6 +107,7 @@ enum Command {
     ///   ferry channel status --json
     ///   ferry channel pin 1.0.0        # keep (or go back to) 1.0.0 on the next automatic run
     ///   ferry channel rollback         # the previous version now, through apt/dnf, then pinned
+    ///   ferry channel install 1.2.0    # 1.2.0 now, through apt/dnf; a pinned agent re-pinned to it
     ///   ferry channel disable
     #[command(verbatim_doc_comment)]
     Channel(cli::ChannelCli),
@@ -122,6 +123,7 @@ enum Command {
     /// Examples:
     ///   ferry info
     ///   ferry info --json | jq .healthy
+    ///   ferry info --no-channel --json    # health alone: no package manager asked
     #[command(verbatim_doc_comment)]
     Info {
         /// The installed package.
@@ -134,6 +136,11 @@ enum Command {
         /// apt or dnf; detected, and needed only on a host that has both.
         #[arg(long, value_parser = cli::family_parser())]
         family: Option<String>,
+        /// Leave the channel's status out (`channel` is null): the package
+        /// manager and the repository are not asked, only the package's
+        /// manifest, systemd and the agent.
+        #[arg(long)]
+        no_channel: bool,
         /// Print the info as JSON.
         #[arg(long)]
         json: bool,
@@ -501,9 +508,10 @@ fn run(cli: Cli) -> Result<()> {
             package,
             root,
             family,
+            no_channel,
             json,
         } => print_report(
-            &ferry::info::info(&root, &package, family.as_deref())?,
+            &ferry::info::info(&root, &package, family.as_deref(), !no_channel)?,
             json,
         ),
         Command::Migration {

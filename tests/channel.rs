@@ -296,7 +296,7 @@ fn roll_back_twice(host: &Host, channel: &str, expected: &[(String, String, Stri
 }
 
 /// While a migration is open on the host it owns the agent's package: `ferry
-/// channel pin|unpin|rollback|disable` are refused (status 3) naming it,
+/// channel pin|unpin|rollback|install|disable` are refused (status 3) naming it,
 /// and on dnf its versionlock is reported as held, not as a pin. The
 /// journal is written as `ferry migration initialize` writes it (these
 /// agents' schemas predate the lock, so initialize itself cannot run).
@@ -320,7 +320,7 @@ fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
     if dnf {
         host.sh_ok(&format!("dnf -q versionlock add {AGENT}"));
     }
-    for verb in ["pin 1.0.0", "unpin", "rollback", "disable"] {
+    for verb in ["pin 1.0.0", "unpin", "rollback", "install 1.0.0", "disable"] {
         let out = host.sh(&format!("{ferry_channel} {verb}"));
         assert!(
             out.code == 3 && out.stderr.contains("the migration `mig-channel`"),

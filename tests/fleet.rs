@@ -17,6 +17,10 @@ use support::fleet::{
 use support::lab::HostKind;
 use support::probe;
 
+/// The rollout playbook's one task that acts on a host.
+const ROLLOUT_TASK: &str =
+    "Install the version, re-pin a pinned host, refuse one whose updater would race the rollout";
+
 #[test]
 fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches() {
     support::require_root();
@@ -112,7 +116,11 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
         &["--limit", "debian1", "-e", "ferry_rollout_version=1.1.0"],
     );
     assert!(!ok, "a racing host was rolled out: {run:#}");
-    let refusal = task_results(&run, "Refuse a host whose updater would race the rollout");
+    // Refused by ferry itself (`ferry channel install`, status 3), before
+    // anything changed: the one task that acts is the one that refuses.
+    let refusal = task_results(&run, ROLLOUT_TASK);
+    assert_eq!(refusal.len(), 1, "{run:#}");
+    assert_eq!(refusal[0].1["rc"], 3, "{refusal:?}");
     assert!(
         refusal[0].1["msg"]
             .as_str()
@@ -163,14 +171,46 @@ fn six_hosts_enrolled_idempotent_checked_and_rolled_out_in_health_gated_batches(
     );
     let (_, debian2) = stopped.iter().find(|(h, _)| *h == "debian2").unwrap();
     assert_eq!(debian2["failed"], true, "{debian2:#}");
+    // The rolled-out hosts are pinned to the new version (their updaters
+    // agree with the push), the untouched ones still to the old. The
+    // status is asked without --family: ferry takes the family of its
+    // channel record, as the rollout did (no family probe in it).
+    for (name, pinned) in [
+        ("debian1", "1.1.0-1"),
+        ("rpm1", "1.1.0-1"),
+        ("debian2", "1.1.0-1"),
+        ("rpm2", "1.1.0-1"),
+        ("debian3", "1.0.0-1"),
+        ("rpm3", "1.0.0-1"),
+    ] {
+        let status: Value =
+            serde_json::from_str(&fleet.host(name).sh_ok("ferry channel status --json")).unwrap();
+        assert!(
+            status["pinned"].as_str().unwrap().contains(pinned),
+            "{name}: {status:#}"
+        );
+    }
+    assert_eq!(
+        task_results(&run, "ferry.fleet.enroll : Decide the family").len(),
+        0,
+        "the rollout probed the family again"
+    );
     eprintln!("fleet: rolled out after {:.0?}", started.elapsed());
 
-    // ferry_info tells the truth on each host.
-    let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ lab_family }}\"\n";
+    // ferry_info tells the truth on each host; without the channel, the
+    // same health and no channel.
+    let info = "- hosts: agents\n  gather_facts: false\n  tasks:\n    - name: info\n      ferry.fleet.ferry_info:\n        family: \"{{ lab_family }}\"\n    - name: health\n      ferry.fleet.ferry_info:\n        channel: false\n";
     fs::write(fleet.dir.path().join("info.yml"), info).unwrap();
     let (run, ok) = fleet.playbook("info.yml", &["--check"]);
     assert!(ok, "{}", failures(&run));
+    let health = task_results(&run, "health");
+    assert_eq!(health.len(), 6, "{run:#}");
     for (name, result) in task_results(&run, "info") {
+        let (_, alone) = health.iter().find(|(h, _)| *h == name).unwrap();
+        assert!(alone["channel"].is_null(), "{name}: {alone:#}");
+        for key in ["version", "healthy", "health", "schema"] {
+            assert_eq!(alone[key], result[key], "{name}: {key}");
+        }
         let host = fleet.host(name);
         let installed = installed_version(host);
         assert_eq!(

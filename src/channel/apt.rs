@@ -191,6 +191,24 @@ fn apt(host: &Host, prog: &str) -> Command {
     c
 }
 
+/// `apt-get install PACKAGE=FULL`, up or down, keeping the admin's
+/// configuration files; apt-get's output goes into the report.
+fn apt_install(host: &Host, full: &str, out: &mut Report) -> Result<()> {
+    let mut c = apt(host, "apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "--allow-downgrades",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        &format!("{}={full}", host.package),
+    ]);
+    out.push_str(&output(&mut c)?);
+    Ok(())
+}
+
 /// `apt-cache policy`: installed, candidate, and every version newest
 /// first with whether a repository (not only dpkg's status) offers it.
 pub type Policy = (Option<String>, Option<String>, Vec<(String, bool)>);
@@ -351,6 +369,36 @@ impl Backend for Apt {
         }
     }
 
+    fn install(
+        &self,
+        host: &Host,
+        version: &str,
+        refresh: bool,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String> {
+        if refresh {
+            // Every source, as `apt-get update` does: the package's
+            // dependencies may come from the others.
+            output(apt(host, "apt-get").arg("-q").arg("update"))?;
+        }
+        let (installed, _, versions) = policy(host)?;
+        let target = self.resolve_version(host, version)?;
+        if !versions.iter().any(|(v, repo)| *v == target && *repo) {
+            bail!("{} {target} is not offered by any repository", host.package)
+        }
+        if out.install(
+            &host.package,
+            installed.as_deref(),
+            &target,
+            "apt-get",
+            dry_run,
+        ) {
+            apt_install(host, &target, out)?;
+        }
+        Ok(target)
+    }
+
     fn rollback(
         &self,
         host: &Host,
@@ -379,21 +427,9 @@ impl Backend for Apt {
         if !versions.iter().any(|(v, repo)| *v == target && *repo) {
             bail!("{} {target} is not offered by any repository", host.package)
         }
-        if !out.rollback(&host.package, &installed, &target, "apt-get", dry_run) {
-            return Ok(target);
+        if out.rollback(&host.package, &installed, &target, "apt-get", dry_run) {
+            apt_install(host, &target, out)?;
         }
-        let mut c = apt(host, "apt-get");
-        c.env("DEBIAN_FRONTEND", "noninteractive").args([
-            "install",
-            "-y",
-            "--allow-downgrades",
-            "-o",
-            "Dpkg::Options::=--force-confdef",
-            "-o",
-            "Dpkg::Options::=--force-confold",
-            &format!("{}={target}", host.package),
-        ]);
-        out.push_str(&output(&mut c)?);
         Ok(target)
     }
 

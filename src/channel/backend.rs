@@ -113,6 +113,18 @@ pub trait Backend: Sync {
     fn pin(&self, host: &Host, edit: &mut Edit, full: &str) -> Result<bool>;
     /// Removes the pin.
     fn unpin(&self, host: &Host, edit: &mut Edit) -> Result<()>;
+    /// Installs `version` (upstream or full) through the package manager,
+    /// upgrading or downgrading to it (in a dry run, only says which); the
+    /// full version. With `refresh`, the repositories' metadata is read
+    /// again first, so a version published since the last read is found.
+    fn install(
+        &self,
+        host: &Host,
+        version: &str,
+        refresh: bool,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String>;
     /// Installs the previous (or given) version through the package
     /// manager (in a dry run, only says which); the version.
     fn rollback(

@@ -1,4 +1,4 @@
-//! `ferry channel enable|disable|pin|unpin|rollback`, the same for every
+//! `ferry channel enable|disable|pin|unpin|rollback|install`, the same for every
 //! backend: each asks the host's backend for what differs between package
 //! managers, and keeps the record of what ferry wrote.
 
@@ -151,7 +151,8 @@ fn enabled_record(host: &Host) -> Result<Record> {
 }
 
 /// While a migration is open it owns the package (docs/MIGRATION.md): a
-/// pin, an unpin, a rollback or a disable would change what it holds or
+/// pin, an unpin, a rollback, an install (`perform` moves the package under
+/// a migration) or a disable would change what it holds or
 /// undo its hold (on dnf both are versionlocks), and the migration's
 /// `complete` would then undo theirs. Refused, also in a dry run, which
 /// predicts the refusal.
@@ -166,12 +167,17 @@ fn not_migrating(host: &Host, verb: &str) -> Result<()> {
 }
 
 pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
-    let mut rec = enabled_record(host)?;
+    let rec = enabled_record(host)?;
     not_migrating(host, "pin")?;
-    let mut out = Report::new();
     let full = host.backend.resolve_version(host, version)?;
+    pin_full(host, rec, &full, dry_run)
+}
+
+/// Pins the full version `full`, already resolved.
+fn pin_full(host: &Host, mut rec: Record, full: &str, dry_run: bool) -> Result<Report> {
+    let mut out = Report::new();
     let mut edit = Edit::new(&mut rec, dry_run, &mut out);
-    if !host.backend.pin(host, &mut edit, &full)? {
+    if !host.backend.pin(host, &mut edit, full)? {
         let _ = writeln!(
             out,
             "nothing to change: {} is already pinned to {full}",
@@ -179,7 +185,7 @@ pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
         );
         return Ok(out);
     }
-    rec.pinned = Some(full);
+    rec.pinned = Some(full.to_string());
     if dry_run {
         let _ = writeln!(out, "dry run: nothing was changed");
     } else {
@@ -209,12 +215,93 @@ pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
 }
 
 pub fn rollback(host: &Host, to: Option<&str>, dry_run: bool) -> Result<Report> {
-    enabled_record(host)?;
+    let rec = enabled_record(host)?;
     not_migrating(host, "rollback")?;
     let mut out = Report::new();
     let version = host.backend.rollback(host, to, dry_run, &mut out)?;
-    let pinned = pin(host, &version, dry_run)?;
+    let pinned = pin_full(host, rec, &version, dry_run)?;
     out.push_str(pinned.text());
     out.extend(pinned);
     Ok(out)
+}
+
+/// `ferry channel install VERSION`, the push path (the rollout playbook of
+/// docs/FLEET.md runs it on each host): the repositories' metadata read
+/// again, VERSION installed through apt or dnf, up or down, so the hooks
+/// carry the state, and a pinned agent pinned to it, so its updater agrees
+/// afterwards. A host that follows the channel without a pin is refused
+/// before anything changes: its updater takes the channel's newest version
+/// and would race the push. A host that follows no channel just gets the
+/// version (from whatever repository offers it).
+pub fn install(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
+    not_migrating(host, "install")?;
+    let rec = host.record()?;
+    if let Some(r) = rec.as_ref().filter(|r| r.pinned.is_none()) {
+        return Err(crate::exit::refused(anyhow::anyhow!(
+            "{} follows {} channel {} without a pin: its {} would race this install. \
+             Pin it (`ferry channel pin`) or disable its channel (`ferry channel disable`), then run again",
+            host.package,
+            r.repo,
+            r.channel,
+            host.backend.about().updater
+        )));
+    }
+    let mut out = Report::new();
+    // A dry run reads the metadata as it is: refreshing it is a change too.
+    let full = host
+        .backend
+        .install(host, version, !dry_run, dry_run, &mut out)?;
+    if let Some(rec) = rec {
+        let pinned = pin_full(host, rec, &full, dry_run)?;
+        out.push_str(pinned.text());
+        out.extend(pinned);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `install` refuses a host that follows the channel unpinned before
+    /// anything runs (the root has no package manager to run), with the
+    /// refusal's exit status.
+    #[test]
+    fn install_refuses_a_host_whose_updater_would_race_it() {
+        let root = std::env::temp_dir().join(format!("ferry-install-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+        fs::write(root.join("usr/bin/apt-get"), "").unwrap();
+        let pkg = "roboconf-agent";
+        let mut rec = Record {
+            package: pkg.into(),
+            family: "apt".into(),
+            repo: "file:///srv/repo".into(),
+            channel: "stable".into(),
+            ..Record::default()
+        };
+        files::save_record(&root, &rec).unwrap();
+        let host = Host::open(&root, pkg, None).unwrap();
+        let err = install(&host, "1.1.0", false).unwrap_err();
+        assert_eq!(
+            crate::exit::status_of(&err),
+            crate::exit::REFUSED,
+            "{err:#}"
+        );
+        let said = format!("{err:#}");
+        assert!(said.contains("without a pin"), "{said}");
+        assert!(said.contains("unattended-upgrades would race"), "{said}");
+
+        // Pinned, it goes on to ask apt (which this root cannot answer).
+        rec.pinned = Some("1.0.0-1".into());
+        files::save_record(&root, &rec).unwrap();
+        let err = install(&host, "1.1.0", false).unwrap_err();
+        assert_ne!(
+            crate::exit::status_of(&err),
+            crate::exit::REFUSED,
+            "{err:#}"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

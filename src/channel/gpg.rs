@@ -2,6 +2,7 @@
 //! given, in a throwaway GNUPGHOME; gpg's listings read the same way
 //! everywhere ferry reads them.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,9 +11,12 @@ use anyhow::{bail, Context, Result};
 use super::host::output;
 
 /// A temporary GNUPGHOME holding only the checked key (mode 0700, made by
-/// the `tempfile` crate, removed on drop once gpg's agent is stopped).
+/// the `tempfile` crate, removed on drop once gpg's agent, if one was
+/// started, is stopped).
 pub struct TempGpg {
     pub home: PathBuf,
+    /// Whether a command that may start gpg's agent ran.
+    agent: Cell<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -24,11 +28,29 @@ impl TempGpg {
             .context("cannot create a temporary GNUPGHOME")?;
         Ok(TempGpg {
             home: dir.path().to_path_buf(),
+            agent: Cell::new(false),
             _dir: dir,
         })
     }
 
+    /// gpg on this home, for public keys only (import, export, listings,
+    /// verification): it never starts gpg's agent, which none of these
+    /// needs, so nothing is left to stop (an agent's start and stop cost
+    /// `ferry channel status` more than the rest of the check).
     pub fn gpg(&self) -> Command {
+        let mut c = self.command();
+        c.arg("--no-autostart");
+        c
+    }
+
+    /// gpg on this home, free to start gpg's agent (secret keys), which
+    /// the drop then stops.
+    pub fn gpg_with_agent(&self) -> Command {
+        self.agent.set(true);
+        self.command()
+    }
+
+    fn command(&self) -> Command {
         let mut c = Command::new("gpg");
         c.arg("--homedir")
             .arg(&self.home)
@@ -128,6 +150,9 @@ impl Drop for TempGpg {
     fn drop(&mut self) {
         // The directory goes with `_dir`, after the agent that holds its
         // socket has stopped.
+        if !self.agent.get() {
+            return;
+        }
         let _ = Command::new("gpgconf")
             .arg("--homedir")
             .arg(&self.home)

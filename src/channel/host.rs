@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use super::backend::{detect, Backend};
+use super::backend::{detect, Backend, BACKENDS};
 use super::files::{self, Record};
 
 /// The system being configured.
@@ -33,7 +33,7 @@ impl Host {
         Ok(Host {
             root: root.to_path_buf(),
             package: package.to_string(),
-            backend: detect(root, family)?,
+            backend: detect_or_recorded(root, package, family)?,
         })
     }
 
@@ -47,6 +47,32 @@ impl Host {
 
     pub fn record(&self) -> Result<Option<Record>> {
         files::load_record(&self.root, &self.package)
+    }
+}
+
+/// The backend `family` names; else the only one present; else, on a host
+/// that has several (an RPM system with apt installed, a Debian one with
+/// dnf), the one `ferry channel enable` was told to use for this package
+/// and kept in its record, so that the commands after `enable` (and
+/// `ferry info`, the Ansible modules) need no `--family` again.
+fn detect_or_recorded(
+    root: &Path,
+    package: &str,
+    family: Option<&str>,
+) -> Result<&'static dyn Backend> {
+    let detected = detect(root, family);
+    if family.is_some() || detected.is_ok() {
+        return detected;
+    }
+    match files::load_record(root, package) {
+        Ok(Some(rec))
+            if BACKENDS
+                .iter()
+                .any(|b| b.name() == rec.family && b.present(root)) =>
+        {
+            detect(root, Some(&rec.family))
+        }
+        _ => detected,
     }
 }
 
@@ -64,4 +90,37 @@ pub fn output(cmd: &mut Command) -> Result<String> {
         )
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// A host with both apt and dnf needs `--family` until `enable` has
+    /// recorded one for the package; then the record decides.
+    #[test]
+    fn an_ambiguous_host_takes_the_family_enable_recorded() {
+        let root = std::env::temp_dir().join(format!("ferry-host-family-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("var/lib/dpkg")).unwrap();
+        fs::write(root.join("usr/bin/apt-get"), "").unwrap();
+        fs::write(root.join("usr/bin/dnf"), "").unwrap();
+        let pkg = "roboconf-agent";
+        let err = Host::open(&root, pkg, None).err().unwrap().to_string();
+        assert!(err.contains("--family apt or --family dnf"), "{err}");
+        let rec = Record {
+            package: pkg.into(),
+            family: "dnf".into(),
+            ..Record::default()
+        };
+        files::save_record(&root, &rec).unwrap();
+        assert_eq!(Host::open(&root, pkg, None).unwrap().backend.name(), "dnf");
+        // The command line still wins, and another package has no record.
+        let apt = Host::open(&root, pkg, Some("apt")).unwrap();
+        assert_eq!(apt.backend.name(), "apt");
+        assert!(Host::open(&root, "other-agent", None).is_err());
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

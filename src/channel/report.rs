@@ -81,6 +81,43 @@ impl Report {
         !dry_run
     }
 
+    /// Says, and notes, the install of `package` at `target` over
+    /// `installed` (upgrading or downgrading) through `tool`; whether the
+    /// package manager must run (not when the target is installed
+    /// already, nor in a dry run).
+    pub fn install(
+        &mut self,
+        package: &str,
+        installed: Option<&str>,
+        target: &str,
+        tool: &str,
+        dry_run: bool,
+    ) -> bool {
+        use fmt::Write as _;
+        if installed == Some(target) {
+            let _ = writeln!(self, "{package} is already at {target}");
+            return false;
+        }
+        match installed {
+            Some(from) => writeln!(
+                self,
+                "installing {package} {target} over {from} ({tool}; the hooks carry the state)"
+            ),
+            None => writeln!(self, "installing {package} {target} ({tool})"),
+        }
+        .ok();
+        self.change(
+            format!("package {package}"),
+            "install",
+            installed.unwrap_or_default(),
+            target,
+        );
+        if dry_run {
+            let _ = writeln!(self, "dry run: nothing was installed");
+        }
+        !dry_run
+    }
+
     pub fn push_str(&mut self, s: &str) {
         self.text.push_str(s);
     }

@@ -21,7 +21,8 @@ options:
   family:
     description:
       - V(apt) or V(dnf). Detected by ferry; needed only on a host that has both (the role
-        M(ferry.fleet.enroll) probes it, in its C(family) tasks).
+        M(ferry.fleet.enroll) probes it, in its C(family) tasks) until C(ferry channel enable) has
+        recorded it for the package (ferry then takes the family of its record).
     type: str
     choices: [apt, dnf]
   ferry:

@@ -18,6 +18,13 @@ description:
 version_added: 1.0.0
 author:
   - ferry developers (@ferry)
+options:
+  channel:
+    description:
+      - Whether to read the channel's status too (RV(channel)), which asks the package manager and the
+        repository. V(false) reads the agent alone (C(ferry info --no-channel)); RV(channel) is then null.
+    type: bool
+    default: true
 extends_documentation_fragment:
   - ferry.fleet.ferry
 attributes:
@@ -87,7 +94,7 @@ snapshots:
   type: list
   elements: str
 channel:
-  description: C(ferry channel status), or null when it could not be read (see RV(channel_error)).
+  description: C(ferry channel status), or null when it could not be read (see RV(channel_error)) or was not asked for.
   returned: always
   type: dict
 channel_error:
@@ -106,10 +113,12 @@ def main():
             package=dict(type='str', default='roboconf-agent'),
             family=dict(type='str', choices=['apt', 'dnf']),
             ferry=dict(type='str', default='ferry'),
+            channel=dict(type='bool', default=True),
         ),
         supports_check_mode=True,
     )
-    info = run_ferry(module, ['info', '--json'] + common_args(module.params))
+    no_channel = [] if module.params['channel'] else ['--no-channel']
+    info = run_ferry(module, ['info', '--json'] + no_channel + common_args(module.params))
     info.pop('package', None)
     module.exit_json(changed=False, **info)
 

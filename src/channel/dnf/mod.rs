@@ -112,15 +112,112 @@ fn check_repomd(host: &Host, gpg: &TempGpg, repo: &str, channel: &str) -> Result
 }
 
 /// The channel checked now with the key the host trusts (the one in
-/// `key_path`, which dnf's `gpgkey=` names).
-fn check_repo(host: &Host, rec: &Record) -> Result<()> {
+/// `key_path`, which dnf's `gpgkey=` names); the keyring's home holds the
+/// checked `repomd.xml`.
+fn check_repo(host: &Host, rec: &Record) -> Result<TempGpg> {
     let gpg = TempGpg::new()?;
     output(
         gpg.gpg()
             .arg("--import")
             .arg(host.path(&key_path(&host.package))),
     )?;
-    check_repomd(host, &gpg, &rec.repo, &rec.channel)
+    check_repomd(host, &gpg, &rec.repo, &rec.channel)?;
+    Ok(gpg)
+}
+
+/// The package's versions the channel offers, newest last, read from the
+/// repository itself: the primary index that the checked `repomd.xml` (in
+/// `gpg`'s home) names, its checksum compared with the one `repomd.xml`
+/// gives. What dnf-automatic (whose repository file has
+/// `metadata_expire=0`) sees at its next run, without starting dnf.
+fn published_versions(host: &Host, gpg: &TempGpg, rec: &Record) -> Result<Vec<String>> {
+    let repomd = fs::read_to_string(gpg.home.join("repomd.xml"))?;
+    let (href, kind, sum) = primary_location(&repomd)
+        .context("repomd.xml names no primary index with a sha256 checksum")?;
+    let file = gpg.home.join("primary");
+    let rel = format!("rpm/{}/{href}", rec.channel);
+    if !fetch(host, &rec.repo, &rel, &file)? {
+        bail!("{}/{rel} is missing", rec.repo)
+    }
+    let bytes = fs::read(&file)?;
+    if kind != "sha256" || crate::digest::sha256_hex(&bytes) != sum {
+        bail!(
+            "{}/{rel} does not match the checksum repomd.xml gives",
+            rec.repo
+        )
+    }
+    let xml = decompress(&href, bytes)?;
+    // This machine's architecture as rpm names it, for the common ones;
+    // for others nothing matches and dnf is asked instead.
+    let mut v = primary_versions(&xml, &host.package, std::env::consts::ARCH);
+    if v.is_empty() {
+        bail!(
+            "the primary index offers no {} for this machine",
+            host.package
+        )
+    }
+    v.sort_by(|a, b| rpm_order(a, b));
+    v.dedup();
+    Ok(v)
+}
+
+/// The primary index's location, checksum type and checksum in a
+/// `repomd.xml`.
+fn primary_location(repomd: &str) -> Option<(String, String, String)> {
+    let start = repomd.find("<data type=\"primary\"")?;
+    let data = &repomd[start..];
+    let data = &data[..data.find("</data>")?];
+    let href = attribute(&data[data.find("<location")?..], "href")?;
+    let checksum = &data[data.find("<checksum ")?..];
+    let kind = attribute(checksum, "type")?;
+    let sum = checksum[checksum.find('>')? + 1..checksum.find("</checksum>")?].trim();
+    Some((href, kind, sum.to_string()))
+}
+
+/// The `VERSION-RELEASE` of every entry of `package` for `arch` (or
+/// `noarch`) in a primary index (`<name>`, `<arch>` and
+/// `<version ver= rel=>` of each `<package>`), as
+/// `dnf repoquery --qf %{version}-%{release}` prints them on that machine.
+fn primary_versions(xml: &str, package: &str, arch: &str) -> Vec<String> {
+    let name = format!("<name>{package}</name>");
+    let arches = [format!("<arch>{arch}</arch>"), "<arch>noarch</arch>".into()];
+    xml.split("<package ")
+        .skip(1)
+        .filter(|p| p.contains(&name) && arches.iter().any(|a| p.contains(a)))
+        .filter_map(|p| {
+            let version = &p[p.find("<version ")?..];
+            Some(format!(
+                "{}-{}",
+                attribute(version, "ver")?,
+                attribute(version, "rel")?
+            ))
+        })
+        .collect()
+}
+
+/// An attribute's value in the first tag of `xml`.
+fn attribute(xml: &str, name: &str) -> Option<String> {
+    let tag = &xml[..xml.find('>')?];
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[at..].find('"')?;
+    Some(tag[at..at + len].to_string())
+}
+
+/// A repository index, unpacked as its name says (createrepo_c writes
+/// gzip by default; zstd and xz on request).
+fn decompress(name: &str, bytes: Vec<u8>) -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if name.ends_with(".gz") {
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
+    } else if name.ends_with(".zst") {
+        text = String::from_utf8(zstd::decode_all(&bytes[..])?)?;
+    } else if name.ends_with(".xz") {
+        liblzma::read::XzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
+    } else {
+        text = String::from_utf8(bytes)?;
+    }
+    Ok(text)
 }
 
 fn rpm(host: &Host) -> Command {
@@ -294,7 +391,17 @@ pub fn disable_timer(host: &Host, dry_run: bool, out: &mut Report) {
 
 /// The repository's versions of the package, newest last.
 fn available(host: &Host) -> Result<Vec<String>> {
-    let text = output(dnf(host).args([
+    available_refreshed(host, false)
+}
+
+/// The repository's versions of the package, newest last; with `refresh`,
+/// from its metadata read again (`dnf --refresh`), not from dnf's cache.
+fn available_refreshed(host: &Host, refresh: bool) -> Result<Vec<String>> {
+    let mut c = dnf(host);
+    if refresh {
+        c.arg("--refresh");
+    }
+    let text = output(c.args([
         "--disablerepo=*",
         &format!("--enablerepo=ferry-{}", host.package),
         "repoquery",
@@ -382,8 +489,74 @@ pub fn versionlock(
     Ok(())
 }
 
+/// The full version among `available` (newest last) that `version`
+/// (upstream or full) names.
+fn resolve_in(available: &[String], version: &str, package: &str) -> Result<String> {
+    available
+        .iter()
+        .rev()
+        .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
+        .cloned()
+        .with_context(|| {
+            format!(
+                "version {version} of {package} is not in the channel (there: {})",
+                available.join(", ")
+            )
+        })
+}
+
+/// `dnf VERB PACKAGE-FULL` (`install` or `downgrade`), with the
+/// versionlock plugin off: a pin's lock would hide the target, and the
+/// caller pins the target right after. dnf's output goes into the report.
+fn dnf_to(host: &Host, verb: &str, full: &str, out: &mut Report) -> Result<()> {
+    out.push_str(&output(dnf(host).args([
+        "-y",
+        "--disableplugin=versionlock",
+        verb,
+        &format!("{}-{full}", host.package),
+    ]))?);
+    Ok(())
+}
+
 fn installed(host: &Host) -> Option<String> {
     output(rpm(host).args(["-q", "--qf", "%{VERSION}-%{RELEASE}", &host.package])).ok()
+}
+
+/// dnf's log of the rpm transactions it runs (dnf-automatic's included).
+const RPM_LOG: &str = "/var/log/dnf.rpm.log";
+
+/// The last change of `package` in dnf's rpm log (`2026-12-07T17:14:49+0000
+/// SUBDEBUG Upgrade: NAME-VERSION-RELEASE.ARCH`, then `Upgraded:` with the
+/// version replaced) as "DATE: ACTION [OLD ->] NEW (dnf.rpm.log)".
+fn last_rpm_change(log: &str, package: &str) -> Option<String> {
+    // NAME-VERSION-RELEASE.ARCH of the package (not of another whose name
+    // begins the same) as VERSION-RELEASE.
+    let version_of = |nevra: &str| -> Option<String> {
+        let rest = nevra.trim().strip_prefix(package)?.strip_prefix('-')?;
+        if !rest.starts_with(|c: char| c.is_ascii_digit()) {
+            return None;
+        }
+        Some(rest.rsplit_once('.').map_or(rest, |(vr, _)| vr).to_string())
+    };
+    let entry = |line: &str| -> Option<(String, String, String)> {
+        let (stamp, rest) = line.split_once(' ')?;
+        let rest = rest.trim_start().strip_prefix("SUBDEBUG ")?;
+        let (action, nevra) = rest.split_once(": ")?;
+        Some((stamp.to_string(), action.to_string(), version_of(nevra)?))
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let (at, (stamp, action, new)) = lines.iter().enumerate().rev().find_map(|(i, l)| {
+        entry(l)
+            .filter(|(_, a, _)| !a.ends_with("ed") || a == "Installed" || a == "Erased")
+            .map(|e| (i, e))
+    })?;
+    let replaced = lines[at + 1..]
+        .iter()
+        .filter_map(|l| entry(l))
+        .find(|(_, a, _)| *a == format!("{action}d"))
+        .map(|(_, _, old)| format!("{old} -> "))
+        .unwrap_or_default();
+    Some(format!("{stamp}: {action} {replaced}{new} (dnf.rpm.log)"))
 }
 
 /// A row of `dnf history list` (ID | command line | date | action |
@@ -471,18 +644,30 @@ impl Backend for Dnf {
     }
 
     fn resolve_version(&self, host: &Host, version: &str) -> Result<String> {
-        let v = available(host)?;
-        v.iter()
-            .rev()
-            .find(|x| *x == version || x.rsplit_once('-').map(|(u, _)| u) == Some(version))
-            .cloned()
-            .with_context(|| {
-                format!(
-                    "version {version} of {} is not in the channel (there: {})",
-                    host.package,
-                    v.join(", ")
-                )
-            })
+        resolve_in(&available(host)?, version, &host.package)
+    }
+
+    fn install(
+        &self,
+        host: &Host,
+        version: &str,
+        refresh: bool,
+        dry_run: bool,
+        out: &mut Report,
+    ) -> Result<String> {
+        let avail = available_refreshed(host, refresh)?;
+        let target = resolve_in(&avail, version, &host.package)?;
+        let inst = installed(host);
+        if out.install(&host.package, inst.as_deref(), &target, "dnf", dry_run) {
+            // Down with `downgrade`; up, or onto a host without it, with
+            // `install` of that very version.
+            let verb = match &inst {
+                Some(i) if rpm_order(&target, i).is_lt() => "downgrade",
+                _ => "install",
+            };
+            dnf_to(host, verb, &target, out)?;
+        }
+        Ok(target)
     }
 
     fn rollback(
@@ -509,27 +694,26 @@ impl Backend for Dnf {
                     )
                 })?,
         };
-        if !out.rollback(&host.package, &inst, &target, "dnf", dry_run) {
-            return Ok(target);
+        if out.rollback(&host.package, &inst, &target, "dnf", dry_run) {
+            dnf_to(host, "downgrade", &target, out)?;
         }
-        // An earlier pin's versionlock would hide the target; rollback pins
-        // the target right after.
-        out.push_str(&output(dnf(host).args([
-            "-y",
-            "--disableplugin=versionlock",
-            "downgrade",
-            &format!("{}-{target}", host.package),
-        ]))?);
         Ok(target)
     }
 
     fn status(&self, host: &Host, rec: Option<&Record>, s: &mut Status) -> Result<()> {
         s.installed = installed(host);
-        s.newest_available = if rec.is_some() {
-            available(host).ok().and_then(|v| v.last().cloned())
-        } else {
-            None
-        };
+        // The repository, checked now with the trusted key; the channel's
+        // newest version read from it, or, when it cannot be, from dnf's
+        // cache (`dnf repoquery`).
+        let checked = rec.map(|r| (r, check_repo(host, r)));
+        s.newest_available = match &checked {
+            None => None,
+            Some((r, Ok(gpg))) => published_versions(host, gpg, r)
+                .or_else(|_| available(host))
+                .ok(),
+            Some((_, Err(_))) => available(host).ok(),
+        }
+        .and_then(|v| v.last().cloned());
         let lock = fs::read_to_string(host.path(VERSIONLOCK)).unwrap_or_default();
         // A lock of ferry's pin or anyone's (`ferry migration` holds with it).
         s.held = lock.lines().any(|l| versionlocks(l, &host.package));
@@ -544,20 +728,21 @@ impl Backend for Dnf {
         {
             s.pinned.get_or_insert_with(|| l.trim().to_string());
         }
-        if let Ok(h) = output(dnf(host).args(["history", "list", &host.package])) {
-            let rows: Vec<&str> = h
-                .lines()
-                .filter(|l| {
+        // dnf's own log of rpm transactions says the last change without
+        // starting dnf; `dnf history` when it has no line of the package.
+        s.last_package_change = fs::read_to_string(host.path(RPM_LOG))
+            .ok()
+            .and_then(|log| last_rpm_change(&log, &host.package))
+            .or_else(|| {
+                let h = output(dnf(host).args(["history", "list", &host.package])).ok()?;
+                let row = h.lines().find(|l| {
                     l.trim_start()
                         .chars()
                         .next()
                         .is_some_and(|c| c.is_ascii_digit())
-                })
-                .collect();
-            if let Some(r) = rows.first() {
-                s.last_package_change = Some(history_row(r));
-            }
-        }
+                })?;
+                Some(history_row(row))
+            });
         if host.is_live() {
             if let Ok(j) = output(Command::new("journalctl").args([
                 "-u",
@@ -583,12 +768,11 @@ impl Backend for Dnf {
                     .collect();
             }
         }
-        // The repository, checked now with the trusted key.
-        s.repository_check = match rec {
+        s.repository_check = match checked {
             None => "not configured".into(),
-            Some(r) => check_repo(host, r).map_or_else(
+            Some((_, check)) => check.map_or_else(
                 |e| format!("error: {e:#}"),
-                |()| "ok (repomd.xml signed by the trusted key)".into(),
+                |_| "ok (repomd.xml signed by the trusted key)".into(),
             ),
         };
         let newer = match (&s.installed, &s.newest_available) {

@@ -60,7 +60,7 @@ fn rpm_root(name: &str) -> std::path::PathBuf {
 #[test]
 fn rpm_import_checks_full_fingerprints() {
     let keys = TempGpg::new().unwrap();
-    output(keys.gpg().args([
+    output(keys.gpg_with_agent().args([
         "--passphrase",
         "",
         "--quick-gen-key",
@@ -152,4 +152,91 @@ fn a_versionlock_line_names_its_package_only() {
         "roboconf-agent"
     ));
     assert!(!versionlocks("# Added lock on Mon", "roboconf-agent"));
+}
+
+/// The channel's versions come from the repository's own primary index,
+/// which the checked repomd.xml names with its checksum.
+#[test]
+fn the_primary_index_is_found_and_read() {
+    let repomd = r#"<repomd xmlns="http://linux.duke.edu/metadata/repo">
+  <data type="filelists">
+    <checksum type="sha256">aaaa</checksum>
+    <location href="repodata/aaaa-filelists.xml.gz"/>
+  </data>
+  <data type="primary">
+    <checksum type="sha256">bb5b</checksum>
+    <open-checksum type="sha256">11db</open-checksum>
+    <location href="repodata/bb5b-primary.xml.gz"/>
+  </data>
+</repomd>"#;
+    assert_eq!(
+        primary_location(repomd),
+        Some((
+            "repodata/bb5b-primary.xml.gz".into(),
+            "sha256".into(),
+            "bb5b".into()
+        ))
+    );
+    assert_eq!(primary_location("<repomd></repomd>"), None);
+    let entry_for = |name: &str, arch: &str, ver: &str| {
+        format!(
+            "<package type=\"rpm\">\n  <name>{name}</name>\n  <arch>{arch}</arch>\n  \
+             <version epoch=\"0\" ver=\"{ver}\" rel=\"1\"/>\n  <format>\n    \
+             <rpm:entry name=\"roboconf-agent\" flags=\"EQ\" epoch=\"0\" ver=\"9.9.9\" rel=\"1\"/>\n  \
+             </format>\n</package>\n"
+        )
+    };
+    let entry = |name: &str, ver: &str| entry_for(name, "x86_64", ver);
+    let xml = format!(
+        "<metadata packages=\"6\">\n{}{}{}{}{}{}</metadata>",
+        entry("ferry", "1.0.0"),
+        entry("roboconf-agent", "1.1.0"),
+        entry("roboconf-agent-extras", "2.0.0"),
+        entry("roboconf-agent", "1.0.0"),
+        entry_for("roboconf-agent", "aarch64", "1.2.0"),
+        entry_for("roboconf-agent", "noarch", "0.9.0"),
+    );
+    assert_eq!(
+        primary_versions(&xml, "roboconf-agent", "x86_64"),
+        vec!["1.1.0-1", "1.0.0-1", "0.9.0-1"],
+        "another architecture's version is not this machine's"
+    );
+    assert_eq!(
+        primary_versions(&xml, "roboconf-agent", "aarch64"),
+        vec!["1.2.0-1", "0.9.0-1"]
+    );
+}
+
+/// dnf's rpm log says the last change of the package, and which version
+/// it replaced, without starting dnf.
+#[test]
+fn the_last_change_is_read_from_dnfs_rpm_log() {
+    let log = "\
+2026-12-07T17:10:01+0000 SUBDEBUG Installed: roboconf-agent-1.0.0-1.x86_64
+2026-12-07T17:10:01+0000 INFO ferry-hook: finish: done
+2026-12-07T17:14:49+0000 SUBDEBUG Upgrade: roboconf-agent-1.1.0-1.x86_64
+2026-12-07T17:14:49+0000 INFO ferry-hook: prepare: prepared
+2026-12-07T17:14:49+0000 SUBDEBUG Upgraded: roboconf-agent-1.0.0-1.x86_64
+2026-12-07T17:15:09+0000 SUBDEBUG Upgrade: roboconf-agent-extras-2.0.0-1.x86_64
+2026-12-07T17:15:09+0000 SUBDEBUG Upgraded: roboconf-agent-extras-1.0.0-1.x86_64
+2026-12-07T17:15:10+0000 INFO --- logging initialized ---
+";
+    assert_eq!(
+        last_rpm_change(log, "roboconf-agent").as_deref(),
+        Some("2026-12-07T17:14:49+0000: Upgrade 1.0.0-1 -> 1.1.0-1 (dnf.rpm.log)")
+    );
+    let down = format!(
+        "{log}2026-12-07T18:00:00+0000 SUBDEBUG Downgrade: roboconf-agent-1.0.0-1.x86_64\n\
+         2026-12-07T18:00:00+0000 SUBDEBUG Downgraded: roboconf-agent-1.1.0-1.x86_64\n"
+    );
+    assert_eq!(
+        last_rpm_change(&down, "roboconf-agent").as_deref(),
+        Some("2026-12-07T18:00:00+0000: Downgrade 1.1.0-1 -> 1.0.0-1 (dnf.rpm.log)")
+    );
+    assert_eq!(
+        last_rpm_change(log.lines().next().unwrap(), "roboconf-agent").as_deref(),
+        Some("2026-12-07T17:10:01+0000: Installed 1.0.0-1 (dnf.rpm.log)")
+    );
+    assert_eq!(last_rpm_change(log, "other-agent"), None);
+    assert_eq!(last_rpm_change("", "roboconf-agent"), None);
 }
