@@ -334,6 +334,21 @@ fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
         "{status:#}"
     );
     assert!(!reasons(&status).contains("unpin"), "{status:#}");
+    // One holder, the migration, with who set it and what undoes it.
+    let holds = status["holds"].as_array().unwrap();
+    assert_eq!(holds.len(), 1, "{status:#}");
+    assert_eq!(holds[0]["kind"], "migration", "{status:#}");
+    assert!(
+        holds[0]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("lab (ferry migration `mig-channel`")
+            && holds[0]["undo"]
+                .as_str()
+                .unwrap()
+                .contains("ferry migration complete"),
+        "{status:#}"
+    );
     if dnf {
         assert_eq!(status["held"], true, "{status:#}");
         host.sh_ok(&format!("dnf -q versionlock delete {AGENT}"));

@@ -185,6 +185,16 @@ fn migration_holds_the_agent(mut host: Host, updater: &dyn Updater, v110: &Path)
     assert!(status["next"].as_str().unwrap().contains("complete"));
     let channel = json(&host.sh_ok(&format!("ferry channel {family} status --json")));
     assert_eq!(channel["held"], true, "{channel:#}");
+    assert_eq!(
+        channel["holds"],
+        serde_json::json!([{
+            "kind": "migration",
+            "by": format!("lab (ferry migration `{ID}` of application {APPLICATION})"),
+            "why": "migration under test",
+            "undo": "ferry migration complete, or cancel"
+        }]),
+        "the hold is the migration's, named with who and why: {channel:#}"
+    );
     assert!(
         channel["not_updated_because"]
             .to_string()

@@ -292,8 +292,31 @@ fn perform_and_cancel(kind: HostKind) {
         "{plan:#}"
     );
     assert_eq!(json(&host.read(JOURNAL))["perform"], serde_json::json!([]));
-    let out = ferry(&host, "perform --to 1.1.0 --yes");
-    eprintln!("keep: {out:#}");
+    // On a terminal (util-linux's `script` gives it one) perform shows the
+    // plan and asks: "n" changes nothing, "y" goes on.
+    let on_terminal = |answer: &str| {
+        host.sh(&format!(
+            "printf '{answer}\\n' | script -qec '{} perform --to 1.1.0' /dev/null",
+            migration(&host)
+        ))
+    };
+    let no = on_terminal("n");
+    assert!(
+        no.code == 3
+            && no.stdout.contains("1. install the package of 1.1.0")
+            && no.stdout.contains("Perform it? [y/N]")
+            && no.stdout.contains("not confirmed: nothing changed"),
+        "{no}"
+    );
+    assert_eq!(json(&host.read(JOURNAL))["perform"], serde_json::json!([]));
+    let yes = on_terminal("y");
+    assert!(
+        yes.success()
+            && yes
+                .stdout
+                .contains("2. check the agent: the agent answers as 1.1.0"),
+        "{yes}"
+    );
     assert_eq!(installed(&host), "1.1.0-1");
     assert_eq!(status(&host)["version"], "1.1.0");
     assert_eq!(status(&host)["lock"]["id"], "mig-keep");

@@ -23,12 +23,69 @@ pub struct Status {
     /// apt: Unattended-Upgrade::Allow-downgrade is set host-wide by the pin.
     pub allow_downgrade_host_wide: bool,
     pub held: bool,
+    /// Everything that keeps the package where it is, each with who set it,
+    /// why, and what undoes it: ferry's pin, an open migration's hold, a
+    /// hold set outside ferry.
+    pub holds: Vec<Holder>,
     pub automatic_last_run: Option<String>,
     pub automatic_last_result: Vec<String>,
     pub last_package_change: Option<String>,
     pub repository_check: String,
     pub up_to_date: bool,
     pub not_updated_because: Vec<String>,
+}
+
+/// One thing that keeps the package where it is.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Holder {
+    /// `pin`, `migration` or `hold`.
+    pub kind: String,
+    pub by: String,
+    pub why: String,
+    pub undo: String,
+}
+
+/// Who holds the package: ferry's pin (the record), the open migration
+/// (its journal), or, when the package manager holds it and neither is
+/// the cause, someone outside ferry.
+fn holders(s: &Status, migration: Option<&crate::migration::Journal>) -> Vec<Holder> {
+    let mut out = Vec::new();
+    if let Some(p) = &s.pinned {
+        out.push(Holder {
+            kind: "pin".into(),
+            by: "ferry channel pin (or rollback)".into(),
+            why: format!("kept at {p}"),
+            undo: "ferry channel unpin".into(),
+        });
+    }
+    if let Some(j) = migration {
+        out.push(Holder {
+            kind: "migration".into(),
+            by: format!(
+                "{} (ferry migration `{}` of application {})",
+                j.by, j.id, j.app
+            ),
+            why: if j.reason.is_empty() {
+                "a migration is open".into()
+            } else {
+                j.reason.clone()
+            },
+            undo: "ferry migration complete, or cancel".into(),
+        });
+    }
+    let dnf_pin = s.family == "dnf" && s.pinned.is_some();
+    if s.held && migration.is_none() && !dnf_pin {
+        out.push(Holder {
+            kind: "hold".into(),
+            by: "outside ferry".into(),
+            why: "unknown".into(),
+            undo: match s.family.as_str() {
+                "dnf" => format!("dnf versionlock delete {}", s.package),
+                _ => format!("apt-mark unhold {}", s.package),
+            },
+        });
+    }
+    out
 }
 
 pub fn status(host: &Host) -> Result<Status> {
@@ -48,6 +105,11 @@ pub fn status(host: &Host) -> Result<Status> {
     if let Some(why) = crate::migration::channel_reason(&host.root, &host.package) {
         s.not_updated_because.push(why);
     }
+    let migration = crate::migration::journal::Store::new(&host.root, &host.package)
+        .open()
+        .ok()
+        .flatten();
+    s.holds = holders(&s, migration.as_ref());
     // The agent's own upgrade log: a refused (deferred) upgrade.
     if !s.up_to_date {
         if let Some(line) = upgrade_log(host).as_deref().and_then(busy_refusal) {
@@ -130,6 +192,9 @@ impl std::fmt::Display for Status {
             "held:             {}",
             if self.held { "yes" } else { "no" }
         )?;
+        for h in &self.holds {
+            writeln!(f, "  {} by {}: {} (undo: {})", h.kind, h.by, h.why, h.undo)?;
+        }
         writeln!(f, "repository:       {}", self.repository_check)?;
         writeln!(f, "last automatic run: {}", o(&self.automatic_last_run))?;
         for l in &self.automatic_last_result {
@@ -149,6 +214,52 @@ impl std::fmt::Display for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hold_is_listed_once_with_who_set_it_and_its_undo() {
+        let status = |family: &str, pinned: Option<&str>, held: bool| Status {
+            package: "roboconf-agent".into(),
+            family: family.into(),
+            pinned: pinned.map(String::from),
+            held,
+            ..Status::default()
+        };
+        let kinds = |h: Vec<Holder>| h.into_iter().map(|h| h.kind).collect::<Vec<_>>();
+        let j = crate::migration::Journal::begin(
+            &crate::migration::Request {
+                id: Some("mig-7".into()),
+                app: "shop".into(),
+                by: "alice".into(),
+                reason: "new DM".into(),
+                package: "roboconf-agent".into(),
+            },
+            1,
+            "1.0.0",
+            4,
+        );
+        // A hold nobody in ferry set: named as such, with apt's undo.
+        let outside = holders(&status("apt", None, true), None);
+        assert_eq!(outside[0].by, "outside ferry");
+        assert_eq!(outside[0].undo, "apt-mark unhold roboconf-agent");
+        // The migration's hold is the migration's, not someone else's.
+        let m = holders(&status("dnf", None, true), Some(&j));
+        assert_eq!(kinds(m.clone()), ["migration"]);
+        assert_eq!(
+            m[0].by,
+            "alice (ferry migration `mig-7` of application shop)"
+        );
+        assert_eq!(m[0].why, "new DM");
+        // On dnf a pin is a versionlock: not a second, unknown hold.
+        assert_eq!(
+            kinds(holders(&status("dnf", Some("1.0.0-1"), true), None)),
+            ["pin"]
+        );
+        assert_eq!(
+            kinds(holders(&status("apt", Some("1.0.0-1"), true), Some(&j))),
+            ["pin", "migration"]
+        );
+        assert!(holders(&status("apt", None, false), None).is_empty());
+    }
 
     /// The log's directory is the agent's user's: a link planted in the
     /// log's place is not followed, and a FIFO does not block `status`.
