@@ -271,7 +271,27 @@ fn perform_and_cancel(kind: HostKind) {
         HostKind::Rpm => host.sh_ok(&format!("dnf -y install {AGENT}-1.0.0")),
     };
     wait_answering(&host);
+    // Until scenario 3, a unit file of the agent's user holds Cache's unit
+    // name, as a stopped unit the user manager could not collect does
+    // (docs/AGENT.md): its process runs under a spare name, which start
+    // sees and stop stops.
+    let user_unit = |script: &str| {
+        host.sh_ok(&format!(
+            "u=$(id -u roboconf-agent); export XDG_RUNTIME_DIR=/run/user/$u
+             export HOME=\"$(getent passwd roboconf-agent | cut -d: -f6)\"
+             cd /tmp
+             runuser -u roboconf-agent -- sh -c '{script}'"
+        ))
+    };
+    user_unit(
+        "d=$(systemd-path user-configuration)/systemd/user; mkdir -p \"$d\"
+         printf \"[Service]\\nExecStart=/bin/true\\n\" > \"$d/roboconf-cache.service\"
+         systemctl --user daemon-reload",
+    );
+    let spare =
+        || user_unit("systemctl --user list-units --plain --no-legend \"roboconf-cache-r*\"");
     deploy_logging_tree(&host);
+    assert!(spare().contains("running"), "Cache runs under a spare unit");
     let tree = sorted_tree(&host);
     let started = pids(&host);
 
@@ -353,12 +373,18 @@ fn perform_and_cancel(kind: HostKind) {
         "drastic restarts every process: {restarted:?} against {started:?}"
     );
     assert_eq!(status(&host)["lock"]["id"], "mig-drastic");
+    assert!(spare().contains("running"), "Cache runs under a spare unit");
     let uninterrupted = (sorted_tree(&host), installed(&host), ran);
     ferry(&host, "cancel");
     let (ran, mark) = recipes_since(&host, mark);
     assert_eq!(ran, drastic_order(), "the cancel goes back the same way");
     assert_eq!(installed(&host), "1.0.0-1");
     assert_eq!(sorted_tree(&host), tree);
+    // The name freed, the next stop (of the spare) and start (by name) work.
+    user_unit(
+        "rm \"$(systemd-path user-configuration)/systemd/user/roboconf-cache.service\"
+         systemctl --user daemon-reload",
+    );
 
     // 3. drastic again, ferry killed in each step and run again.
     initialize(&host, "mig-killed");
@@ -391,6 +417,11 @@ fn perform_and_cancel(kind: HostKind) {
         "killed at each step, the perform ends as the uninterrupted one did"
     );
     assert_eq!(status(&host)["lock"]["id"], "mig-killed");
+    assert_eq!(
+        spare().trim(),
+        "",
+        "the spare unit stopped, Cache under its own name"
+    );
     ferry(&host, "complete");
     assert_eq!(status(&host)["lock"], Value::Null);
     assert_eq!(installed(&host), "1.1.0-1");

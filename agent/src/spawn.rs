@@ -27,6 +27,28 @@ pub fn unit_name(name: &str) -> String {
     format!("roboconf-{name}.service")
 }
 
+/// The units of NAME started under another name because `unit_name` was
+/// held by a stopped unit the user manager could not collect (below).
+fn spare_units(name: &str) -> String {
+    format!("roboconf-{name}-r*.service")
+}
+
+/// Whether a unit of NAME runs (or starts): listed among the loaded units,
+/// which, unlike asking for the unit by name, loads nothing.
+fn unit_runs(name: &str) -> Result<bool> {
+    let out = systemctl_user(&[
+        "list-units",
+        "--plain",
+        "--no-legend",
+        "--state=active,activating,reloading",
+        &unit_name(name),
+        &spare_units(name),
+    ])
+    .output()
+    .context("cannot run systemctl --user")?;
+    Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+}
+
 /// The user manager's runtime directory. A system service does not get
 /// XDG_RUNTIME_DIR from a login session, so fall back to /run/user/UID, where
 /// systemd-logind puts it for a lingering user.
@@ -101,11 +123,7 @@ pub fn start(state_dir: &Path, name: &str, command: &[String]) -> Result<Mode> {
     match mode {
         Mode::Systemd => {
             let unit = unit_name(name);
-            if systemctl_user(&["--quiet", "is-active", &unit])
-                .status()
-                .context("cannot run systemctl --user")?
-                .success()
-            {
+            if unit_runs(name)? {
                 log::info(&format!("{unit} already runs"));
                 return Ok(mode);
             }
@@ -115,23 +133,46 @@ pub fn start(state_dir: &Path, name: &str, command: &[String]) -> Result<Mode> {
                 .stderr(Stdio::null())
                 .status();
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            let mut run = Command::new("systemd-run");
-            run.args(["--user", "--quiet", "--collect", "--unit", &unit])
-                .arg(format!("--working-directory={}", cwd.display()))
-                .env("XDG_RUNTIME_DIR", xdg_runtime_dir());
-            // The unit starts from the user manager's environment, not ours:
-            // hand over the instance variables the recipe was given.
-            for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("ROBOCONF_")) {
-                run.arg(format!("--setenv={k}={v}"));
+            let run = |unit: &str| {
+                let mut run = Command::new("systemd-run");
+                run.args(["--user", "--quiet", "--collect", "--unit", unit])
+                    .arg(format!("--working-directory={}", cwd.display()))
+                    .env("XDG_RUNTIME_DIR", xdg_runtime_dir());
+                // The unit starts from the user manager's environment, not
+                // ours: hand over the instance variables the recipe was given.
+                for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("ROBOCONF_")) {
+                    run.arg(format!("--setenv={k}={v}"));
+                }
+                run.arg("--").arg(program).args(args);
+                run.output().context("cannot run systemd-run")
+            };
+            let mut out = run(&unit)?;
+            let mut started = unit.clone();
+            // A stopped unit the manager could not collect keeps its name:
+            // seen when the kernel failed its cgroup writes with EIO under
+            // load ("Failed to kill control group … Input/output error"),
+            // after which systemd cannot tell the cgroup empty and keeps the
+            // unit loaded, dead. The process starts under a spare name,
+            // which `stop` stops too.
+            if !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("already loaded")
+            {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos();
+                started = format!("roboconf-{name}-r{nanos}.service");
+                log::warn(&format!(
+                    "{unit} is held by a stopped unit systemd did not collect: starting {started}"
+                ));
+                out = run(&started)?;
             }
-            let status = run
-                .arg("--")
-                .arg(program)
-                .args(args)
-                .status()
-                .context("cannot run systemd-run")?;
-            if !status.success() {
-                bail!("systemd-run --user --unit={unit} failed ({status}); see `journalctl --user -u {unit}`");
+            if !out.status.success() {
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "systemd-run --user --unit={started} failed ({}); see `journalctl --user -u {started}`",
+                    out.status
+                );
             }
         }
         Mode::Process => {
@@ -193,7 +234,8 @@ pub fn stop(state_dir: &Path, name: &str) -> Result<Mode> {
     match mode {
         Mode::Systemd => {
             let unit = unit_name(name);
-            let status = systemctl_user(&["stop", &unit])
+            // A pattern matches loaded units only: no spare, nothing to stop.
+            let status = systemctl_user(&["stop", &unit, &spare_units(name)])
                 .status()
                 .context("cannot run systemctl --user")?;
             if !status.success() {
