@@ -33,20 +33,32 @@ fn spare_units(name: &str) -> String {
     format!("roboconf-{name}-r*.service")
 }
 
-/// Whether a unit of NAME runs (or starts): listed among the loaded units,
-/// which, unlike asking for the unit by name, loads nothing.
-fn unit_runs(name: &str) -> Result<bool> {
+/// The loaded units of NAME (its own and spare ones) in one of `states`
+/// (`--state=` of systemctl), as `list-units` lists them: unlike asking for
+/// a unit by name, that loads nothing, and a unit that is not loaded is
+/// simply not there.
+fn units(name: &str, states: &str) -> Result<Vec<String>> {
     let out = systemctl_user(&[
         "list-units",
+        "--all",
         "--plain",
         "--no-legend",
-        "--state=active,activating,reloading",
+        &format!("--state={states}"),
         &unit_name(name),
         &spare_units(name),
     ])
     .output()
     .context("cannot run systemctl --user")?;
-    Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.ends_with(".service")))
+        .map(String::from)
+        .collect())
+}
+
+/// Whether a unit of NAME runs (or starts).
+fn unit_runs(name: &str) -> Result<bool> {
+    Ok(!units(name, "active,activating,reloading")?.is_empty())
 }
 
 /// The user manager's runtime directory. A system service does not get
@@ -233,13 +245,21 @@ pub fn stop(state_dir: &Path, name: &str) -> Result<Mode> {
     let mode = choose_mode()?;
     match mode {
         Mode::Systemd => {
-            let unit = unit_name(name);
-            // A pattern matches loaded units only: no spare, nothing to stop.
-            let status = systemctl_user(&["stop", &unit, &spare_units(name)])
-                .status()
-                .context("cannot run systemctl --user")?;
-            if !status.success() {
-                bail!("systemctl --user stop {unit} failed ({status})");
+            // Only what is loaded: `systemctl stop` of a unit that is not
+            // (nothing runs) fails, and stopping must succeed then.
+            let loaded = units(name, "active,activating,deactivating,reloading")?;
+            if !loaded.is_empty() {
+                let mut args = vec!["stop"];
+                args.extend(loaded.iter().map(String::as_str));
+                let status = systemctl_user(&args)
+                    .status()
+                    .context("cannot run systemctl --user")?;
+                if !status.success() {
+                    bail!(
+                        "systemctl --user stop {} failed ({status})",
+                        loaded.join(" ")
+                    );
+                }
             }
         }
         Mode::Process => {
