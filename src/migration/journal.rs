@@ -124,6 +124,26 @@ impl Perform {
         self.done == self.steps.len()
     }
 
+    /// `perform` or `cancel`, for messages.
+    pub fn verb(&self) -> &'static str {
+        match self.purpose {
+            Purpose::Perform => "perform",
+            Purpose::Cancel => "cancel",
+        }
+    }
+
+    /// The command that resumes it where it stopped (the same version and
+    /// strategy: another is refused).
+    pub fn resume_command(&self) -> String {
+        match self.purpose {
+            Purpose::Perform => format!(
+                "ferry migration perform --to {} --strategy {}",
+                self.to_version, self.strategy
+            ),
+            Purpose::Cancel => "ferry migration cancel".into(),
+        }
+    }
+
     /// `step 3 of 7 (install the package of 1.1.0)`, of the step running or next.
     pub fn at(&self) -> String {
         let i = self.running.unwrap_or(self.done);

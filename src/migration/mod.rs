@@ -263,19 +263,11 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
     if let Some(p) = j.perform.last().filter(|p| !p.finished() && !cancelled) {
         return Err(refused(anyhow!(
             "the migration {} stopped at {} of its {}: run the same command again to finish it \
-             (`ferry migration {}`), or `ferry migration cancel`",
+             (`{}`), or `ferry migration cancel`",
             j.describe(),
             p.at(),
-            if p.purpose == journal::Purpose::Cancel {
-                "cancel"
-            } else {
-                "perform"
-            },
-            if p.purpose == journal::Purpose::Cancel {
-                "cancel".to_string()
-            } else {
-                format!("perform --to {}", p.to_version)
-            }
+            p.verb(),
+            p.resume_command()
         )));
     }
     let c = Ctx {
@@ -418,19 +410,10 @@ pub fn status(package: &str, family: Option<&str>) -> Result<Status> {
                 }
             ),
             Some(p) if !p.finished() => format!(
-                "the {} stopped at {}: run it again to resume (`ferry migration {}`); `cancel` \
-                 goes back to {}",
-                if p.purpose == journal::Purpose::Cancel {
-                    "cancel"
-                } else {
-                    "perform"
-                },
+                "the {} stopped at {}: run it again to resume (`{}`); `cancel` goes back to {}",
+                p.verb(),
                 p.at(),
-                if p.purpose == journal::Purpose::Cancel {
-                    "cancel".to_string()
-                } else {
-                    format!("perform --to {}", p.to_version)
-                },
+                p.resume_command(),
                 j.from_version
             ),
             Some(p) => format!(

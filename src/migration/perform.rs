@@ -51,21 +51,6 @@ pub struct Ctx<'a> {
 
 /// Plans (or resumes) the perform, asks for confirmation, runs it.
 pub fn perform(c: &Ctx, j: &mut Journal, req: &Request) -> Result<Vec<String>> {
-    let components = match (&req.components, req.strategy) {
-        (Some(path), Strategy::Smart) => Components::read(path)?,
-        (None, Strategy::Smart) => {
-            return Err(refused(anyhow!(
-                "--strategy smart needs --components FILE, the table of what to do with each \
-                 component (docs/MIGRATION.md)"
-            )))
-        }
-        (Some(_), _) => {
-            return Err(refused(anyhow!(
-                "--components is read by --strategy smart only"
-            )))
-        }
-        (None, _) => Components::default(),
-    };
     let mut did = Vec::new();
     match j.perform.last() {
         Some(p) if p.purpose == Purpose::Cancel => {
@@ -94,7 +79,7 @@ pub fn perform(c: &Ctx, j: &mut Journal, req: &Request) -> Result<Vec<String>> {
             p.at()
         )),
         None => {
-            let p = plan(c, j, req, components)?;
+            let p = plan(c, j, req, table(req)?)?;
             did.extend(describe(&p));
             if req.dry_run {
                 j.perform.push(p);
@@ -110,6 +95,26 @@ pub fn perform(c: &Ctx, j: &mut Journal, req: &Request) -> Result<Vec<String>> {
     }
     run(c, j, &mut did)?;
     Ok(did)
+}
+
+/// The `--components` table of a new smart perform (a resumed perform has
+/// its table in the journal).
+fn table(req: &Request) -> Result<Components> {
+    Ok(match (&req.components, req.strategy) {
+        (Some(path), Strategy::Smart) => Components::read(path)?,
+        (None, Strategy::Smart) => {
+            return Err(refused(anyhow!(
+                "--strategy smart needs --components FILE, the table of what to do with each \
+                 component (docs/MIGRATION.md)"
+            )))
+        }
+        (Some(_), _) => {
+            return Err(refused(anyhow!(
+                "--components is read by --strategy smart only"
+            )))
+        }
+        (None, _) => Components::default(),
+    })
 }
 
 /// `1.1.0` and `1.1.0-1` name the same version of a package.
@@ -269,20 +274,18 @@ pub fn run(c: &Ctx, j: &mut Journal, did: &mut Vec<String>) -> Result<()> {
 
 fn stopped(e: anyhow::Error, j: &Journal, k: usize, did: &[String]) -> anyhow::Error {
     let p = &j.perform[k];
-    let then = match p.purpose {
-        Purpose::Perform => format!(
-            "the perform stopped at {}: run `ferry migration perform --to {} --strategy {}` \
-             again to resume it, or `ferry migration cancel` to go back to {}",
-            p.at(),
-            p.to_version,
-            p.strategy,
+    let mut then = format!(
+        "the {} stopped at {}: run `{}` again to resume it",
+        p.verb(),
+        p.at(),
+        p.resume_command()
+    );
+    if p.purpose == Purpose::Perform {
+        then.push_str(&format!(
+            ", or `ferry migration cancel` to go back to {}",
             j.from_version
-        ),
-        Purpose::Cancel => format!(
-            "the cancel stopped at {}: run `ferry migration cancel` again to resume it",
-            p.at()
-        ),
-    };
+        ));
+    }
     partial(e, j, did, &then)
 }
 
