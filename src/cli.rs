@@ -182,6 +182,10 @@ pub enum ChannelCommand {
     Pin {
         /// The version to hold: upstream (`1.2.0`) or full (`1.2.0-1`).
         version: String,
+        /// Why, kept with the pin in the record of holds and shown by
+        /// `status` (default: what the command did).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// Print what would change; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -199,6 +203,10 @@ pub enum ChannelCommand {
         /// installed version that the repository offers).
         #[arg(long, value_name = "VERSION")]
         to: Option<String>,
+        /// Why, kept with the pin in the record of holds and shown by
+        /// `status` (default: what the command did).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// Say which version it would install and pin; change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -214,6 +222,10 @@ pub enum ChannelCommand {
     Install {
         /// The version to install: upstream (`1.2.0`) or full (`1.2.0-1`).
         version: String,
+        /// Why, kept with the pin in the record of holds and shown by
+        /// `status` (default: what the command did).
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
         /// Say which version it would install and pin; change nothing (the
         /// metadata is read as it is, not refreshed).
         #[arg(long)]
@@ -375,19 +387,33 @@ pub fn run_channel(args: ChannelCli) -> Result<()> {
             }
             return Ok(());
         }
-        ChannelCommand::Pin { version, dry_run } => {
-            ("pin", dry_run, channel::pin(&host, &version, dry_run)?)
-        }
+        ChannelCommand::Pin {
+            version,
+            dry_run,
+            reason,
+        } => (
+            "pin",
+            dry_run,
+            channel::pin(&host, &version, dry_run, reason.as_deref())?,
+        ),
         ChannelCommand::Unpin { dry_run } => ("unpin", dry_run, channel::unpin(&host, dry_run)?),
-        ChannelCommand::Install { version, dry_run } => (
+        ChannelCommand::Install {
+            version,
+            dry_run,
+            reason,
+        } => (
             "install",
             dry_run,
-            channel::install(&host, &version, dry_run)?,
+            channel::install(&host, &version, dry_run, reason.as_deref())?,
         ),
-        ChannelCommand::Rollback { to, dry_run } => (
+        ChannelCommand::Rollback {
+            to,
+            dry_run,
+            reason,
+        } => (
             "rollback",
             dry_run,
-            channel::rollback(&host, to.as_deref(), dry_run)?,
+            channel::rollback(&host, to.as_deref(), dry_run, reason.as_deref())?,
         ),
     };
     if args.json {

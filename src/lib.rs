@@ -18,6 +18,7 @@ pub mod enroll;
 pub mod exit;
 pub mod format;
 pub mod fsutil;
+pub mod holds;
 pub mod info;
 pub mod manifest;
 pub mod migration;

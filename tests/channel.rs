@@ -298,24 +298,26 @@ fn roll_back_twice(host: &Host, channel: &str, expected: &[(String, String, Stri
 /// While a migration is open on the host it owns the agent's package: `ferry
 /// channel pin|unpin|rollback|install|disable` are refused (status 3) naming it,
 /// and on dnf its versionlock is reported as held, not as a pin. The
-/// journal is written as `ferry migration initialize` writes it (these
-/// agents' schemas predate the lock, so initialize itself cannot run).
+/// migration's entry is written in the record of holds as `ferry migration
+/// initialize` writes it (these agents' schemas predate the lock, so
+/// initialize itself cannot run).
 fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
-    let journal = "/var/lib/ferry/roboconf-agent/migration.json";
-    host.sh_ok("install -d -m 0700 /var/lib/ferry/roboconf-agent");
+    let record = "/var/lib/ferry/holds/roboconf-agent.json";
+    let before = host.sh_ok(&format!("cat {record} 2>/dev/null || true"));
+    host.sh_ok("install -d -m 0755 /var/lib/ferry/holds");
     host.write(
-        journal,
+        record,
         serde_json::json!({
-            "format": "ferry-migration", "id": "mig-channel", "app": "my-application",
-            "by": "lab", "reason": "", "package": AGENT, "since": 1765115000u64,
-            "from_version": "1.2.0", "from_schema": 3, "hold_before": false,
-            "package_file": null, "package_file_note": null,
-            "steps": ["lock", "hold", "keep-package"],
-            "perform": [], "state": "open", "ended": null
+            "package": AGENT,
+            "holds": [{
+                "kind": "migration",
+                "by": "lab (ferry migration `mig-channel` of application my-application)",
+                "why": "under test", "since": 1765115000u64,
+                "undo": "ferry migration complete, or cancel"
+            }]
         })
         .to_string(),
     );
-    host.sh_ok(&format!("chmod 0600 {journal}"));
     let dnf = ferry_channel.contains("dnf");
     if dnf {
         host.sh_ok(&format!("dnf -q versionlock add {AGENT}"));
@@ -323,14 +325,14 @@ fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
     for verb in ["pin 1.0.0", "unpin", "rollback", "install 1.0.0", "disable"] {
         let out = host.sh(&format!("{ferry_channel} {verb}"));
         assert!(
-            out.code == 3 && out.stderr.contains("the migration `mig-channel`"),
+            out.code == 3 && out.stderr.contains("ferry migration `mig-channel`"),
             "`{verb}` during a migration: {out}"
         );
     }
     let status = channel_status_with(host, ferry_channel);
     assert_eq!(status["pinned"], serde_json::Value::Null, "{status:#}");
     assert!(
-        reasons(&status).contains("the migration `mig-channel`"),
+        reasons(&status).contains("ferry migration `mig-channel`"),
         "{status:#}"
     );
     assert!(!reasons(&status).contains("unpin"), "{status:#}");
@@ -353,7 +355,39 @@ fn channel_refused_while_a_migration_is_open(host: &Host, ferry_channel: &str) {
         assert_eq!(status["held"], true, "{status:#}");
         host.sh_ok(&format!("dnf -q versionlock delete {AGENT}"));
     }
-    host.sh_ok(&format!("rm {journal}"));
+    host.write(record, before);
+}
+
+/// An exclusion set outside ferry (a negative apt pin, a dnf
+/// `excludepkgs=`) is listed among the holds and in the reasons, naming
+/// its file; removed, it is gone from both.
+fn exclusion_is_reported(host: &Host, ferry_channel: &str, file: &str, line: &str) {
+    host.sh_ok(&format!(
+        "cp -a {file} /root/saved 2>/dev/null || touch /root/saved.none"
+    ));
+    host.sh_ok(&format!("printf '%s\\n' '{line}' >> {file}"));
+    let status = channel_status_with(host, ferry_channel);
+    let excluded: Vec<&serde_json::Value> = status["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["kind"] == "exclude")
+        .collect();
+    assert_eq!(excluded.len(), 1, "{status:#}");
+    assert_eq!(
+        excluded[0]["by"],
+        format!("outside ferry ({file})"),
+        "{status:#}"
+    );
+    assert!(reasons(&status).contains(file), "{status:#}");
+    host.sh_ok(&format!(
+        "if [ -e /root/saved.none ]; then rm {file} /root/saved.none; else mv /root/saved {file}; fi"
+    ));
+    let status = channel_status_with(host, ferry_channel);
+    assert!(
+        !status["holds"].to_string().contains("exclude"),
+        "{status:#}"
+    );
 }
 
 fn channel_status_with(host: &Host, ferry_channel: &str) -> serde_json::Value {
@@ -473,7 +507,7 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
 
     // Pin 1.0.0: the next automatic run goes down to it, the hooks
     // migrating 3 -> 2; a further run keeps it; status says why.
-    let out = host.sh_ok("ferry channel pin 1.0.0");
+    let out = host.sh_ok("ferry channel pin 1.0.0 --reason 'kept for the audit'");
     assert!(out.contains("host-wide"), "{out}");
     automatic_run(&host);
     let log = host.sh("cat /var/log/unattended-upgrades/unattended-upgrades.log");
@@ -487,13 +521,36 @@ fn debian_host_follows_the_channel_pins_rolls_back_and_is_restored() {
         .unwrap()
         .contains("downgraded 1.2.0-1 -> 1.0.0-1"));
     assert!(reasons(&status).contains("pinned to 1.0.0-1"));
+    // The pin in the record of holds: who set it, with what, why, its undo.
+    let pin = &status["holds"][0];
+    assert!(
+        status["holds"].as_array().unwrap().len() == 1
+            && pin["kind"] == "pin"
+            && pin["version"] == "1.0.0-1"
+            && pin["why"] == "kept for the audit"
+            && pin["by"]
+                .as_str()
+                .unwrap()
+                .ends_with(" (ferry channel pin)")
+            && pin["since"].is_u64()
+            && pin["undo"] == "ferry channel unpin",
+        "{status:#}"
+    );
     automatic_run(&host);
     assert_eq!(deb_version(&host), "1.0.0-1");
     eprintln!("channel e2e: pinned after {:.0?}", started.elapsed());
 
-    // Unpin: the next automatic run takes the newest again, 2 -> 3.
+    // Unpin: the next automatic run takes the newest again, 2 -> 3; the
+    // pin leaves the record of holds.
     host.sh_ok("ferry channel unpin");
+    assert_eq!(channel_status(&host)["holds"], serde_json::json!([]));
     channel_refused_while_a_migration_is_open(&host, "ferry channel");
+    exclusion_is_reported(
+        &host,
+        "ferry channel",
+        "/etc/apt/preferences.d/site",
+        "Package: roboconf-agent\nPin: release *\nPin-Priority: -1",
+    );
     let status = channel_status(&host);
     assert_eq!(status["pinned"], serde_json::Value::Null);
     assert_eq!(status["allow_downgrade_host_wide"], false);
@@ -667,6 +724,12 @@ fn rpm_host_follows_the_channel_rolls_back_and_is_restored() {
 
     host.sh_ok("ferry channel --family dnf unpin");
     channel_refused_while_a_migration_is_open(&host, "ferry channel --family dnf");
+    exclusion_is_reported(
+        &host,
+        "ferry channel --family dnf",
+        "/etc/dnf/dnf.conf",
+        "excludepkgs=roboconf-*",
+    );
     dnf_automatic_run(&host);
     assert_eq!(
         rpm_version(&host),

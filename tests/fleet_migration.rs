@@ -7,8 +7,9 @@
 //! changes nothing; `perform` moves all four back from 1.1.0 (the newest,
 //! which enrolment installed) to 1.0.0 in batches of two, under the lock (a
 //! second run changes nothing); `complete` (twice: the second changes
-//! nothing) leaves them all unlocked on 1.0.0. Root is required
-//! (docs/LAB.md).
+//! nothing) leaves them all unlocked on 1.0.0, pinned to it in the record
+//! of holds, so that their updaters, run then, keep it although the
+//! channel offers 1.1.0. Root is required (docs/LAB.md).
 
 mod support;
 
@@ -37,6 +38,15 @@ fn held(host: &Host) -> bool {
                 .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
         }),
     }
+}
+
+fn channel_status(host: &Host) -> Value {
+    let family = match host.kind() {
+        HostKind::Debian => "apt",
+        HostKind::Rpm => "dnf",
+    };
+    let out = host.sh_ok(&format!("ferry channel --family {family} status --json"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 fn lock(host: &Host) -> Value {
@@ -218,14 +228,52 @@ fn four_hosts_one_fails_initialize_and_the_others_end_unlocked() {
             assert_eq!(result["lock"], Value::Null, "{name}: {result:#}");
         }
     }
+    // Each host follows the channel, whose newest is 1.1.0: complete pinned
+    // it to the version performed, so its own updater, run now, does not
+    // undo the migration. The pin is in the record of holds, the
+    // migration's hold is gone (on dnf the versionlock left is the pin's).
     for (name, host) in &fleet.hosts {
         assert_eq!(lock(host), Value::Null, "{name}");
-        assert!(!held(host), "{name}");
         let j = closed(host);
         assert_eq!(
             (j["id"].as_str(), j["state"].as_str()),
             (Some(ID), Some("done")),
             "{name}"
+        );
+        let status = channel_status(host);
+        assert_eq!(status["pinned"], "1.0.0-1", "{name}: {status:#}");
+        let holds = status["holds"].as_array().unwrap();
+        assert_eq!(holds.len(), 1, "{name}: {status:#}");
+        assert_eq!(
+            (holds[0]["kind"].as_str(), holds[0]["version"].as_str()),
+            (Some("pin"), Some("1.0.0-1")),
+            "{name}: {status:#}"
+        );
+        assert!(
+            holds[0]["by"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("(ferry migration `{ID}` of application {APP})")),
+            "{name}: {status:#}"
+        );
+        match host.kind() {
+            HostKind::Debian => {
+                assert!(!held(host), "{name}: the migration's hold stayed");
+                host.sh_ok(
+                    "rm -f /var/lib/apt/periodic/*; systemctl start apt-daily.service && \
+                     systemctl start apt-daily-upgrade.service",
+                );
+            }
+            HostKind::Rpm => {
+                host.sh_ok(&format!(
+                    "systemctl start ferry-{AGENT_PACKAGE}-automatic.service"
+                ));
+            }
+        }
+        assert_eq!(
+            support::fleet::installed_version(host),
+            "1.0.0-1",
+            "{name}: the updater undid the migration"
         );
     }
     eprintln!("fleet_migration: done after {:.0?}", started.elapsed());

@@ -191,6 +191,7 @@ fn migration_holds_the_agent(mut host: Host, updater: &dyn Updater, v110: &Path)
             "kind": "migration",
             "by": format!("lab (ferry migration `{ID}` of application {APPLICATION})"),
             "why": "migration under test",
+            "since": journal["since"],
             "undo": "ferry migration complete, or cancel"
         }]),
         "the hold is the migration's, named with who and why: {channel:#}"
@@ -199,7 +200,7 @@ fn migration_holds_the_agent(mut host: Host, updater: &dyn Updater, v110: &Path)
         channel["not_updated_because"]
             .to_string()
             .contains(&format!(
-                "the migration `{ID}` of application {APPLICATION} (begun by lab"
+                "held by lab (ferry migration `{ID}` of application {APPLICATION})"
             )),
         "{channel:#}"
     );
@@ -215,6 +216,8 @@ fn migration_holds_the_agent(mut host: Host, updater: &dyn Updater, v110: &Path)
     assert!(!host.path(JOURNAL).exists() && !host.path(&kept).exists());
     assert_eq!(json(&host.read(CLOSED))["state"], "done");
     assert!(!updater.held(&host), "the hold is released");
+    let channel = json(&host.sh_ok(&format!("ferry channel {family} status --json")));
+    assert_eq!(channel["holds"], serde_json::json!([]), "{channel:#}");
     agent(&host, "ctl apply --wait 30 stop /vm/app");
     let twice = host.sh(&format!("ferry migration {family} complete"));
     assert!(

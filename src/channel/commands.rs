@@ -15,6 +15,7 @@ use super::report::Report;
 use super::window::Window;
 use super::write::{apply, check_removable, daemon_reload, plan_changes, remove_recorded};
 use super::EnableArgs;
+use crate::holds::{self, Entry, Kind};
 
 pub fn enable(host: &Host, args: &EnableArgs) -> Result<Report> {
     let backend = host.backend;
@@ -132,6 +133,7 @@ pub fn disable(host: &Host, dry_run: bool) -> Result<Report> {
         }
     }
     files::remove_record(&host.root, &host.package)?;
+    holds::remove(&host.root, &host.package, Kind::Pin)?;
     daemon_reload(host, &mut out);
     let _ = writeln!(
         out,
@@ -155,26 +157,73 @@ fn enabled_record(host: &Host) -> Result<Record> {
 /// a migration) or a disable would change what it holds or
 /// undo its hold (on dnf both are versionlocks), and the migration's
 /// `complete` would then undo theirs. Refused, also in a dry run, which
-/// predicts the refusal.
+/// predicts the refusal. The open migration is read from the one record of
+/// holds (crate::holds), where `ferry migration initialize` puts it.
 fn not_migrating(host: &Host, verb: &str) -> Result<()> {
-    match crate::migration::channel_reason(&host.root, &host.package) {
-        Some(reason) => Err(crate::exit::refused(anyhow::anyhow!(
-            "{reason}; `ferry channel {verb}` would change what it holds: run it after the \
-             migration ends"
+    let holds = holds::load(&host.root, &host.package)?;
+    match holds.get(Kind::Migration) {
+        Some(m) => Err(crate::exit::refused(anyhow::anyhow!(
+            "{} is held by {} ({}) until `{}`; `ferry channel {verb}` would change what it \
+             holds: run it after the migration ends",
+            host.package,
+            m.by,
+            m.why,
+            m.undo
         ))),
         None => Ok(()),
     }
 }
 
-pub fn pin(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
+/// Why a pin is set, for the record of holds: the command that set it and
+/// the reason given (`--reason`; by default, what the command did).
+pub struct Reason<'a> {
+    pub command: &'a str,
+    pub given: Option<&'a str>,
+}
+
+impl Reason<'_> {
+    fn entry(&self, full: &str, did: &str) -> Entry {
+        Entry {
+            kind: Kind::Pin,
+            by: holds::by(self.command),
+            why: match self.given.filter(|g| !g.is_empty()) {
+                Some(g) => g.to_string(),
+                None => format!("{did} {full}"),
+            },
+            since: Some(now()),
+            undo: "ferry channel unpin".into(),
+            version: Some(full.to_string()),
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+pub fn pin(host: &Host, version: &str, dry_run: bool, reason: Option<&str>) -> Result<Report> {
     let rec = enabled_record(host)?;
     not_migrating(host, "pin")?;
     let full = host.backend.resolve_version(host, version)?;
-    pin_full(host, rec, &full, dry_run)
+    let why = Reason {
+        command: "ferry channel pin",
+        given: reason,
+    };
+    pin_full(host, rec, &full, dry_run, why.entry(&full, "pinned to"))
 }
 
-/// Pins the full version `full`, already resolved.
-fn pin_full(host: &Host, mut rec: Record, full: &str, dry_run: bool) -> Result<Report> {
+/// Pins the full version `full`, already resolved, and records `entry` as
+/// the pin's holder.
+fn pin_full(
+    host: &Host,
+    mut rec: Record,
+    full: &str,
+    dry_run: bool,
+    entry: Entry,
+) -> Result<Report> {
     let mut out = Report::new();
     let mut edit = Edit::new(&mut rec, dry_run, &mut out);
     if !host.backend.pin(host, &mut edit, full)? {
@@ -183,6 +232,14 @@ fn pin_full(host: &Host, mut rec: Record, full: &str, dry_run: bool) -> Result<R
             "nothing to change: {} is already pinned to {full}",
             host.package
         );
+        // A pin set before the record of holds existed gets its entry.
+        if !dry_run
+            && holds::load(&host.root, &host.package)?
+                .get(Kind::Pin)
+                .is_none()
+        {
+            holds::put(&host.root, &host.package, entry)?;
+        }
         return Ok(out);
     }
     rec.pinned = Some(full.to_string());
@@ -190,8 +247,21 @@ fn pin_full(host: &Host, mut rec: Record, full: &str, dry_run: bool) -> Result<R
         let _ = writeln!(out, "dry run: nothing was changed");
     } else {
         files::save_record(&host.root, &rec)?;
+        holds::put(&host.root, &host.package, entry)?;
     }
     Ok(out)
+}
+
+/// After `ferry migration complete` of a migration that moved the package
+/// to `full`: a host that follows a channel is pinned to it, since its
+/// updater would otherwise move it again (down to an older pin, or up to
+/// the channel's newest) and undo the migration. None when the host
+/// follows no channel.
+pub fn pin_after_migration(host: &Host, full: &str, entry: Entry) -> Result<Option<Report>> {
+    let Some(rec) = host.record()? else {
+        return Ok(None);
+    };
+    pin_full(host, rec, full, false, entry).map(Some)
 }
 
 pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
@@ -209,17 +279,33 @@ pub fn unpin(host: &Host, dry_run: bool) -> Result<Report> {
     } else {
         rec.pinned = None;
         files::save_record(&host.root, &rec)?;
+        holds::remove(&host.root, &host.package, Kind::Pin)?;
         let _ = writeln!(out, "unpinned {}", host.package);
     }
     Ok(out)
 }
 
-pub fn rollback(host: &Host, to: Option<&str>, dry_run: bool) -> Result<Report> {
+pub fn rollback(
+    host: &Host,
+    to: Option<&str>,
+    dry_run: bool,
+    reason: Option<&str>,
+) -> Result<Report> {
     let rec = enabled_record(host)?;
     not_migrating(host, "rollback")?;
     let mut out = Report::new();
     let version = host.backend.rollback(host, to, dry_run, &mut out)?;
-    let pinned = pin_full(host, rec, &version, dry_run)?;
+    let why = Reason {
+        command: "ferry channel rollback",
+        given: reason,
+    };
+    let pinned = pin_full(
+        host,
+        rec,
+        &version,
+        dry_run,
+        why.entry(&version, "rolled back to"),
+    )?;
     out.push_str(pinned.text());
     out.extend(pinned);
     Ok(out)
@@ -233,7 +319,7 @@ pub fn rollback(host: &Host, to: Option<&str>, dry_run: bool) -> Result<Report> 
 /// before anything changes: its updater takes the channel's newest version
 /// and would race the push. A host that follows no channel just gets the
 /// version (from whatever repository offers it).
-pub fn install(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
+pub fn install(host: &Host, version: &str, dry_run: bool, reason: Option<&str>) -> Result<Report> {
     not_migrating(host, "install")?;
     let rec = host.record()?;
     if let Some(r) = rec.as_ref().filter(|r| r.pinned.is_none()) {
@@ -252,7 +338,11 @@ pub fn install(host: &Host, version: &str, dry_run: bool) -> Result<Report> {
         .backend
         .install(host, version, !dry_run, dry_run, &mut out)?;
     if let Some(rec) = rec {
-        let pinned = pin_full(host, rec, &full, dry_run)?;
+        let why = Reason {
+            command: "ferry channel install",
+            given: reason,
+        };
+        let pinned = pin_full(host, rec, &full, dry_run, why.entry(&full, "installed"))?;
         out.push_str(pinned.text());
         out.extend(pinned);
     }
@@ -283,7 +373,7 @@ mod tests {
         };
         files::save_record(&root, &rec).unwrap();
         let host = Host::open(&root, pkg, None).unwrap();
-        let err = install(&host, "1.1.0", false).unwrap_err();
+        let err = install(&host, "1.1.0", false, None).unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::REFUSED,
@@ -296,7 +386,7 @@ mod tests {
         // Pinned, it goes on to ask apt (which this root cannot answer).
         rec.pinned = Some("1.0.0-1".into());
         files::save_record(&root, &rec).unwrap();
-        let err = install(&host, "1.1.0", false).unwrap_err();
+        let err = install(&host, "1.1.0", false, None).unwrap_err();
         assert_ne!(
             crate::exit::status_of(&err),
             crate::exit::REFUSED,

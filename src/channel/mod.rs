@@ -27,7 +27,7 @@ mod write;
 use std::path::PathBuf;
 
 pub use backend::{Backend, BACKENDS};
-pub use commands::{disable, enable, install, pin, rollback, unpin};
+pub use commands::{disable, enable, install, pin, pin_after_migration, rollback, unpin};
 pub use host::Host;
 pub use report::Report;
 pub use status::{read_upgrade_log, status, Status};

@@ -1,11 +1,15 @@
 //! `ferry channel status`: what is installed and available, the pin, the
 //! automatic tool's last run, and why the agent was not updated.
 
+use std::path::Path;
+
 use anyhow::Result;
 use ferry_hook::confined;
 use serde::Serialize;
 
+use super::files::Record;
 use super::host::Host;
+use crate::holds::{self, Entry, Kind};
 
 /// What `status` reports.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -23,10 +27,12 @@ pub struct Status {
     /// apt: Unattended-Upgrade::Allow-downgrade is set host-wide by the pin.
     pub allow_downgrade_host_wide: bool,
     pub held: bool,
-    /// Everything that keeps the package where it is, each with who set it,
-    /// why, and what undoes it: ferry's pin, an open migration's hold, a
-    /// hold set outside ferry.
-    pub holds: Vec<Holder>,
+    /// Everything that keeps the package where it is, each once with who
+    /// set it, why, since when and what undoes it: the entries of ferry's
+    /// record of holds (its pin, an open migration; crate::holds), then
+    /// what holds it from outside ferry (the package manager's hold, an
+    /// exclusion), read live.
+    pub holds: Vec<Entry>,
     pub automatic_last_run: Option<String>,
     pub automatic_last_result: Vec<String>,
     pub last_package_change: Option<String>,
@@ -35,57 +41,24 @@ pub struct Status {
     pub not_updated_because: Vec<String>,
 }
 
-/// One thing that keeps the package where it is.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Holder {
-    /// `pin`, `migration` or `hold`.
-    pub kind: String,
-    pub by: String,
-    pub why: String,
-    pub undo: String,
-}
-
-/// Who holds the package: ferry's pin (the record), the open migration
-/// (its journal), or, when the package manager holds it and neither is
-/// the cause, someone outside ferry.
-fn holders(s: &Status, migration: Option<&crate::migration::Journal>) -> Vec<Holder> {
-    let mut out = Vec::new();
-    if let Some(p) = &s.pinned {
-        out.push(Holder {
-            kind: "pin".into(),
-            by: "ferry channel pin (or rollback)".into(),
-            why: format!("kept at {p}"),
+/// Who holds the package: the record of holds, a pin of the channel's
+/// record that predates it (named from there), and what holds it from
+/// outside ferry.
+fn holders(root: &Path, s: &Status, rec: Option<&Record>) -> Result<Vec<Entry>> {
+    let mut ferry = holds::load(root, &s.package)?;
+    if let (Some(p), None) = (rec.and_then(|r| r.pinned.as_ref()), ferry.get(Kind::Pin)) {
+        ferry.holds.push(Entry {
+            kind: Kind::Pin,
+            by: "ferry channel pin (set before the record of holds)".into(),
+            why: format!("pinned to {p}"),
+            since: None,
             undo: "ferry channel unpin".into(),
+            version: Some(p.clone()),
         });
     }
-    if let Some(j) = migration {
-        out.push(Holder {
-            kind: "migration".into(),
-            by: format!(
-                "{} (ferry migration `{}` of application {})",
-                j.by, j.id, j.app
-            ),
-            why: if j.reason.is_empty() {
-                "a migration is open".into()
-            } else {
-                j.reason.clone()
-            },
-            undo: "ferry migration complete, or cancel".into(),
-        });
-    }
-    let dnf_pin = s.family == "dnf" && s.pinned.is_some();
-    if s.held && migration.is_none() && !dnf_pin {
-        out.push(Holder {
-            kind: "hold".into(),
-            by: "outside ferry".into(),
-            why: "unknown".into(),
-            undo: match s.family.as_str() {
-                "dnf" => format!("dnf versionlock delete {}", s.package),
-                _ => format!("apt-mark unhold {}", s.package),
-            },
-        });
-    }
-    out
+    let outside = holds::outside(root, &s.package, &s.family, s.held, &ferry);
+    ferry.holds.extend(outside);
+    Ok(ferry.holds)
 }
 
 pub fn status(host: &Host) -> Result<Status> {
@@ -101,15 +74,21 @@ pub fn status(host: &Host) -> Result<Status> {
         ..Status::default()
     };
     host.backend.status(host, rec.as_ref(), &mut s)?;
-    // A migration holds the package (`ferry migration`, docs/MIGRATION.md).
-    if let Some(why) = crate::migration::channel_reason(&host.root, &host.package) {
-        s.not_updated_because.push(why);
+    s.holds = holders(&host.root, &s, rec.as_ref())?;
+    // A migration holds the package (`ferry migration`, docs/MIGRATION.md);
+    // an exclusion hides it from the updater.
+    for h in &s.holds {
+        match h.kind {
+            Kind::Migration => s.not_updated_because.push(format!(
+                "a migration is open: held by {} ({}) until `{}`",
+                h.by, h.why, h.undo
+            )),
+            Kind::Exclude => s
+                .not_updated_because
+                .push(format!("{}: {} ({})", h.by, h.why, h.undo)),
+            Kind::Pin | Kind::Hold => {}
+        }
     }
-    let migration = crate::migration::journal::Store::new(&host.root, &host.package)
-        .open()
-        .ok()
-        .flatten();
-    s.holds = holders(&s, migration.as_ref());
     // The agent's own upgrade log: a refused (deferred) upgrade.
     if !s.up_to_date {
         if let Some(line) = upgrade_log(host).as_deref().and_then(busy_refusal) {
@@ -193,7 +172,18 @@ impl std::fmt::Display for Status {
             if self.held { "yes" } else { "no" }
         )?;
         for h in &self.holds {
-            writeln!(f, "  {} by {}: {} (undo: {})", h.kind, h.by, h.why, h.undo)?;
+            let since = h
+                .since
+                .map(|t| format!(", since {}", crate::date::rfc2822(t, "UTC")))
+                .unwrap_or_default();
+            writeln!(
+                f,
+                "  {} by {}: {}{since} (undo: {})",
+                h.kind.name(),
+                h.by,
+                h.why,
+                h.undo
+            )?;
         }
         writeln!(f, "repository:       {}", self.repository_check)?;
         writeln!(f, "last automatic run: {}", o(&self.automatic_last_run))?;
@@ -215,50 +205,52 @@ impl std::fmt::Display for Status {
 mod tests {
     use super::*;
 
+    /// Each holder once: the record's entries, a pin of the channel's
+    /// record from before the record of holds, an outside hold only when no
+    /// entry explains it.
     #[test]
     fn each_hold_is_listed_once_with_who_set_it_and_its_undo() {
-        let status = |family: &str, pinned: Option<&str>, held: bool| Status {
+        let root = std::env::temp_dir().join(format!("ferry-status-holds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let status = |family: &str, held: bool| Status {
             package: "roboconf-agent".into(),
             family: family.into(),
-            pinned: pinned.map(String::from),
             held,
             ..Status::default()
         };
-        let kinds = |h: Vec<Holder>| h.into_iter().map(|h| h.kind).collect::<Vec<_>>();
-        let j = crate::migration::Journal::begin(
-            &crate::migration::Request {
-                id: Some("mig-7".into()),
-                app: "shop".into(),
-                by: "alice".into(),
-                reason: "new DM".into(),
-                package: "roboconf-agent".into(),
-            },
-            1,
-            "1.0.0",
-            4,
-        );
+        let pinned = Record {
+            pinned: Some("1.0.0-1".into()),
+            ..Record::default()
+        };
+        let kinds = |h: Vec<Entry>| h.into_iter().map(|h| h.kind).collect::<Vec<_>>();
         // A hold nobody in ferry set: named as such, with apt's undo.
-        let outside = holders(&status("apt", None, true), None);
+        let outside = holders(&root, &status("apt", true), None).unwrap();
         assert_eq!(outside[0].by, "outside ferry");
         assert_eq!(outside[0].undo, "apt-mark unhold roboconf-agent");
-        // The migration's hold is the migration's, not someone else's.
-        let m = holders(&status("dnf", None, true), Some(&j));
-        assert_eq!(kinds(m.clone()), ["migration"]);
-        assert_eq!(
-            m[0].by,
-            "alice (ferry migration `mig-7` of application shop)"
-        );
-        assert_eq!(m[0].why, "new DM");
         // On dnf a pin is a versionlock: not a second, unknown hold.
+        let old_pin = holders(&root, &status("dnf", true), Some(&pinned)).unwrap();
+        assert_eq!(kinds(old_pin.clone()), [Kind::Pin]);
+        assert_eq!(old_pin[0].version.as_deref(), Some("1.0.0-1"));
+        // The migration's entry explains apt's hold.
+        holds::put(
+            &root,
+            "roboconf-agent",
+            Entry {
+                kind: Kind::Migration,
+                by: "alice (ferry migration `mig-7` of application shop)".into(),
+                why: "new DM".into(),
+                since: Some(1),
+                undo: "ferry migration complete, or cancel".into(),
+                version: None,
+            },
+        )
+        .unwrap();
         assert_eq!(
-            kinds(holders(&status("dnf", Some("1.0.0-1"), true), None)),
-            ["pin"]
+            kinds(holders(&root, &status("apt", true), Some(&pinned)).unwrap()),
+            [Kind::Migration, Kind::Pin]
         );
-        assert_eq!(
-            kinds(holders(&status("apt", Some("1.0.0-1"), true), Some(&j))),
-            ["pin", "migration"]
-        );
-        assert!(holders(&status("apt", None, false), None).is_empty());
+        assert!(holders(&root, &status("apt", false), None).unwrap().len() == 1);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// The log's directory is the agent's user's: a link planted in the

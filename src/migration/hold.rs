@@ -54,6 +54,18 @@ impl Hold {
         })
     }
 
+    /// The installed full version of `package` as ferry's pin names it
+    /// (`1.1.0-1`: apt's version, or rpm's VERSION-RELEASE).
+    pub fn installed(&self, package: &str) -> Result<String> {
+        match self {
+            Hold::Apt => output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package])),
+            Hold::Dnf => {
+                output(Command::new("rpm").args(["-q", "--qf", "%{VERSION}-%{RELEASE}", package]))
+            }
+        }
+        .map(|v| v.trim().to_string())
+    }
+
     pub fn hold(&self, package: &str) -> Result<()> {
         match self {
             Hold::Apt => output(Command::new("apt-mark").args(["hold", package])),

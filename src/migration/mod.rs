@@ -24,6 +24,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::exit::{refused, PartiallyDone};
+use crate::holds;
 use hold::Hold;
 pub use journal::{Journal, Request, State, Step, Store};
 use perform::Ctx;
@@ -116,10 +117,15 @@ pub fn initialize(req: &Request, family: Option<&str>) -> Result<Outcome> {
     }
     let hold = Hold::detect(family)?;
     let mut did = Vec::new();
+    if !j.missing().is_empty() {
+        store.write(&j)?;
+    }
+    // In the one record of holds from the moment the journal exists, so
+    // that `ferry channel` leaves the package to the migration.
+    holds::put(Path::new("/"), &req.package, holds_entry(&j))?;
     if j.missing().is_empty() {
         return Ok(Outcome { journal: j, did });
     }
-    store.write(&j)?;
     let go_on = |e, j: &Journal, did: &[String]| {
         partial(
             e,
@@ -194,6 +200,59 @@ pub fn initialize(req: &Request, family: Option<&str>) -> Result<Outcome> {
         store.write(&j)?;
     }
     Ok(Outcome { journal: j, did })
+}
+
+/// The migration's entry in the record of holds.
+fn holds_entry(j: &Journal) -> holds::Entry {
+    holds::Entry {
+        kind: holds::Kind::Migration,
+        by: format!(
+            "{} (ferry migration `{}` of application {})",
+            j.by, j.id, j.app
+        ),
+        why: if j.reason.is_empty() {
+            "a migration is open".into()
+        } else {
+            j.reason.clone()
+        },
+        since: Some(j.since),
+        undo: "ferry migration complete, or cancel".into(),
+        version: None,
+    }
+}
+
+/// After `complete` of a migration that moved the package: a host that
+/// follows a channel is pinned to the installed version, since its updater
+/// would otherwise move the package again (up to the channel's newest, or
+/// back to an older pin) and undo the migration. What was said, if the
+/// host follows a channel.
+fn pin_performed(
+    c: &Ctx,
+    j: &Journal,
+    package: &str,
+    family: Option<&str>,
+) -> Result<Option<String>> {
+    let full = c.hold.installed(package)?;
+    let host = crate::channel::Host::open(Path::new("/"), package, family)?;
+    let entry = holds::Entry {
+        kind: holds::Kind::Pin,
+        by: format!(
+            "{} (ferry migration `{}` of application {})",
+            j.by, j.id, j.app
+        ),
+        why: format!("the migration performed {full}; its updater would otherwise move it again"),
+        since: Some(now()),
+        undo: "ferry channel unpin".into(),
+        version: Some(full.clone()),
+    };
+    Ok(
+        crate::channel::pin_after_migration(&host, &full, entry)?.map(|r| {
+            format!(
+                "{} (`ferry channel unpin` to follow the channel again)",
+                r.text().trim_end().replace('\n', "; ")
+            )
+        }),
+    )
 }
 
 /// `ferry migration perform`: see perform.rs.
@@ -326,6 +385,16 @@ pub fn end(package: &str, cancelled: bool, family: Option<&str>) -> Result<Outco
         }
         Some(true) => did.push(format!("{package} stays held, as before the migration")),
         None => {}
+    }
+    holds::remove(Path::new("/"), package, holds::Kind::Migration)
+        .map_err(|e| go_on(e, &j, &did))?;
+    let performed = j.perform.last().is_some_and(|p| p.finished() && !cancelled);
+    if performed {
+        if let Some(said) =
+            pin_performed(&c, &j, package, family).map_err(|e| go_on(e, &j, &did))?
+        {
+            did.push(said);
+        }
     }
     if let Some(file) = j.package_file.take() {
         match std::fs::remove_file(&file) {
@@ -470,20 +539,5 @@ impl std::fmt::Display for Status {
             (None, None) => {}
         }
         writeln!(f, "next:       {}", self.next)
-    }
-}
-
-/// The line `ferry channel status` gives in `not_updated_because` while a
-/// migration is open on the system under `root`.
-pub fn channel_reason(root: &Path, package: &str) -> Option<String> {
-    let store = Store::new(root, package);
-    match store.open() {
-        Ok(Some(j)) => Some(format!(
-            "the migration {} is open: ferry migration holds {package} until \
-             `ferry migration complete` or `cancel`",
-            j.describe()
-        )),
-        Ok(None) => None,
-        Err(e) => Some(format!("a migration journal cannot be read: {e:#}")),
     }
 }

@@ -24,7 +24,9 @@ description:
     O(to) already finished is left alone; one that stopped midway is resumed where it stopped.
   - With O(state=completed) or O(state=cancelled), releases the lock, the hold the migration added
     and the kept package files, and closes the journal as done or cancelled; a cancel after a perform
-    first moves the agent back to the version and the instance tree it had. A host with no open
+    first moves the agent back to the version and the instance tree it had. A completed perform on a
+    host that follows a channel pins the agent to the version performed, so its updater does not
+    undo the migration (C(ferry channel unpin) follows the channel again). A host with no open
     migration is left alone.
   - The module reads C(ferry migration status --json) first and decides from it; it never parses
     ferry's error messages.

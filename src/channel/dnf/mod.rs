@@ -720,7 +720,9 @@ impl Backend for Dnf {
         // Not a pin when it is the open migration's hold (the record has
         // no pin, and `not_updated_because` names the migration).
         let migration_holds = rec.is_none_or(|r| r.pinned.is_none())
-            && crate::migration::channel_reason(&host.root, &host.package).is_some();
+            && crate::holds::load(&host.root, &host.package)?
+                .get(crate::holds::Kind::Migration)
+                .is_some();
         if let Some(l) = lock
             .lines()
             .find(|l| l.starts_with(&format!("{}-", host.package)))
