@@ -29,6 +29,7 @@ pub fn of(v: &Validated, agent: Agent) -> Result<PackageManifest> {
         unit,
         socket: agent.service.socket.as_ref().map(|s| file_name(s)),
         state_dir: agent.state.state_dir().to_string(),
+        state_live: agent.state.live.clone(),
         config_dir: format!("/etc/{name}"),
         runtime_dir: format!("/run/{name}"),
         log_file: format!("/var/log/{name}/upgrades.log"),

@@ -454,6 +454,13 @@ fn bad_descriptors_are_refused_with_file_field_and_fix() {
             "service.socket",
             &["not named after the service", "roboconf-agent.socket"],
         ),
+        (
+            "live",
+            "live = [\"work\", \"spawn\"]",
+            "live = [\"work\", \"work/logs\"]",
+            "state.live[1]",
+            &["`work/logs` is not a plain name", "top-level entries"],
+        ),
         // Checked with the rest: before, a bad rpm requirement failed while
         // the rpm was written, and the .deb built beside it landed.
         (

@@ -80,6 +80,18 @@ fn assert_prepare_left_running(host: &Host, from: usize, running: bool) {
         },
         "prepare left the agent running: {running}; the log: {log}"
     );
+    // Left running, the live data (pkg/ferry.toml's `[state] live`) is
+    // snapshotted before the stop and only moved after it.
+    if running {
+        let before_stop = log.find("(before the agent stops;");
+        let stop = log.find("finish: stopping the outgoing agent");
+        assert!(
+            before_stop.is_some()
+                && before_stop < stop
+                && log.contains("the live data (work, spawn) moved from"),
+            "the live data was not snapshotted before the stop: {log}"
+        );
+    }
 }
 
 const CONFFILE: &str = "/etc/roboconf-agent/agent.toml";

@@ -460,6 +460,14 @@ impl Dir {
             .with_context(|| format!("renaming {:?} to {:?}", self.show(from), self.show(to)))
     }
 
+    /// Moves `from`, a name in this directory, to `to` in `dir` (the same
+    /// filesystem): a whole tree in one rename, nothing under it entered.
+    pub fn rename_into(&self, from: &str, dir: &Dir, to: &str) -> Result<()> {
+        rustix::fs::renameat(&self.fd, from, &dir.fd, to)
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("moving {:?} to {:?}", self.show(from), dir.show(to)))
+    }
+
     /// Flushes this directory's entries (a rename or creation in it).
     pub fn sync(&self) -> Result<()> {
         rustix::fs::fsync(&self.fd)

@@ -45,6 +45,11 @@ pub struct PackageManifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
     pub state_dir: String,
+    /// Top-level names under `state_dir` that the software the agent
+    /// deployed writes, which runs on through an upgrade (`[state] live`):
+    /// snapshotted before the agent stops, not after (docs/UPGRADES.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_live: Vec<String>,
     pub config_dir: String,
     pub runtime_dir: String,
     pub log_file: String,

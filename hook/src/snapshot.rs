@@ -57,7 +57,7 @@ pub struct Snapshot {
 /// Copies `source` into a new snapshot under `dir`, leaving out the
 /// top-level names in `exclude` (e.g. the upgrade marker).
 pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Result<Snapshot> {
-    create_reusing(source, dir, label, exclude, None)
+    create_reusing(source, dir, label, exclude, None, None)
 }
 
 /// A new snapshot of `source` beside `earlier`, with its label but `reason`:
@@ -75,7 +75,68 @@ pub fn retake(earlier: &Path, source: &Path, reason: &str, exclude: &[&str]) -> 
         .parent()
         .with_context(|| format!("{} has no parent directory", earlier.display()))?;
     let reuse = Reuse::new(earlier, manifest)?;
-    create_reusing(source, dir, &label, exclude, reuse.as_ref())
+    create_reusing(source, dir, &label, exclude, reuse.as_ref(), None)
+}
+
+/// A retake in which the top-level entries `moved` of the state are not
+/// read again: they are moved, as they are, out of `earlier` into the new
+/// snapshot, one rename each, with their manifest entries. For the data of
+/// the software an agent deployed, which runs on through an upgrade
+/// (`[state] live`): `earlier` must be the upgrade's own snapshot, taken
+/// moments before and named in no record, since it is left without them
+/// (the caller removes it). A name `earlier` does not hold is read from
+/// `source` as usual.
+pub fn retake_moving(
+    earlier: &Path,
+    source: &Path,
+    reason: &str,
+    exclude: &[&str],
+    moved: &[&str],
+) -> Result<Snapshot> {
+    let manifest = read_manifest(earlier)?;
+    let label = Label {
+        package: manifest.package.clone(),
+        version: manifest.version.clone(),
+        schema: manifest.schema,
+        reason: reason.into(),
+    };
+    let dir = earlier
+        .parent()
+        .with_context(|| format!("{} has no parent directory", earlier.display()))?;
+    let from = Dir::open_trusted(earlier)?.open_dir(DATA)?;
+    let mut present = Vec::new();
+    for name in moved {
+        if from.stat(name)?.is_some() {
+            present.push(*name);
+        }
+    }
+    let entries: Vec<Entry> = manifest
+        .entries
+        .iter()
+        .filter(|e| present.iter().any(|n| under_name(e.path(), n)))
+        .cloned()
+        .collect();
+    let taken = Taken {
+        from: &from,
+        names: &present,
+        entries,
+    };
+    let reuse = Reuse::new(earlier, manifest)?;
+    let excluded: Vec<&str> = exclude.iter().chain(&present).copied().collect();
+    create_reusing(source, dir, &label, &excluded, reuse.as_ref(), Some(taken))
+}
+
+/// Whether `path` is `name` or beneath it.
+fn under_name(path: &str, name: &str) -> bool {
+    path.strip_prefix(name)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Top-level entries moved from an earlier snapshot (`retake_moving`).
+struct Taken<'a> {
+    from: &'a Dir,
+    names: &'a [&'a str],
+    entries: Vec<Entry>,
 }
 
 fn create_reusing(
@@ -84,6 +145,7 @@ fn create_reusing(
     label: &Label,
     exclude: &[&str],
     reuse: Option<&Reuse>,
+    taken: Option<Taken>,
 ) -> Result<Snapshot> {
     let cannot = || format!("cannot snapshot {}", source.display());
     let state = Dir::open_trusted(source).with_context(cannot)?;
@@ -107,8 +169,16 @@ fn create_reusing(
                 part.path().display()
             )
         })?;
+    let mut entries = copied.entries;
+    if let Some(t) = taken {
+        let data = part.open_dir(DATA)?;
+        for name in t.names {
+            t.from.rename_into(name, &data, name)?;
+        }
+        entries.extend(t.entries);
+    }
     let source_name = source.display().to_string();
-    let manifest = Manifest::new(label, created_unix, source_name, root, copied.entries);
+    let manifest = Manifest::new(label, created_unix, source_name, root, entries);
     write_manifest(&part, &manifest)?;
     // One syncfs for the whole tree, as cheap as it gets, then the rename
     // that makes it whole.

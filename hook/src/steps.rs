@@ -108,17 +108,16 @@ impl<'a> Ctx<'a> {
         Ok(Some(snap.name))
     }
 
-    /// Removes a snapshot the record no longer names.
-    fn drop_snapshot(&self, name: Option<String>) -> Result<()> {
-        let Some(name) = name else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        snapshot::remove_if_present(&self.m.snapshots_dir().join(&name))?;
-        self.log.line(&format!(
-            "removed the superseded snapshot {name} in {:.0?}",
-            started.elapsed()
-        ));
+    /// Removes the snapshots the record no longer names.
+    fn drop_snapshots(&self, names: Vec<String>) -> Result<()> {
+        for name in names {
+            let started = Instant::now();
+            snapshot::remove_if_present(&self.m.snapshots_dir().join(&name))?;
+            self.log.line(&format!(
+                "removed the superseded snapshot {name} in {:.0?}",
+                started.elapsed()
+            ));
+        }
         Ok(())
     }
 
@@ -134,19 +133,42 @@ impl<'a> Ctx<'a> {
     /// Retakes the snapshot of an upgrade that was taken while the agent
     /// ran (`why` says when it is retaken), linking the files unchanged
     /// since. The earlier one is left for the caller to remove once the
-    /// record names the new one (`drop_snapshot`).
-    fn resnapshot(&self, record: &Record, why: &str) -> Result<Option<String>> {
+    /// record names the new one (`drop_snapshot`). With `early`, a snapshot
+    /// this step took moments before and recorded nowhere, the live data
+    /// (`[state] live`) is moved from it instead of being read again.
+    fn resnapshot(
+        &self,
+        record: &Record,
+        why: &str,
+        early: Option<&str>,
+    ) -> Result<Option<String>> {
         let from = record.from_version.as_deref().unwrap_or("(predates ferry)");
         let reason = format!("before {from} -> {}, {why}", record.to_version);
-        let Some(earlier) = record.snapshot.as_deref() else {
+        let Some(earlier) = early.or(record.snapshot.as_deref()) else {
             return self.snapshot_of(from, record.from_schema, &reason);
         };
         let state = Path::new(&self.m.state_dir);
         let started = Instant::now();
         let earlier_path = self.m.snapshots_dir().join(earlier);
-        let snap = snapshot::retake(&earlier_path, state, &reason, &[MARKER])?;
+        let (snap, how) = match early {
+            Some(_) => {
+                let live: Vec<&str> = self.m.state_live.iter().map(String::as_str).collect();
+                let snap =
+                    snapshot::retake_moving(&earlier_path, state, &reason, &[MARKER], &live)?;
+                let how = format!(
+                    "the live data ({}) moved from {earlier}, taken before the stop; \
+                     the other files unchanged since are linked from it",
+                    live.join(", ")
+                );
+                (snap, how)
+            }
+            None => (
+                snapshot::retake(&earlier_path, state, &reason, &[MARKER])?,
+                format!("files unchanged since {earlier} are linked from it"),
+            ),
+        };
         self.log.line(&format!(
-            "snapshot {} retaken in {:.0?} ({why}; files unchanged since {earlier} are linked from it)",
+            "snapshot {} retaken in {:.0?} ({why}; {how})",
             snap.path.display(),
             started.elapsed()
         ));
@@ -436,9 +458,9 @@ fn prepare_steps(
         record.save(&c.m.record_path())?;
     } else if earlier.is_some_and(|r| r.quiesced_only) {
         let earlier = record.snapshot.clone();
-        record.snapshot = c.resnapshot(&record, "by a retried prepare")?;
+        record.snapshot = c.resnapshot(&record, "by a retried prepare", None)?;
         record.save(&c.m.record_path())?;
-        c.drop_snapshot(earlier)?;
+        c.drop_snapshots(earlier.into_iter().collect())?;
     }
     if migrate_down {
         let from = check.schema.unwrap_or_default();
@@ -607,7 +629,7 @@ fn finish_steps(c: &Ctx, record: Option<&mut Record>, start: bool) -> Result<()>
     c.unit.reset_failed();
     let superseded = match record.filter(|r| r.quiesced_only) {
         Some(r) => stop_outgoing(c, r)?,
-        None => None,
+        None => Vec::new(),
     };
     if !c.skip_migration() {
         match check.schema {
@@ -640,26 +662,51 @@ fn finish_steps(c: &Ctx, record: Option<&mut Record>, start: bool) -> Result<()>
         ));
     }
     // Only now: removing thousands of files must not keep the agent down.
-    c.drop_snapshot(superseded)
+    c.drop_snapshots(superseded)
 }
 
 /// Stops the agent `prepare` left running and retakes the snapshot, since
 /// the agent kept what arrived while quiesced; from here on the record
-/// reads as if `prepare` had stopped it. Returns the superseded snapshot,
+/// reads as if `prepare` had stopped it. Returns the superseded snapshots,
 /// for `finish` to remove once the agent runs again.
-fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<Option<String>> {
-    if c.unit.is_active() {
-        c.log.line(&format!(
-            "stopping the outgoing agent {} for upgrade (the machine is not announced as gone)",
-            record.from_version.as_deref().unwrap_or("?")
-        ));
-        stop_for_upgrade(c)?;
-    }
-    let earlier = record.snapshot.clone();
-    record.snapshot = c.resnapshot(record, "once the agent stopped")?;
+///
+/// The agent does not answer from its stop to the new agent's start: only
+/// the retake is in that gap. When the descriptor names live data (`[state]
+/// live`: what the software the agent deployed writes, which runs on
+/// through the upgrade), that data is snapshotted before the stop, while the
+/// agent still answers, quiesced, and the retake after the stop reads only
+/// the agent's own files and moves the live data from it (one rename per
+/// name). The live data is then as of just before the stop: the software
+/// writing it does not stop, so no later moment would hold it still either.
+fn stop_outgoing(c: &Ctx, record: &mut Record) -> Result<Vec<String>> {
+    let active = c.unit.is_active();
+    let early = match active && !c.m.state_live.is_empty() && record.snapshot.is_some() {
+        true => c.resnapshot(record, "before the agent stops", None)?,
+        false => None,
+    };
+    let retaken = (|| {
+        if active {
+            c.log.line(&format!(
+                "stopping the outgoing agent {} for upgrade (the machine is not announced as gone)",
+                record.from_version.as_deref().unwrap_or("?")
+            ));
+            stop_for_upgrade(c)?;
+        }
+        c.resnapshot(record, "once the agent stopped", early.as_deref())
+    })();
+    let retaken = match retaken {
+        Ok(r) => r,
+        Err(e) => {
+            // Recorded nowhere (and, once its live data moved, incomplete).
+            let _ = c.drop_snapshots(early.into_iter().collect());
+            return Err(e);
+        }
+    };
+    let superseded = record.snapshot.take().into_iter().chain(early).collect();
+    record.snapshot = retaken;
     record.quiesced_only = false;
     record.save(&c.m.record_path())?;
-    Ok(earlier)
+    Ok(superseded)
 }
 
 /// Stops the failed agent, restores the snapshot taken before the upgrade,
@@ -821,6 +868,7 @@ mod tests {
             unit: "ferry-lock-test-no-such.service".into(),
             socket: None,
             state_dir: path("state"),
+            state_live: Vec::new(),
             config_dir: path("etc"),
             runtime_dir: path("run"),
             log_file: path("log/upgrades.log"),

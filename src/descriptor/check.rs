@@ -462,6 +462,19 @@ impl Checker<'_> {
                 ));
             }
         }
+        for (i, name) in st.live.iter().enumerate() {
+            let plain = !name.is_empty()
+                && !name.contains('/')
+                && !name.starts_with('.')
+                && !st.live[..i].contains(name);
+            if !plain {
+                return Err(self.err(
+                    &format!("state.live[{i}]"),
+                    format!("`{name}` is not a plain name, or is listed twice"),
+                    "name top-level entries of the state directory, once each (e.g. live = [\"work\"])",
+                ));
+            }
+        }
         Ok(())
     }
 }

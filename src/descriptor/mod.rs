@@ -203,6 +203,13 @@ pub struct StateSection {
     /// What purge (deb) removes; erase (rpm) never removes state.
     /// Default: the state directories.
     pub purge: Option<Vec<String>>,
+    /// Top-level names under the state directory (the first of
+    /// `directories`) that the software the agent deployed writes, and
+    /// which it keeps writing through an upgrade (work directories, process
+    /// logs): snapshotted while the agent is quiesced, before it stops, so
+    /// the snapshot taken after the stop reads only the agent's own files.
+    #[serde(default)]
+    pub live: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

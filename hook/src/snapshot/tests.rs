@@ -301,3 +301,56 @@ fn prune_keeps_the_newest_and_the_protected() {
     );
     fs::remove_dir_all(&base).unwrap();
 }
+
+/// `retake_moving`: the live names are the earlier snapshot's, as it held
+/// them (the state's later writes to them are not read), the rest is read
+/// from the state; a live name the earlier snapshot lacks is read too. The
+/// result verifies and restores; the earlier one is left without them.
+#[test]
+fn a_retake_moves_the_live_data_from_the_earlier_snapshot_and_reads_the_rest() {
+    let (base, state, early) = sample_and_snapshot("moving");
+    fs::write(state.join("state.json"), "{\"schema\":2,\"queue\":[1]}\n").unwrap();
+    fs::write(state.join("work/vm1/app/out.log"), b"written after").unwrap();
+    fs::create_dir_all(state.join("spawn")).unwrap();
+    fs::write(state.join("spawn/app.pid"), "42\n").unwrap();
+    let live = ["work", "spawn"];
+    let snap = retake_moving(&early.path, &state, "after the stop", &[MARKER], &live).unwrap();
+    let m = verify(&snap.path).unwrap();
+    assert_eq!(m.reason, "after the stop");
+    let data = snap.path.join(DATA);
+    assert_eq!(
+        fs::read_to_string(data.join("state.json")).unwrap(),
+        "{\"schema\":2,\"queue\":[1]}\n"
+    );
+    assert_eq!(
+        fs::read(data.join("work/vm1/app/out.log")).unwrap(),
+        vec![7u8; 300_000],
+        "moved as the earlier snapshot held it"
+    );
+    assert_eq!(
+        fs::read_to_string(data.join("spawn/app.pid")).unwrap(),
+        "42\n"
+    );
+    assert!(!data.join(MARKER).exists());
+    let paths: Vec<&str> = m.entries.iter().map(Entry::path).collect();
+    for p in [
+        "state.json",
+        "link",
+        "work",
+        "work/vm1/app/out.log",
+        "spawn/app.pid",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|x| **x == p).count(),
+            1,
+            "{p}: {paths:?}"
+        );
+    }
+    assert!(!early.path.join(DATA).join("work").exists());
+    restore(&snap.path, &state).unwrap();
+    assert_eq!(
+        fs::read(state.join("work/vm1/app/out.log")).unwrap().len(),
+        300_000
+    );
+    fs::remove_dir_all(&base).unwrap();
+}
