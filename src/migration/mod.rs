@@ -486,7 +486,8 @@ pub fn status(package: &str, family: Option<&str>) -> Result<Status> {
                 j.from_version
             ),
             Some(p) => format!(
-                "performed to {}: `ferry migration complete` would keep it and release the \
+                "performed to {}: `ferry migration complete` would keep it (pinned to it if \
+                 the VM follows a channel, so its updater does not undo it) and release the \
                  lock `{}`; `cancel` would move back to {} and the tree as it was, then release",
                 p.to_version, j.id, j.from_version
             ),
