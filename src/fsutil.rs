@@ -19,6 +19,36 @@ fn temp_sibling(path: &Path) -> std::path::PathBuf {
     path.with_file_name(format!(".ferry-tmp.{}.{name}", std::process::id()))
 }
 
+/// Takes the exclusive `flock` of the lock file `path` (created 0600, never
+/// opened through a link), held while the returned file is open: waiting
+/// for it when `wait`, else `None` when another process holds it.
+pub fn lock_file(path: &Path, wait: bool) -> Result<Option<File>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let how = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+        return Ok(Some(file));
+    }
+    let e = std::io::Error::last_os_error();
+    if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+        return Ok(None);
+    }
+    Err(e).with_context(|| format!("cannot lock {}", path.display()))
+}
+
 /// True for names that only an interrupted ferry leaves behind.
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with(".ferry-tmp.")

@@ -13,8 +13,6 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -123,19 +121,7 @@ fn update(root: &Path, package: &str, change: impl FnOnce(&mut Record)) -> Resul
     let path = file(root, package);
     let dir = path.parent().context("the record's path has a directory")?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dir.join(".lock"))
-        .with_context(|| format!("cannot open {}/.lock", dir.display()))?;
-    // SAFETY: flock on a descriptor this function owns; released when it closes.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot lock {}/.lock", dir.display()));
-    }
+    let _lock = crate::fsutil::lock_file(&dir.join(".lock"), true)?;
     let mut record = load(root, package)?;
     record.package = package.to_string();
     change(&mut record);

@@ -202,6 +202,15 @@ fn kill_in_step(host: &Host, args: &str, step: usize) -> bool {
         migration(host)
     ));
     let deadline = Instant::now() + Duration::from_secs(300);
+    // The journal may already say `step` runs (the last kill landed as
+    // ferry entered it): ferry must run before the journal is believed.
+    while !host
+        .sh("pgrep -P \"$(cat /root/perform.pid)\" -x ferry >/dev/null || test -e /root/perform.done")
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the perform never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let landed = loop {
         let journal: Value = serde_json::from_str(&host.read(JOURNAL)).unwrap_or(Value::Null);
         let perform = &journal["perform"][0];

@@ -64,6 +64,15 @@ pub fn create(source: &Path, dir: &Path, label: &Label, exclude: &[&str]) -> Res
 /// files unchanged since `earlier` was taken are hard links to its copies
 /// (see `reuse`), the rest is copied. `earlier` is left as it is.
 pub fn retake(earlier: &Path, source: &Path, reason: &str, exclude: &[&str]) -> Result<Snapshot> {
+    let (manifest, label, dir) = retake_of(earlier, reason)?;
+    let reuse = Reuse::new(earlier, manifest)?;
+    create_reusing(source, dir, &label, exclude, reuse.as_ref(), None)
+}
+
+/// What a retake of `earlier` starts from: its manifest, the label of the
+/// new snapshot (the earlier one's, with `reason`), and the directory both
+/// are in.
+fn retake_of<'a>(earlier: &'a Path, reason: &str) -> Result<(Manifest, Label, &'a Path)> {
     let manifest = read_manifest(earlier)?;
     let label = Label {
         package: manifest.package.clone(),
@@ -74,8 +83,7 @@ pub fn retake(earlier: &Path, source: &Path, reason: &str, exclude: &[&str]) -> 
     let dir = earlier
         .parent()
         .with_context(|| format!("{} has no parent directory", earlier.display()))?;
-    let reuse = Reuse::new(earlier, manifest)?;
-    create_reusing(source, dir, &label, exclude, reuse.as_ref(), None)
+    Ok((manifest, label, dir))
 }
 
 /// A retake in which the top-level entries `moved` of the state are not
@@ -93,16 +101,7 @@ pub fn retake_moving(
     exclude: &[&str],
     moved: &[&str],
 ) -> Result<Snapshot> {
-    let manifest = read_manifest(earlier)?;
-    let label = Label {
-        package: manifest.package.clone(),
-        version: manifest.version.clone(),
-        schema: manifest.schema,
-        reason: reason.into(),
-    };
-    let dir = earlier
-        .parent()
-        .with_context(|| format!("{} has no parent directory", earlier.display()))?;
+    let (manifest, label, dir) = retake_of(earlier, reason)?;
     let from = Dir::open_trusted(earlier)?.open_dir(DATA)?;
     let mut present = Vec::new();
     for name in moved {

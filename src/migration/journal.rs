@@ -4,8 +4,7 @@
 //! and renamed into place, so a crash leaves the old journal or the new one.
 
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -333,20 +332,7 @@ impl Store {
     /// another ferry holds it (a perform runs).
     pub fn exclusive(&self) -> Result<Option<fs::File>> {
         self.trusted_dir()?;
-        let path = self.dir.join(LOCK);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Ok(None);
-        }
-        Ok(Some(file))
+        crate::fsutil::lock_file(&self.dir.join(LOCK), false)
     }
 
     /// Writes the open journal atomically (0600).
