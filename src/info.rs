@@ -56,16 +56,31 @@ pub struct Info {
 /// the running system (`root` is `/`), the channel's status only with
 /// `with_channel`.
 pub fn info(root: &Path, package: &str, family: Option<&str>, with_channel: bool) -> Result<Info> {
+    // The channel's status (apt's or dnf's metadata, the repository's
+    // signature checked) is most of the time `info` takes: read beside the
+    // agent's health rather than before it.
+    std::thread::scope(|scope| {
+        let channel = with_channel.then(|| {
+            scope.spawn(|| Host::open(root, package, family).and_then(|h| channel::status(&h)))
+        });
+        let mut info = gather(root, package)?;
+        (info.channel, info.channel_error) = match channel.map(|t| t.join()) {
+            None => (None, None),
+            Some(Ok(Ok(s))) => (Some(s), None),
+            Some(Ok(Err(e))) => (None, Some(format!("{e:#}"))),
+            Some(Err(_)) => (
+                None,
+                Some("reading the channel's status failed (a panic)".into()),
+            ),
+        };
+        Ok(info)
+    })
+}
+
+/// Everything but the channel's status.
+fn gather(root: &Path, package: &str) -> Result<Info> {
     let manifest_path = root.join(PackageManifest::path_for(package).trim_start_matches('/'));
     let manifest = PackageManifest::read(&manifest_path).ok();
-    let (channel, channel_error) = if !with_channel {
-        (None, None)
-    } else {
-        match Host::open(root, package, family).and_then(|h| channel::status(&h)) {
-            Ok(s) => (Some(s), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        }
-    };
     let mut info = Info {
         package: package.to_string(),
         installed: manifest.is_some(),
@@ -80,8 +95,8 @@ pub fn info(root: &Path, package: &str, family: Option<&str>, with_channel: bool
         last_upgrade: channel::read_upgrade_log(root, package)
             .and_then(|log| log.lines().last().map(String::from)),
         snapshots: Vec::new(),
-        channel,
-        channel_error,
+        channel: None,
+        channel_error: None,
     };
     if let Some(m) = &manifest {
         let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
