@@ -23,6 +23,14 @@ pub fn rfc2822(secs: u64, zone: &str) -> String {
     )
 }
 
+/// Now, in seconds since the epoch (what the journals and records keep).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// The year of a moment given in seconds since the epoch.
 pub fn year(secs: u64) -> i64 {
     civil_from_days((secs / 86_400) as i64).0

@@ -133,7 +133,7 @@ impl<'a> Ctx<'a> {
     /// Retakes the snapshot of an upgrade that was taken while the agent
     /// ran (`why` says when it is retaken), linking the files unchanged
     /// since. The earlier one is left for the caller to remove once the
-    /// record names the new one (`drop_snapshot`). With `early`, a snapshot
+    /// record names the new one (`drop_snapshots`). With `early`, a snapshot
     /// this step took moments before and recorded nowhere, the live data
     /// (`[state] live`) is moved from it instead of being read again.
     fn resnapshot(

@@ -176,9 +176,9 @@ fn not_migrating(host: &Host, verb: &str) -> Result<()> {
 
 /// Why a pin is set, for the record of holds: the command that set it and
 /// the reason given (`--reason`; by default, what the command did).
-pub struct Reason<'a> {
-    pub command: &'a str,
-    pub given: Option<&'a str>,
+struct Reason<'a> {
+    command: &'a str,
+    given: Option<&'a str>,
 }
 
 impl Reason<'_> {
@@ -190,18 +190,11 @@ impl Reason<'_> {
                 Some(g) => g.to_string(),
                 None => format!("{did} {full}"),
             },
-            since: Some(now()),
+            since: Some(crate::date::now_unix()),
             undo: "ferry channel unpin".into(),
             version: Some(full.to_string()),
         }
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 pub fn pin(host: &Host, version: &str, dry_run: bool, reason: Option<&str>) -> Result<Report> {

@@ -90,8 +90,7 @@ impl Hold {
         clear(dir)?;
         match self {
             Hold::Apt => {
-                let full =
-                    output(Command::new("dpkg-query").args(["-W", "-f=${Version}", package]))?;
+                let full = self.installed(package)?;
                 let download = output(
                     Command::new("apt-get")
                         .current_dir(dir)

@@ -23,6 +23,7 @@ use ferry_hook::system::Agent;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::date::now_unix as now;
 use crate::exit::{refused, PartiallyDone};
 use crate::holds;
 use hold::Hold;
@@ -53,13 +54,6 @@ impl std::fmt::Display for Outcome {
         }
         Ok(())
     }
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 fn manifest(package: &str) -> Result<PackageManifest> {
@@ -202,14 +196,20 @@ pub fn initialize(req: &Request, family: Option<&str>) -> Result<Outcome> {
     Ok(Outcome { journal: j, did })
 }
 
+/// Who holds the package for the migration `j`, as the record of holds
+/// names it.
+fn holder(j: &Journal) -> String {
+    format!(
+        "{} (ferry migration `{}` of application {})",
+        j.by, j.id, j.app
+    )
+}
+
 /// The migration's entry in the record of holds.
 fn holds_entry(j: &Journal) -> holds::Entry {
     holds::Entry {
         kind: holds::Kind::Migration,
-        by: format!(
-            "{} (ferry migration `{}` of application {})",
-            j.by, j.id, j.app
-        ),
+        by: holder(j),
         why: if j.reason.is_empty() {
             "a migration is open".into()
         } else {
@@ -236,10 +236,7 @@ fn pin_performed(
     let host = crate::channel::Host::open(Path::new("/"), package, family)?;
     let entry = holds::Entry {
         kind: holds::Kind::Pin,
-        by: format!(
-            "{} (ferry migration `{}` of application {})",
-            j.by, j.id, j.app
-        ),
+        by: holder(j),
         why: format!("the migration performed {full}; its updater would otherwise move it again"),
         since: Some(now()),
         undo: "ferry channel unpin".into(),
