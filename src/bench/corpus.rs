@@ -88,9 +88,8 @@ impl Payload {
 }
 
 /// Copies the real-file payload `kind` into `dir`; the paths written. The
-/// agent's package is read from `agent` (its program) and the files beside
-/// it (the hook) and in `pkg` (configuration, unit, manual page).
-pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Vec<PathBuf>> {
+/// agent's package is read from `pkg` (configuration, unit, manual page).
+pub fn collect(kind: Payload, dir: &Path, pkg: &Path) -> Result<Vec<PathBuf>> {
     let picked: Vec<(PathBuf, Vec<u8>)> = match kind {
         Payload::Binaries => {
             let mut files = listing(Path::new("/usr/bin"), false)?;
@@ -134,11 +133,12 @@ pub fn collect(kind: Payload, dir: &Path, agent: &Path, pkg: &Path) -> Result<Ve
             take(files, 10 * MIB, |_| true)?
         }
         Payload::Agent => {
-            // The program itself is added to every payload by the caller.
-            let mut files = vec![agent.with_file_name("ferry-hook")];
-            for name in ["agent.toml", "roboconf-agent.service", "roboconf-agent.1"] {
-                files.push(pkg.join(name));
-            }
+            // The program itself is added to every payload by the caller,
+            // and the hook to every package (ferry's own, the others' as
+            // an asset).
+            let files = ["agent.toml", "roboconf-agent.service", "roboconf-agent.1"]
+                .map(|name| pkg.join(name))
+                .to_vec();
             take(files, u64::MAX, |_| true)?
         }
         Payload::Generated => bail!("the generated payload is not read from files"),

@@ -34,6 +34,8 @@ pub struct BenchOptions {
     /// manual page), for the `agent` payload.
     pub pkg: PathBuf,
     pub payloads: Vec<Payload>,
+    /// Profiles measured, each with the tools of its goals.
+    pub profiles: Vec<Profile>,
     /// MiB of the generated payload.
     pub size_mib: usize,
     pub runs: usize,
@@ -198,7 +200,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         progress(&format!("payload {}", kind.name()));
         let mut payload = match kind {
             Payload::Generated => generate_payload(&payload_dir, &agent, opts.size_mib, opts.seed)?,
-            _ => corpus::collect(kind, &payload_dir, &opts.agent, &opts.pkg)?,
+            _ => corpus::collect(kind, &payload_dir, &opts.pkg)?,
         };
         // The program the package's hook drives, in every payload.
         let agent_copy = payload_dir.join(asset_name(&opts.agent));
@@ -209,17 +211,25 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
             .map(|p| std::fs::metadata(p).map(|m| m.len()))
             .sum::<std::io::Result<u64>>()?;
         let mut measurements = Vec::new();
-        for profile in [Profile::Fast, Profile::Small] {
+        let peers = peer_assets(&payload, &hook);
+        for &profile in &opts.profiles {
             progress(&format!("{}: ferry ({profile:?})", kind.name()));
             measurements.extend(bench_ferry(opts, &work, &payload, &hook, profile)?);
+            // The tools the profile's goals name.
+            match profile {
+                Profile::Fast => {
+                    progress(&format!("{}: nfpm", kind.name()));
+                    measurements.extend(bench_nfpm(opts.runs, &work, &peers)?);
+                }
+                Profile::Small => {
+                    progress(&format!(
+                        "{}: cargo-deb and cargo-generate-rpm",
+                        kind.name()
+                    ));
+                    measurements.extend(bench_cargo_tools(opts.runs, &work, &peers)?);
+                }
+            }
         }
-        progress(&format!("{}: nfpm", kind.name()));
-        measurements.extend(bench_nfpm(opts.runs, &work, &payload)?);
-        progress(&format!(
-            "{}: cargo-deb and cargo-generate-rpm",
-            kind.name()
-        ));
-        measurements.extend(bench_cargo_tools(opts.runs, &work, &payload)?);
         payloads.push(PayloadReport {
             payload: kind,
             files: payload.len(),
@@ -308,15 +318,44 @@ fn measure(
     })
 }
 
-/// One line (or block) of a tool's configuration per payload file, from
-/// its source path and its destination in the package.
-fn each_asset(payload: &[PathBuf], line: impl Fn(&str, &str) -> String) -> String {
+/// A file the packages hold: where it is read, where it goes, its mode.
+struct Asset {
+    source: PathBuf,
+    dest: String,
+    mode: &'static str,
+}
+
+/// The payload's files, under /usr/lib/bench-agent.
+fn payload_assets(payload: &[PathBuf]) -> Vec<Asset> {
     payload
         .iter()
-        .map(|p| {
-            let dest = format!("/usr/lib/bench-agent/{}", asset_name(p));
-            line(&p.display().to_string(), &dest)
+        .map(|p| Asset {
+            source: p.clone(),
+            dest: format!("/usr/lib/bench-agent/{}", asset_name(p)),
+            mode: "644",
         })
+        .collect()
+}
+
+/// What the other tools package: the payload, and the upgrade hook where
+/// ferry puts it in every package it builds, so that every tool packs the
+/// same files.
+fn peer_assets(payload: &[PathBuf], hook: &Path) -> Vec<Asset> {
+    let mut assets = payload_assets(payload);
+    assets.push(Asset {
+        source: hook.to_path_buf(),
+        dest: "/usr/libexec/bench-agent/ferry-hook".into(),
+        mode: "755",
+    });
+    assets
+}
+
+/// One line (or block) of a tool's configuration per file, from its
+/// source path, its destination in the package and its mode.
+fn each_asset(assets: &[Asset], line: impl Fn(&str, &str, &str) -> String) -> String {
+    assets
+        .iter()
+        .map(|a| line(&a.source.display().to_string(), &a.dest, a.mode))
         .collect()
 }
 
@@ -343,8 +382,8 @@ fn bench_ferry(
         "[service]\nunit = \"bench-agent.service\"\nuser = \"bench\"\ngroup = \"bench\"\n",
         "[state]\nschema = 1\ndirectories = [\"/var/lib/bench-agent\"]\n",
     ));
-    descriptor.push_str(&each_asset(payload, |src, dest| {
-        format!("[[asset]]\nsource = \"{src}\"\ndest = \"{dest}\"\nmode = \"0644\"\n")
+    descriptor.push_str(&each_asset(&payload_assets(payload), |src, dest, mode| {
+        format!("[[asset]]\nsource = \"{src}\"\ndest = \"{dest}\"\nmode = \"0{mode}\"\n")
     }));
     // Every ferry package carries the upgrade hook: the one built beside
     // the agent, driving the agent copy in the payload.
@@ -432,14 +471,14 @@ fn output_size(dir: &Path, suffix: &str) -> Result<u64> {
     bail!("no *{suffix} in {}", dir.display())
 }
 
-fn bench_nfpm(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
+fn bench_nfpm(runs: usize, work: &Path, assets: &[Asset]) -> Result<Vec<Measurement>> {
     let dir = work.join("nfpm");
     std::fs::create_dir_all(&dir)?;
     let mut config = String::from(
         "name: bench-agent\narch: amd64\nversion: 1.0.0\nmaintainer: Bench <bench@example.org>\ndescription: benchmark payload\nlicense: Apache-2.0\ncontents:\n",
     );
-    config.push_str(&each_asset(payload, |src, dest| {
-        format!("  - src: {src}\n    dst: {dest}\n")
+    config.push_str(&each_asset(assets, |src, dest, mode| {
+        format!("  - src: {src}\n    dst: {dest}\n    file_info:\n      mode: 0{mode}\n")
     }));
     std::fs::write(dir.join("nfpm.yaml"), config)?;
     let mut results = Vec::new();
@@ -463,15 +502,15 @@ fn bench_nfpm(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measu
     Ok(results)
 }
 
-fn bench_cargo_tools(runs: usize, work: &Path, payload: &[PathBuf]) -> Result<Vec<Measurement>> {
+fn bench_cargo_tools(runs: usize, work: &Path, assets: &[Asset]) -> Result<Vec<Measurement>> {
     let dir = work.join("cargo");
     std::fs::create_dir_all(dir.join("src"))?;
     std::fs::write(dir.join("src/main.rs"), "fn main() {}\n")?;
-    let deb_assets = each_asset(payload, |src, dest| {
-        format!("  [\"{src}\", \"{dest}\", \"644\"],\n")
+    let deb_assets = each_asset(assets, |src, dest, mode| {
+        format!("  [\"{src}\", \"{dest}\", \"{mode}\"],\n")
     });
-    let rpm_assets = each_asset(payload, |src, dest| {
-        format!("  {{ source = \"{src}\", dest = \"{dest}\", mode = \"644\" }},\n")
+    let rpm_assets = each_asset(assets, |src, dest, mode| {
+        format!("  {{ source = \"{src}\", dest = \"{dest}\", mode = \"{mode}\" }},\n")
     });
     let manifest = format!(
         "[package]\nname = \"bench-agent\"\nversion = \"1.0.0\"\nedition = \"2021\"\nlicense = \"Apache-2.0\"\ndescription = \"benchmark payload\"\nauthors = [\"Bench <bench@example.org>\"]\n\n[workspace]\n\n[package.metadata.deb]\nassets = [\n{deb_assets}]\n\n[package.metadata.generate-rpm]\nassets = [\n{rpm_assets}]\n"

@@ -3,6 +3,7 @@
 //! copy of the payload) and renamed into place only when complete.
 
 pub mod deb;
+mod gzip;
 pub mod rpm;
 mod xz;
 
@@ -28,9 +29,9 @@ pub trait Packager: Sync {
 /// How hard to compress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// deb xz -0 (4-byte hash chains, x86 filter) in 4 MiB blocks with
-    /// incompressible data stored, rpm zstd -6: about a second for tens of
-    /// MiB, spread over every core.
+    /// deb gzip (libdeflate level 8, 1 MiB members compressed in
+    /// parallel), rpm zstd -3: a fraction of a second for tens of MiB,
+    /// spread over every core.
     Fast,
     /// deb and rpm both xz -6 with the x86 filter, in blocks of 32 MiB:
     /// the smallest downloads, one core per 32 MiB and format.
@@ -50,7 +51,7 @@ impl Profile {
     /// What the profile does, for `--help`.
     pub fn help(self) -> &'static str {
         match self {
-            Profile::Fast => "deb xz -0 with the x86 filter in 4 MiB blocks, incompressible data stored; rpm zstd -6: about a second for tens of MiB, spread over every core",
+            Profile::Fast => "deb gzip (libdeflate level 8 in 1 MiB members, in parallel), rpm zstd -3: a fraction of a second for tens of MiB, spread over every core",
             Profile::Small => "deb and rpm xz -6 with the x86 filter, in blocks of 32 MiB: the smallest downloads, one core per 32 MiB and format",
         }
     }
@@ -105,6 +106,35 @@ pub fn source_date_from_env() -> Result<u64> {
 /// Threads a compressor may use: the machine's cores.
 pub fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// `f` over `items` on `threads` threads; results in the items' order,
+/// whatever the number of threads.
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: u32,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return done;
+            };
+            done.push((i, f(item)));
+        }
+    };
+    let mut results: Vec<(usize, R)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a build thread panicked"))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Validates the descriptor, runs its build command, and writes every
@@ -253,4 +283,18 @@ fn run_build_command(v: &Validated, progress: &mut dyn FnMut(&str)) -> Result<()
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_map_keeps_the_order_whatever_the_threads() {
+        let items: Vec<u32> = (0..100).collect();
+        let squares: Vec<u32> = items.iter().map(|i| i * i).collect();
+        for threads in [1, 3, 8] {
+            assert_eq!(parallel_map(&items, threads, |i| i * i), squares);
+        }
+    }
 }
