@@ -671,6 +671,22 @@ const GOALS: &[Goal] = &[
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_other_tools_pack_the_hook_where_ferry_puts_it() {
+        let payload = [PathBuf::from("/w/payload/00001-ls")];
+        let hook = Path::new("/t/release/ferry-hook");
+        let lines = each_asset(&peer_assets(&payload, hook), |src, dest, mode| {
+            format!("{src} {dest} {mode}\n")
+        });
+        assert_eq!(
+            lines,
+            "/w/payload/00001-ls /usr/lib/bench-agent/00001-ls 644\n\
+             /t/release/ferry-hook /usr/libexec/bench-agent/ferry-hook 755\n"
+        );
+        // ferry's own descriptor lists the payload alone: it adds the hook.
+        assert_eq!(payload_assets(&payload).len(), 1);
+    }
+
     fn m(tool: &str, format: &str, seconds: f64, bytes: u64) -> Measurement {
         Measurement {
             tool: tool.into(),

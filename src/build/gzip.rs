@@ -18,26 +18,64 @@ pub struct Settings {
     /// libdeflate's level, 1–12. Its 8 is 1-4% smaller than nfpm's gzip -9
     /// on the bench corpus, in a fifth of the time.
     pub level: i32,
+    /// The level of a chunk whose bytes are spread almost evenly (more
+    /// than `HIGH_ENTROPY` bits a byte: compressed or encrypted data),
+    /// where deeper searches find nothing more: on the bench's `.gz`
+    /// payload level 6 is within 0.05% of level 8's size for 70% of its
+    /// time.
+    pub high_entropy_level: i32,
     /// Each chunk's size, in KiB: the unit of parallel work.
     pub chunk_kib: usize,
 }
 
+/// Order-0 entropy, in bits a byte, above which a chunk is taken for
+/// compressed data: gzip, xz and zstd output is above 7.9, programs and
+/// text below 7 (the bench corpus's binaries 5.5-6.5, text 4.5-5).
+const HIGH_ENTROPY: f64 = 7.5;
+
 /// Compresses `data` into a gzip file of one member per chunk (one member
 /// for empty data).
 pub fn compress(data: &[u8], settings: Settings) -> Result<Vec<u8>> {
-    let level = CompressionLvl::new(settings.level)
-        .map_err(|e| anyhow::anyhow!("gzip level {}: {e:?}", settings.level))?;
+    let level = compression_level(settings.level)?;
+    let high_entropy_level = compression_level(settings.high_entropy_level)?;
     let chunks: Vec<&[u8]> = if data.is_empty() {
         vec![data]
     } else {
         data.chunks(settings.chunk_kib << 10).collect()
     };
-    let members = super::parallel_map(&chunks, super::threads(), |chunk| member(chunk, level));
+    let members = super::parallel_map(&chunks, super::threads(), |chunk| {
+        if entropy(chunk) > HIGH_ENTROPY {
+            member(chunk, high_entropy_level)
+        } else {
+            member(chunk, level)
+        }
+    });
     let mut out = Vec::with_capacity(data.len() / 2);
     for m in members {
         out.extend_from_slice(&m?);
     }
     Ok(out)
+}
+
+fn compression_level(level: i32) -> Result<CompressionLvl> {
+    CompressionLvl::new(level).map_err(|e| anyhow::anyhow!("gzip level {level}: {e:?}"))
+}
+
+/// The chunk's order-0 entropy: bits a byte of its byte histogram, 0 to 8.
+fn entropy(chunk: &[u8]) -> f64 {
+    let mut counts = [0u64; 256];
+    for &b in chunk {
+        counts[b as usize] += 1;
+    }
+    let n = chunk.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 /// One gzip member; libdeflate writes no name and a zero mtime.
@@ -57,9 +95,20 @@ mod tests {
     use std::io::Read;
 
     const SETTINGS: Settings = Settings {
-        level: 6,
+        level: 8,
+        high_entropy_level: 6,
         chunk_kib: 64,
     };
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 42u64;
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect()
+    }
 
     fn gunzip(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -93,14 +142,26 @@ mod tests {
     }
 
     #[test]
-    fn output_does_not_depend_on_the_threads() {
-        let data = b"agent started\n".repeat(50_000);
-        let chunks: Vec<&[u8]> = data.chunks(SETTINGS.chunk_kib << 10).collect();
-        let level = CompressionLvl::new(SETTINGS.level).unwrap();
-        let serial: Vec<u8> = chunks
-            .iter()
-            .flat_map(|c| member(c, level).unwrap())
+    fn each_chunk_gets_its_level_whatever_the_threads() {
+        // Text, then noise, then text: the noise's chunks at the high
+        // entropy level, the others at the level.
+        let text = b"agent started, state schema 3\n".repeat(4_000);
+        let data: Vec<u8> = [text.clone(), noise(3 << 16), text].concat();
+        let expected: Vec<u8> = data
+            .chunks(SETTINGS.chunk_kib << 10)
+            .flat_map(|c| {
+                let noisy = c.iter().filter(|&&b| b >= 0x80).count() > c.len() / 4;
+                let level = if noisy {
+                    SETTINGS.high_entropy_level
+                } else {
+                    SETTINGS.level
+                };
+                member(c, compression_level(level).unwrap()).unwrap()
+            })
             .collect();
-        assert_eq!(compress(&data, SETTINGS).unwrap(), serial);
+        let gz = compress(&data, SETTINGS).unwrap();
+        assert!(gz == expected, "the chunks' levels differ");
+        assert!(entropy(&noise(1 << 16)) > HIGH_ENTROPY);
+        assert!(entropy(&data[..1 << 16]) < 5.0);
     }
 }

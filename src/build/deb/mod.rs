@@ -58,6 +58,7 @@ impl Deb {
             // VMs.
             Profile::Fast => Compression::ParallelGzip(gzip::Settings {
                 level: 8,
+                high_entropy_level: 6,
                 chunk_kib: 1024,
             }),
             Profile::Small => Compression::Xz(xz::SMALL),
