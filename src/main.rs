@@ -288,8 +288,9 @@ enum MigrationCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Build each payload of a corpus of real files with ferry (fast and
-    /// small profiles), nfpm, cargo-deb and cargo-generate-rpm, and print
+    /// Build each payload of a corpus of real files with ferry (the fast
+    /// and small profiles, or those given with --profile), nfpm,
+    /// cargo-deb and cargo-generate-rpm, and print
     /// median times, sizes, the tools' versions and the ratios the speed
     /// goals are stated in (docs/BENCHMARKS.md).
     ///
@@ -483,11 +484,10 @@ fn run(cli: Cli) -> Result<()> {
                 } else {
                     payloads
                 },
-                profiles: if profiles.is_empty() {
-                    Profile::ALL.to_vec()
-                } else {
-                    profiles
-                },
+                profiles: Profile::ALL
+                    .into_iter()
+                    .filter(|p| profiles.is_empty() || profiles.contains(p))
+                    .collect(),
                 size_mib,
                 runs,
                 seed,

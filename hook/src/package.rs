@@ -91,7 +91,7 @@ impl PackageManifest {
 
     /// Where the package installs this program.
     pub fn hook_path(&self) -> String {
-        format!("/usr/libexec/{}/ferry-hook", self.name)
+        hook_path_of(&self.name)
     }
 
     pub fn marker_path(&self) -> PathBuf {
@@ -182,6 +182,11 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
         (Ok(a), Ok(b)) => a.cmp_precedence(&b),
         _ => a.cmp(b),
     }
+}
+
+/// Where the package named `name` installs this program.
+pub fn hook_path_of(name: &str) -> String {
+    format!("/usr/libexec/{name}/ferry-hook")
 }
 
 #[cfg(test)]

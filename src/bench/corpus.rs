@@ -117,7 +117,7 @@ pub fn collect(kind: Payload, dir: &Path, pkg: &Path) -> Result<Vec<PathBuf>> {
                     break;
                 }
                 let mut text = Vec::new();
-                flate2::read::GzDecoder::new(std::fs::File::open(&path)?)
+                flate2::read::MultiGzDecoder::new(std::fs::File::open(&path)?)
                     .read_to_end(&mut text)
                     .with_context(|| format!("decompressing {}", path.display()))?;
                 total += text.len() as u64;

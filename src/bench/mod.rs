@@ -73,6 +73,9 @@ pub struct BenchReport {
     pub runs: usize,
     /// (tool, what `--version` said)
     pub versions: Vec<(String, String)>,
+    /// The upgrade hook every package holds beside the payload (ferry adds
+    /// it to its own, the other tools pack it as a file).
+    pub hook_bytes: u64,
     pub payloads: Vec<PayloadReport>,
 }
 
@@ -244,6 +247,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<BenchR
         cores: build::threads(),
         runs: opts.runs,
         versions,
+        hook_bytes: std::fs::metadata(&hook)?.len(),
         payloads,
     })
 }
@@ -344,7 +348,7 @@ fn peer_assets(payload: &[PathBuf], hook: &Path) -> Vec<Asset> {
     let mut assets = payload_assets(payload);
     assets.push(Asset {
         source: hook.to_path_buf(),
-        dest: "/usr/libexec/bench-agent/ferry-hook".into(),
+        dest: ferry_hook::package::hook_path_of("bench-agent"),
         mode: "755",
     });
     assets
@@ -622,14 +626,15 @@ impl BenchReport {
     /// Every payload's table and goals, after the tools' versions.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "{} core(s), median of {} run(s) per tool and payload. Versions: {}.\n",
+            "{} core(s), median of {} run(s) per tool and payload. Versions: {}. Every package, of every tool, also holds the upgrade hook ({:.1} MiB), not counted in the payloads' sizes below.\n",
             self.cores,
             self.runs,
             self.versions
                 .iter()
                 .map(|(tool, version)| format!("{tool} `{version}`"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            self.hook_bytes as f64 / 1048576.0
         );
         for payload in &self.payloads {
             s.push('\n');

@@ -127,7 +127,8 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(
         }
     };
     let mut results: Vec<(usize, R)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.max(1)).map(|_| s.spawn(worker)).collect();
+        let workers = (threads as usize).clamp(1, items.len().max(1));
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(worker)).collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().expect("a build thread panicked"))

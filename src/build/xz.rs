@@ -45,9 +45,8 @@ pub struct Settings {
 /// The small profile's, for the .deb and the .rpm alike: xz -6 (binary
 /// trees over 4-byte hashes, nice length 64, optimal parsing, 8 MiB
 /// dictionary) with the x86 filter, in blocks of up to 32 MiB, one core per
-/// format. On the
-/// bench corpus the x86 filter makes programs 4.5% smaller, other payloads
-/// within 1.2% either way. A 32 MiB dictionary saves at most 0.3% more for
+/// format. On the bench corpus the x86 filter makes programs 4.5% smaller,
+/// other payloads within 1.2% either way. A 32 MiB dictionary saves at most 0.3% more for
 /// 2.5 times the memory (250 MiB a format); preset 5 (nice length 32) is
 /// 0.3-1.4% larger, preset 4 with 3-byte trees 3-7% larger. Decompression
 /// needs 8 MiB.
@@ -60,7 +59,7 @@ pub const SMALL: Settings = Settings {
     x86: true,
 };
 
-/// Compresses `data` into one .xz stream of blocks of `block_mib`.
+/// Compresses `data` into one .xz stream of blocks of `block_mib` MiB.
 pub fn compress(data: &[u8], settings: Settings) -> Result<Vec<u8>> {
     let blocks: Vec<&[u8]> = data.chunks((settings.block_mib as usize) << 20).collect();
     let bodies = super::parallel_map(&blocks, crate::build::threads(), |b| encode(b, settings));

@@ -145,12 +145,16 @@ fn tar_file(name: &str, member: Vec<u8>, inside: &str) -> Result<Vec<u8>> {
     bail!("no such file in the package")
 }
 
-/// A reader of the ar member `name` (`*.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
+/// A reader of the ar member `name` (`*.tar`, `.tar.gz`, `.tar.xz`,
+/// `.tar.zst`). gzip and xz files may be several members or streams one
+/// after the other, as dpkg reads them: ferry's own fast profile writes
+/// gzip in 1 MiB members (`build/gzip.rs`), and a reader of the first
+/// member alone would see only the first MiB of the tar.
 fn decompressed<'a>(name: &str, member: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
     Ok(match name.rsplit_once(".tar").map_or("?", |(_, z)| z) {
         "" => Box::new(member),
-        ".gz" => Box::new(flate2::read::GzDecoder::new(member)),
-        ".xz" => Box::new(liblzma::read::XzDecoder::new(member)),
+        ".gz" => Box::new(flate2::read::MultiGzDecoder::new(member)),
+        ".xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(member)),
         ".zst" => Box::new(zstd::stream::read::Decoder::new(member)?),
         _ => bail!("its member {name} uses a compression ferry cannot read"),
     })
@@ -201,4 +205,36 @@ pub fn control_field(control: &str, name: &str) -> Option<String> {
         let (key, value) = line.split_once(':')?;
         (key.eq_ignore_ascii_case(name)).then(|| value.trim().to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip_member(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_file_past_the_first_gzip_member_is_read() {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            ("./usr/bin/agent", vec![7u8; 3 << 20]),
+            ("./usr/lib/agent/ferry-package.json", b"{}".to_vec()),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        // Members of 1 MiB, as the fast profile writes them.
+        let member: Vec<u8> = tar.chunks(1 << 20).flat_map(gzip_member).collect();
+        let found = tar_file("data.tar.gz", member, "./usr/lib/agent/ferry-package.json");
+        assert_eq!(found.unwrap(), b"{}");
+    }
 }

@@ -209,7 +209,7 @@ fn decompress(name: &str, bytes: Vec<u8>) -> Result<String> {
     use std::io::Read as _;
     let mut text = String::new();
     if name.ends_with(".gz") {
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
+        flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_string(&mut text)?;
     } else if name.ends_with(".zst") {
         text = String::from_utf8(zstd::decode_all(&bytes[..])?)?;
     } else if name.ends_with(".xz") {
