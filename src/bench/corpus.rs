@@ -29,8 +29,8 @@ pub enum Payload {
     /// data that is already compressed.
     Compressed,
     /// The reference agent's own package: its program (which every
-    /// payload holds), the upgrade hook, its configuration, unit and manual
-    /// page.
+    /// payload holds), its configuration, unit and manual page; the
+    /// upgrade hook is in every package of every payload.
     Agent,
     /// The generated payload of earlier measurements (agent code with
     /// seeded changes, log-like text, random bytes).
