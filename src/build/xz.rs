@@ -46,10 +46,10 @@ pub struct Settings {
 /// trees over 4-byte hashes, nice length 64, optimal parsing, 8 MiB
 /// dictionary) with the x86 filter, in blocks of up to 32 MiB, one core per
 /// format. On the bench corpus the x86 filter makes programs 4.5% smaller,
-/// other payloads within 1.2% either way. A 32 MiB dictionary saves at most 0.3% more for
-/// 2.5 times the memory (250 MiB a format); preset 5 (nice length 32) is
-/// 0.3-1.4% larger, preset 4 with 3-byte trees 3-7% larger. Decompression
-/// needs 8 MiB.
+/// other payloads within 1.2% either way. A 32 MiB dictionary saves at most
+/// 0.3% more for 2.5 times the memory (250 MiB a format); preset 5 (nice
+/// length 32) is 0.3-1.4% larger, preset 4 with 3-byte trees 3-7% larger.
+/// Decompression needs 8 MiB.
 pub const SMALL: Settings = Settings {
     preset: 6,
     match_finder: MatchFinder::BinaryTree4,

@@ -50,8 +50,8 @@ impl Deb {
     fn compression(&self) -> Compression {
         match self.profile {
             // libdeflate at 8 in 1 MiB members over every core: on the
-            // bench corpus 1-4% smaller than nfpm's gzip -9 in a fifth of
-            // its time (at 6 it was as large as nfpm's on text). It
+            // bench corpus 0.96-1.00 of nfpm's gzip -9 in a fifth of its
+            // time (at 6 it was as large as nfpm's on text). It
             // replaces xz -0, which was smaller (xz finds repeats between
             // files beyond gzip's 32 KiB window) but took most of the
             // build's time; gzip also unpacks several times faster than xz
