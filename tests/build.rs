@@ -165,6 +165,22 @@ fn rpmlint_reports_no_error() {
 }
 
 #[test]
+fn rpm_verifies_the_header_and_payload_digests() {
+    // rpm's own check of what ferry rewrites after the rpm crate (the
+    // payload's digest, the header's) and of what the patched crate
+    // computes (vendor/README.md).
+    for built in [built(), built_small()] {
+        let o = run(Command::new("rpm").arg("-Kv").arg(&built.rpm));
+        let report = text(&o);
+        assert!(o.status.success(), "{report}");
+        for line in ["Header SHA256 digest: OK", "Payload SHA256 digest: OK"] {
+            assert!(report.contains(line), "no `{line}` in {report}");
+        }
+        assert!(!report.contains("NOT OK"), "{report}");
+    }
+}
+
+#[test]
 fn both_profiles_pack_the_same_archives() {
     // rpm2cpio and dpkg-deb decompress with rpm's and dpkg's own code.
     let cpio = |rpm: &Path| run(Command::new("rpm2cpio").arg(rpm)).stdout;
