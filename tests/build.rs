@@ -166,10 +166,10 @@ fn rpmlint_reports_no_error() {
 
 #[test]
 fn rpm_verifies_the_header_and_payload_digests() {
-    // rpm's own check of what ferry rewrites after the rpm crate (the
-    // payload's digest, the header's) and of what the patched crate
-    // computes (vendor/README.md).
+    use sha2::{Digest, Sha256};
     for built in [built(), built_small()] {
+        // rpm's own check of what ferry rewrites after the rpm crate: the
+        // compressed payload's digest and the header's.
         let o = run(Command::new("rpm").arg("-Kv").arg(&built.rpm));
         let report = text(&o);
         assert!(o.status.success(), "{report}");
@@ -177,6 +177,19 @@ fn rpm_verifies_the_header_and_payload_digests() {
             assert!(report.contains(line), "no `{line}` in {report}");
         }
         assert!(!report.contains("NOT OK"), "{report}");
+        // The uncompressed archive's digest, which the patched rpm crate
+        // computes (vendor/README.md) and `rpm -K` does not report once
+        // the payload's digest is good.
+        let archive = run(Command::new("rpm2cpio").arg(&built.rpm)).stdout;
+        let alt = run(Command::new("rpm")
+            .args(["-qp", "--qf", "%{PAYLOADDIGESTALT}"])
+            .arg(&built.rpm));
+        assert_eq!(
+            String::from_utf8_lossy(&alt.stdout),
+            format!("{:x}", Sha256::digest(&archive)),
+            "{}",
+            built.rpm.display()
+        );
     }
 }
 

@@ -124,6 +124,8 @@ fn encode(data: &[u8], settings: Settings) -> Result<Vec<u8>> {
     match status {
         sys::LZMA_OK => {
             out.truncate(written);
+            // Blocks wait for each other before the stream is written.
+            out.shrink_to_fit();
             Ok(out)
         }
         sys::LZMA_MEM_ERROR => anyhow::bail!("out of memory in the xz encoder"),
@@ -134,7 +136,7 @@ fn encode(data: &[u8], settings: Settings) -> Result<Vec<u8>> {
 /// Room for the LZMA2 data of `len` bytes. liblzma's `lzma2_bound` counts
 /// incompressible data stored in 64 KiB chunks behind a 3-byte header,
 /// plus the end marker; the encoder's stored chunks are somewhat shorter
-/// (each holds what its LZMA attempt read before reaching 64 KiB of
+/// (each holds what its LZMA attempt read before reaching about 60 KiB of
 /// output: 32 MiB of random bytes take 126 bytes more than that bound), so
 /// 64 KiB more is left. A buffer too small fails the build (LZMA_BUF_ERROR),
 /// never truncates it. The x86 filter does not change the length.
@@ -144,13 +146,16 @@ fn lzma2_bound(len: usize) -> usize {
 }
 
 /// The encoder's memory in transparent huge pages. The match finder's
-/// tables (about 94 MiB at xz -6 with an 8 MiB dictionary) are read at
-/// random places, so with 4 KiB pages most lookups also miss the TLB;
+/// tables (about 80 MiB of the encoder's 94 at xz -6 with an 8 MiB
+/// dictionary) are read at random places, so with 4 KiB pages most lookups
+/// also miss the TLB;
 /// 7-Zip's `-slp` switch exists for the same reason. On this machine the
 /// small profile's xz took about 6% less time with them (docs/BENCHMARKS.md).
 /// The pages are a request: where the kernel's transparent huge pages are
 /// off (`never`), `madvise` changes nothing, and the output is the same
-/// bytes either way.
+/// bytes either way. With `defrag` at `madvise` (the kernel's default) a page
+/// fault in these blocks may wait for the kernel to compact memory, so a
+/// host with fragmented memory can lose the gain.
 mod huge_pages {
     use std::ffi::c_void;
 
@@ -175,9 +180,10 @@ mod huge_pages {
         }
         let mut at = std::ptr::null_mut();
         // SAFETY: `at` receives a block of `bytes` aligned to HUGE, or the
-        // call fails and it stays null. madvise only advises, on whole
-        // pages from an aligned start inside the block glibc mapped for it
-        // (the length is rounded up to a page, still within that mapping).
+        // call fails and it stays null. madvise only sets a flag on the
+        // pages from that aligned start; the kernel rounds the length up to
+        // a page, which may reach the start of a neighbouring malloc chunk
+        // in the same heap, harmlessly: the flag changes no byte.
         unsafe {
             if libc::posix_memalign(&mut at, HUGE, bytes) != 0 {
                 return std::ptr::null_mut();
