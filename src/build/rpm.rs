@@ -20,7 +20,6 @@ use rpm::{
     BuildConfig, CompressionWithLevel, Dependency, FileMode, FileOptions, Header, HeaderEntry,
     IndexData, IndexTag, Scriptlet, SignatureHeaderBuilder,
 };
-use sha2::{Digest, Sha256};
 use zstd::zstd_safe::CParameter;
 
 use super::{xz, Packager, Profile};
@@ -169,7 +168,7 @@ fn payload_header(
         })
         .map(|(t, data)| HeaderEntry::new(t, data))
         .collect();
-    let digest = format!("{:x}", Sha256::digest(payload));
+    let digest = crate::digest::sha256_hex(payload);
     entries.extend([
         HeaderEntry::new(
             tag(IndexTag::RPMTAG_PAYLOADCOMPRESSOR),
@@ -339,7 +338,7 @@ mod tests {
                 header
                     .get_entry_data_as_string_array(IndexTag::RPMTAG_PAYLOADSHA256ALT)
                     .unwrap(),
-                [format!("{:x}", Sha256::digest(&archive))]
+                [crate::digest::sha256_hex(&archive)]
             );
             for v6_only in [
                 IndexTag::RPMTAG_PAYLOAD_SHA512,

@@ -148,14 +148,13 @@ fn lzma2_bound(len: usize) -> usize {
 /// The encoder's memory in transparent huge pages. The match finder's
 /// tables (about 80 MiB of the encoder's 94 at xz -6 with an 8 MiB
 /// dictionary) are read at random places, so with 4 KiB pages most lookups
-/// also miss the TLB;
-/// 7-Zip's `-slp` switch exists for the same reason. On this machine the
-/// small profile's xz took about 6% less time with them (docs/BENCHMARKS.md).
-/// The pages are a request: where the kernel's transparent huge pages are
-/// off (`never`), `madvise` changes nothing, and the output is the same
-/// bytes either way. With `defrag` at `madvise` (the kernel's default) a page
-/// fault in these blocks may wait for the kernel to compact memory, so a
-/// host with fragmented memory can lose the gain.
+/// also miss the TLB; 7-Zip's `-slp` switch exists for the same reason. On
+/// this machine the small profile's xz took about 6% less time with them
+/// (docs/BENCHMARKS.md). The pages are a request: where the kernel's
+/// transparent huge pages are off (`never`), `madvise` changes nothing, and
+/// the output is the same bytes either way. With `defrag` at `madvise` (the
+/// kernel's default) a page fault in these blocks may wait for the kernel
+/// to compact memory, so a host with fragmented memory can lose the gain.
 mod huge_pages {
     use std::ffi::c_void;
 
